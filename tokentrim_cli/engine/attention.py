@@ -1,0 +1,83 @@
+"""Attention processors that turn diffusers' bidirectional Wan blocks into a block-causal, KV-cached model.
+
+diffusers calls a processor with no per-call kwargs, so per-forward state (the cache, the current tokens'
+RoPE, an optional mask) lives in a :class:`ForwardState` that the model fills before running its blocks and
+that every processor holds a reference to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+from .cache import KVCache
+
+
+@dataclass
+class ForwardState:
+    cache: KVCache | None = None
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # current tokens: cos, sin of shape (n, head_dim)
+    mask: torch.Tensor | None = None  # (n_query, n_key) bool, True = may attend; only without a cache
+    rope_at: object = None  # callable(t_pos, hw) -> (cos, sin) for context tokens
+    prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of x (B, n, heads, d) by angles given as cos/sin of shape (n, d)."""
+    cos = cos[None, :, None, 0::2]
+    sin = sin[None, :, None, 1::2]
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention on (B, n, heads, d) tensors."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+class CachedSelfAttention:
+    """``attn1`` processor: current tokens attend to [cached context ; themselves]; write passes store K/V."""
+
+    def __init__(self, layer: int, state: ForwardState):
+        self.layer = layer
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        st = self.state
+        q, k, v = _get_qkv_projections(attn, hidden_states, None)
+        q = attn.norm_q(q).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(k).unflatten(2, (attn.heads, -1))
+        v = v.unflatten(2, (attn.heads, -1))
+
+        cos, sin = st.rope
+        if st.cache is None:
+            keys, values = apply_rope(k, cos, sin), v
+        else:
+            ctx = st.cache.context(self.layer, q)
+            st.cache.store(self.layer, k, v)
+            ccos, csin = st.rope_at(ctx.t_pos, ctx.hw)
+            keys = torch.cat([apply_rope(ctx.keys, ccos, csin), apply_rope(k, cos, sin)], 1)
+            values = torch.cat([ctx.values, v], 1)
+        out = attend(apply_rope(q, cos, sin), keys, values, st.mask).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class PromptCrossAttention:
+    """``attn2`` processor: text keys/values are computed once per prompt (``CausalWan.set_prompt``)."""
+
+    def __init__(self, layer: int, state: ForwardState):
+        self.layer = layer
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k, v = self.state.prompt_kv[self.layer]
+        if k.shape[0] != q.shape[0]:
+            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
+        out = attend(q, k, v).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))

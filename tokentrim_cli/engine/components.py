@@ -1,0 +1,132 @@
+"""Build the model components a preset names: causal transformer, VAE, text encoder and tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+from ..errors import WeightsError
+from . import weights as W
+from .model import CausalWan
+from .text import encode_prompts
+from .tokenizer import word_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32) -> CausalWan:
+    ref = W.resolve(spec["weights"], weights_dir, preset)
+    config = dict(spec.get("config") or {})
+    if isinstance(ref, int):
+        torch.manual_seed(ref)
+        with torch.device(device):
+            model = WanTransformer3DModel(**config)
+    elif ref.is_dir():
+        sub = ref / "transformer" if (ref / "transformer" / "config.json").exists() else ref
+        model = WanTransformer3DModel.from_pretrained(sub, torch_dtype=dtype)
+    else:
+        if not config:
+            raise WeightsError(f"{ref} is a bare checkpoint: the preset must give model.transformer.config")
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            model = WanTransformer3DModel(**config)
+        W.load_into(model, W.read_state_dict(ref), str(ref))
+    return CausalWan(model.to(device=device, dtype=dtype).eval().requires_grad_(False)).to(device)
+
+
+def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32) -> AutoencoderKLWan:
+    ref = W.resolve(spec["weights"], weights_dir, preset)
+    if isinstance(ref, int):
+        torch.manual_seed(ref)
+        vae = AutoencoderKLWan(**(spec.get("config") or {}))
+    elif ref.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        vae = AutoencoderKLWan(**(spec.get("config") or {}))
+        W.load_into(vae, load_file(str(ref)), str(ref))
+    else:
+        sub = ref / "vae" if (ref / "vae" / "config.json").exists() else ref
+        vae = AutoencoderKLWan.from_pretrained(sub, torch_dtype=dtype)
+    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torch.float32):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    ref = W.resolve(spec["weights"], weights_dir, preset)
+    if isinstance(ref, int):
+        torch.manual_seed(ref)
+        enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
+    elif ref.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
+        W.load_into(enc, load_file(str(ref)), str(ref))
+    else:
+        sub = ref / "text_encoder" if (ref / "text_encoder" / "config.json").exists() else ref
+        enc = UMT5EncoderModel.from_pretrained(sub, torch_dtype=dtype)
+    return enc.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def build_tokenizer(spec, weights_dir=None, preset="PRESET"):
+    if isinstance(spec, dict) and spec.get("kind") == "words":
+        return word_tokenizer(spec.get("vocab"))
+    from transformers import AutoTokenizer
+
+    ref = W.resolve(spec if isinstance(spec, str) else spec["weights"], weights_dir, preset)
+    path = Path(ref)
+    sub = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    return AutoTokenizer.from_pretrained(sub)
+
+
+@dataclass
+class Components:
+    """Everything a run needs, loaded once and reused for every prompt of a batch."""
+
+    model: CausalWan
+    vae: AutoencoderKLWan
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    offload_text_encoder: bool = True
+    max_text_length: int = 512
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Encode on the run's device; with ``offload_text_encoder`` the encoder goes back to the CPU after."""
+        self.text_encoder.to(self.device)
+        try:
+            return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.max_text_length)
+        finally:
+            if self.offload_text_encoder and self.device.type != "cpu":
+                self.text_encoder.to("cpu")
+                torch.cuda.empty_cache()
+
+
+def load_components(model_cfg: dict, runtime: dict, weights_dir=None, preset="PRESET") -> Components:
+    device = pick_device(runtime.get("device", "auto"))
+    dtype = DTYPES[runtime.get("dtype", "float32")]
+    if device.type == "cpu" and dtype != torch.float32:
+        dtype = torch.float32  # half precision on CPU is slow and not what the tests pin
+    tokenizer = build_tokenizer(model_cfg["tokenizer"], weights_dir, preset)
+    text_encoder = build_text_encoder(model_cfg["text_encoder"], weights_dir, preset, dtype)
+    model = build_transformer(model_cfg["transformer"], weights_dir, preset, device, dtype)
+    vae = build_vae(model_cfg["vae"], weights_dir, preset, device, runtime.get("vae_dtype") and DTYPES[runtime["vae_dtype"]] or dtype)
+    return Components(
+        model=model,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        device=device,
+        offload_text_encoder=runtime.get("offload_text_encoder", True),
+        max_text_length=model_cfg.get("max_text_length", 512),
+    )

@@ -1,0 +1,157 @@
+"""The two autoregressive samplers, as generators of finished latent blocks.
+
+Both follow the reference loops: the model predicts the flow velocity v, x0 = x_t - sigma_t * v, and between
+steps x0 is re-noised with fresh Gaussian noise, x_next = (1 - sigma_next) x0 + sigma_next * eps. A finished
+block is written into the cache by a context forward at t = ``context_noise`` (0 by default).
+
+A ``reviewer`` (the TokenTrim controller, or None) may look at a candidate block, prune the cache and ask for
+the block to be generated again; the samplers only call it at the moments the method defines and otherwise
+know nothing about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import torch
+
+from .cache import KVCache
+from .model import CausalWan
+from .noise import NoiseSource
+
+
+@dataclass
+class Block:
+    """One finished latent block and what happened while making it."""
+
+    index: int
+    frames: list[int]
+    latents: torch.Tensor  # (B, C, F, H, W) float32, normalised latent space
+    record: dict = field(default_factory=dict)  # filled by the reviewer: drift, threshold, regenerations, ...
+
+
+class Reviewer(Protocol):
+    measure_at: str  # "final" or "first_step"
+
+    def review(self, block: int, latents: torch.Tensor, cache: KVCache, attempt: int) -> bool:
+        """Return True to regenerate ``block`` (the reviewer has already pruned the cache)."""
+
+    def accept(self, block: int, latents: torch.Tensor) -> dict:
+        """The block is final; return its record for the event stream."""
+
+
+def _to_x0(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return x - sigma * v.float()
+
+
+def _renoise(x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return (1 - sigma) * x0 + sigma * eps
+
+
+def _write_context(model, cache, x0, frames, noise, block, context_noise):
+    sigma = context_noise / 1000.0
+    x = _renoise(x0, noise.draw(block, -1, frames=x0.shape[2]), sigma) if sigma > 0 else x0
+    ts = torch.full((x0.shape[2],), float(context_noise))
+    model(x, ts, frames, cache=cache, write=True)
+
+
+@torch.no_grad()
+def self_forcing(
+    model: CausalWan,
+    cache: KVCache,
+    noise: NoiseSource,
+    num_blocks: int,
+    sigmas: torch.Tensor,
+    block_frames: int = 3,
+    context_noise: float = 0.0,
+    reviewer: Reviewer | None = None,
+    start_frame: int = 0,
+) -> Iterator[Block]:
+    """Self Forcing: each block is denoised in ``len(sigmas)`` steps reading the cache, then written to it."""
+    sigmas = sigmas.float()
+    for i in range(num_blocks):
+        frames = torch.arange(start_frame + i * block_frames, start_frame + (i + 1) * block_frames)
+        attempt = 0
+        while True:
+            x = noise.draw(i, 0, attempt)
+            retry = False
+            for j, sigma in enumerate(sigmas):
+                ts = torch.full((block_frames,), float(sigma) * 1000.0)
+                v = model(x, ts, frames, cache=cache, first_step=(j == 0))
+                x0 = _to_x0(x, v, sigma)
+                if reviewer is not None and j == 0 and reviewer.measure_at == "first_step":
+                    if reviewer.review(i, x0, cache, attempt):
+                        retry = True
+                        break
+                if j + 1 < len(sigmas):
+                    x = _renoise(x0, noise.draw(i, j + 1, attempt), sigmas[j + 1])
+            if not retry and reviewer is not None and reviewer.measure_at == "final":
+                retry = reviewer.review(i, x0, cache, attempt)
+            if not retry:
+                break
+            attempt += 1
+        record = reviewer.accept(i, x0) if reviewer is not None else {}
+        _write_context(model, cache, x0, frames, noise, i, context_noise)
+        yield Block(i, frames.tolist(), x0, record)
+
+
+@torch.no_grad()
+def rolling_forcing(
+    model: CausalWan,
+    cache: KVCache,
+    noise: NoiseSource,
+    num_blocks: int,
+    sigmas: torch.Tensor,
+    block_frames: int = 3,
+    context_noise: float = 0.0,
+    reviewer: Reviewer | None = None,
+    start_frame: int = 0,
+) -> Iterator[Block]:
+    """Rolling Forcing: a window of ``len(sigmas)`` blocks at staggered noise levels, one forward per window.
+
+    Each forward admits a new block at the highest noise level; the oldest block, at the lowest level, is then
+    final: it is emitted and written to the cache by a context pass. Attention inside the window is
+    bidirectional; the cache supplies the context before the window (sink + last clean block in the preset).
+    """
+    sigmas = sigmas.float()
+    steps = len(sigmas)
+    window: list[dict] = []  # oldest first: {"block", "x", "step", "attempt"}
+    next_block = 0
+    while window or next_block < num_blocks:
+        if next_block < num_blocks:
+            window.append({"block": next_block, "x": noise.draw(next_block, 0), "step": 0, "attempt": 0})
+            next_block += 1
+        f0 = start_frame + window[0]["block"] * block_frames
+        frames = torch.arange(f0, f0 + len(window) * block_frames)
+        while True:
+            x = torch.cat([w["x"] for w in window], dim=2)
+            level = torch.cat([sigmas[w["step"]].repeat(block_frames) for w in window])
+            v = model(x, level * 1000.0, frames, cache=cache, first_step=True)
+            x0s = _to_x0(x, v, level.view(1, 1, -1, 1, 1)).split(block_frames, dim=2)
+            # the reviewer sees a block either at its first step (newest) or when final (oldest)
+            if reviewer is None:
+                break
+            cand = window[-1] if reviewer.measure_at == "first_step" else window[0]
+            if cand["step"] != (0 if reviewer.measure_at == "first_step" else steps - 1):
+                break
+            k = window.index(cand)
+            if not reviewer.review(cand["block"], x0s[k], cache, cand["attempt"]):
+                break
+            cand["attempt"] += 1
+            if reviewer.measure_at == "first_step":
+                cand["x"] = noise.draw(cand["block"], 0, cand["attempt"])
+        for w, x0 in zip(window, x0s):
+            w["x0"] = x0
+        if window[0]["step"] == steps - 1:
+            done = window.pop(0)
+            bframes = torch.arange(start_frame + done["block"] * block_frames, start_frame + (done["block"] + 1) * block_frames)
+            record = reviewer.accept(done["block"], done["x0"]) if reviewer is not None else {}
+            _write_context(model, cache, done["x0"], bframes, noise, done["block"], context_noise)
+            yield Block(done["block"], bframes.tolist(), done["x0"], record)
+        for w in window:
+            w["step"] += 1
+            w["x"] = _renoise(w["x0"], noise.draw(w["block"], w["step"], w["attempt"]), sigmas[w["step"]])
+
+
+SAMPLERS = {"self_forcing": self_forcing, "rolling_forcing": rolling_forcing}

@@ -1,0 +1,53 @@
+"""Streaming decode: latent blocks in, uint8 RGB frames out, with the causal decoder state kept across blocks.
+
+Wan's VAE decoder is causal in time and carries a feature cache from one latent frame to the next, so decoding
+each block with ``vae.decode`` would restart that state and break continuity at every block boundary. Here the
+cache is cleared once per video and each latent frame is pushed through the decoder in order, exactly as the
+one-shot decode does internally: the very first latent frame yields 1 pixel frame, every later one 4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+
+
+class StreamingDecoder:
+    def __init__(self, vae: AutoencoderKLWan):
+        self.vae = vae
+        cfg = vae.config
+        self._mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        self._first = True
+
+    def reset(self) -> None:
+        self.vae.clear_cache()
+        self._first = True
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode normalised latents (B, C, F, H, W) that continue the stream; return pixels in [-1, 1]."""
+        vae = self.vae
+        if self._first:
+            vae.clear_cache()
+        dev, dtype = vae.post_quant_conv.weight.device, vae.post_quant_conv.weight.dtype
+        z = latents.to(dev, torch.float32) * self._std.to(dev) + self._mean.to(dev)
+        x = vae.post_quant_conv(z.to(dtype))
+        outs = []
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=self._first))
+            self._first = False
+        return torch.cat(outs, dim=2).clamp(-1.0, 1.0)
+
+    def frames(self, latents: torch.Tensor) -> np.ndarray:
+        """Decode and convert the first batch item to uint8 frames of shape (F, H, W, 3)."""
+        px = self.decode(latents)[0].float()
+        px = ((px + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return px.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def pixel_frames(latent_frames: int) -> int:
+    """Pixel frames produced by ``latent_frames`` latent frames of a causal Wan VAE: 1 + 4 (L - 1)."""
+    return 0 if latent_frames <= 0 else 1 + 4 * (latent_frames - 1)
