@@ -23,6 +23,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast parameters to ``dtype`` except the modules diffusers keeps in float32 (norms, time embedder)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, param in model.named_parameters():
+        target = torch.float32 if keep.intersection(name.split(".")) else dtype
+        if param.dtype != target:
+            param.data = param.data.to(target)
+    return model
+
+
 def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32) -> CausalWan:
     ref = W.resolve(spec["weights"], weights_dir, preset)
     config = dict(spec.get("config") or {})
@@ -41,7 +51,7 @@ def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu
         with init_empty_weights():
             model = WanTransformer3DModel(**config)
         W.load_into(model, W.read_state_dict(ref), str(ref))
-    return CausalWan(model.to(device=device, dtype=dtype).eval().requires_grad_(False)).to(device)
+    return CausalWan(cast(model.to(device), dtype).eval().requires_grad_(False)).to(device)
 
 
 def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32) -> AutoencoderKLWan:
@@ -57,7 +67,7 @@ def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype
     else:
         sub = ref / "vae" if (ref / "vae" / "config.json").exists() else ref
         vae = AutoencoderKLWan.from_pretrained(sub, torch_dtype=dtype)
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return cast(vae.to(device), dtype).eval().requires_grad_(False)
 
 
 def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torch.float32):
@@ -75,7 +85,7 @@ def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torc
     else:
         sub = ref / "text_encoder" if (ref / "text_encoder" / "config.json").exists() else ref
         enc = UMT5EncoderModel.from_pretrained(sub, torch_dtype=dtype)
-    return enc.to(dtype=dtype).eval().requires_grad_(False)
+    return cast(enc, dtype).eval().requires_grad_(False)
 
 
 def build_tokenizer(spec, weights_dir=None, preset="PRESET"):

@@ -1,0 +1,246 @@
+"""The ``tokentrim`` command.
+
+Exit codes: 0 ok; 1 runtime failure (partial output kept); 2 usage or configuration error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from . import __version__
+from .errors import ConfigError, TokentrimError
+
+app = typer.Typer(
+    name="tokentrim",
+    help="Long text-to-video with autoregressive Wan2.1 models (Self Forcing, Rolling Forcing), "
+    "TokenTrim drift pruning and bounded KV caches.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+presets_app = typer.Typer(help="List and inspect presets.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(presets_app, name="presets")
+
+PRESET_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file."
+SET_HELP = "Override any preset value, e.g. --set pruning.lambda=1.5 (repeatable)."
+WEIGHTS_DIR_HELP = "Local folder mirroring hub repos (OWNER/REPO/PATH); also $TOKENTRIM_WEIGHTS_DIR."
+
+
+def _version(value: bool):
+    if value:
+        print(f"tokentrim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")):
+    pass
+
+
+def slugify(text: str, limit: int = 48) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "video"
+
+
+def default_output(prompt: str, seed: int) -> Path:
+    return Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
+
+
+def _load(preset: str | None, overrides: list[str] | None, fps: int | None = None):
+    from .config import load_preset
+
+    sets = list(overrides or [])
+    if fps is not None:
+        sets.append(f"video.fps={fps}")
+    return load_preset(preset, sets)
+
+
+def _check_seconds(seconds: float) -> None:
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"--seconds must be a positive number, got {seconds:g}")
+
+
+def components_loader(preset, weights_dir):
+    """Check every weights reference resolves now (cheap), load on first call (expensive), then reuse."""
+    from .engine import weights as W
+
+    model = preset.config["model"]
+    for part in ("transformer", "vae", "text_encoder"):
+        W.resolve(model[part]["weights"], weights_dir, preset.name)
+    tok = model["tokenizer"]
+    if isinstance(tok, str):
+        W.resolve(tok, weights_dir, preset.name)
+    cache = {}
+
+    def load():
+        if "c" not in cache:
+            from .engine.components import load_components
+
+            cache["c"] = load_components(model, preset.config["runtime"], weights_dir, preset.name)
+        return cache["c"]
+
+    return load
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What the video shows."),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of the video in seconds."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " [default: tiny]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; chosen and printed when omitted."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 [default: outputs/SLUG-SEED.mp4]."),
+    fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second (overrides video.fps)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
+    log_format: str = typer.Option("text", "--log-format", help="Progress format when not on a terminal: text or jsonl."),
+):
+    """Generate one video from a text prompt, streaming frames into an MP4 with a JSON sidecar."""
+    from .job import Job, run_job
+    from .progress import make_display
+
+    if log_format not in ("text", "jsonl"):
+        raise ConfigError(f"--log-format must be text or jsonl, got {log_format!r}")
+    _check_seconds(seconds)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed must be between 0 and 2^63-1, got {seed}")
+    if not prompt.strip():
+        raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
+    p = _load(preset, set_, fps)
+    loader = components_loader(p, str(weights_dir) if weights_dir else None)
+    display = make_display(quiet, log_format)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
+    out = output or default_output(prompt, seed)
+    if out.suffix.lower() != ".mp4":
+        raise ConfigError(f"--output must end in .mp4, got {out}")
+    result = run_job(Job(prompt, seconds, seed, out), p, loader, display)
+    if result.status != "ok" and result.error:
+        print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
+    raise typer.Exit(result.exit_code)
+
+
+@presets_app.command("list")
+def presets_list():
+    """List the presets found (checkout, installed package, $TOKENTRIM_PRESETS)."""
+    from .config import list_presets, load_preset
+
+    for name, path in list_presets().items():
+        try:
+            desc = " ".join(load_preset(name).config["description"].split())
+        except TokentrimError as exc:
+            desc = f"(invalid: {exc})"
+        print(f"{name:18s} {desc[:100]}")
+
+
+@presets_app.command("show")
+def presets_show(
+    name: str = typer.Argument(..., help=PRESET_HELP),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+):
+    """Print the fully resolved YAML of a preset (defaults filled, extends merged, --set applied)."""
+    from .config import dump
+
+    p = _load(name, set_)
+    print(f"# preset {p.name} from {p.path}")
+    print(dump(p.config), end="")
+
+
+@app.command()
+def download(
+    name: str = typer.Argument(..., help=PRESET_HELP),
+    local_dir: Optional[Path] = typer.Option(None, "--local-dir", help="Mirror into this folder instead of the hub cache."),
+):
+    """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""
+    from .engine import weights as W
+
+    p = _load(name, None)
+    model = p.config["model"]
+    refs = [model[k]["weights"] for k in ("transformer", "vae", "text_encoder")]
+    if isinstance(model["tokenizer"], str):
+        refs.append(model["tokenizer"])
+    hub = [r for r in refs if r.startswith("hf://")]
+    if not hub:
+        print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
+        return
+    for ref in hub:
+        try:
+            path = W.fetch(ref, str(local_dir) if local_dir else None)
+        except TokentrimError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network / auth problems become one actionable line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TokentrimError(
+                f"could not download {ref}: {first}. Check the network and HF_TOKEN, or copy the files into "
+                f"a folder and pass --weights-dir"
+            ) from None
+        print(f"{ref} -> {path}")
+
+
+@app.command()
+def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP)):
+    """Report torch/CUDA, GPU memory, ffmpeg, and which presets have their weights on this machine."""
+    import imageio_ffmpeg
+    import torch
+
+    from .config import list_presets, load_preset
+    from .engine import weights as W
+
+    print(f"tokentrim {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            prop = torch.cuda.get_device_properties(i)
+            print(f"cuda:{i} {prop.name}, {prop.total_memory / 2**30:.1f} GiB")
+    else:
+        print("cuda: not available (runs on CPU; only the tiny presets are practical)")
+    try:
+        print(f"ffmpeg: {imageio_ffmpeg.get_ffmpeg_exe()} ({imageio_ffmpeg.get_ffmpeg_version()})")
+    except Exception as exc:  # noqa: BLE001
+        print(f"ffmpeg: NOT FOUND ({exc})")
+    for name in list_presets():
+        try:
+            p = load_preset(name)
+        except TokentrimError as exc:
+            print(f"preset {name}: invalid ({exc})")
+            continue
+        missing = []
+        model = p.config["model"]
+        refs = [model[k]["weights"] for k in ("transformer", "vae", "text_encoder")]
+        refs += [model["tokenizer"]] if isinstance(model["tokenizer"], str) else []
+        for ref in refs:
+            try:
+                W.resolve(ref, str(weights_dir) if weights_dir else None, name)
+            except TokentrimError:
+                missing.append(ref)
+        state = "ready" if not missing else f"missing {len(missing)} (run: tokentrim download {name})"
+        print(f"preset {name}: {state}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every error becomes one line on stderr and a distinct exit code."""
+    try:
+        code = app(args=argv, prog_name="tokentrim", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+        print(f"tokentrim: error: {exc.format_message()}{hint}", file=sys.stderr)
+        code = 2
+    except click.exceptions.Abort:
+        print("tokentrim: interrupted", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:
+        print("tokentrim: interrupted", file=sys.stderr)
+        code = 130
+    except TokentrimError as exc:
+        print(f"tokentrim: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    sys.exit(code or 0)

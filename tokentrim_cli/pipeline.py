@@ -1,0 +1,84 @@
+"""prompt -> embeddings -> autoregressive loop -> latent blocks. Knows no files and no terminals."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from .engine.cache import KVCache, RollingCache
+from .engine.components import Components
+from .engine.noise import NoiseSource
+from .engine.samplers import SAMPLERS, Block
+from .engine.schedule import warp_steps
+from .engine.vae import pixel_frames
+from .errors import ConfigError
+from .pruning import make_controller
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many frames a request becomes: seconds -> pixel frames -> latent frames -> whole blocks."""
+
+    seconds: float
+    fps: int
+    frames: int  # pixel frames asked for; the video is trimmed to this
+    latent_frames: int  # generated, a whole number of blocks
+    blocks: int
+    block_frames: int
+
+    @classmethod
+    def for_seconds(cls, seconds: float, fps: int, block_frames: int) -> "Plan":
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"--seconds must be a positive number, got {seconds}")
+        if fps <= 0:
+            raise ConfigError(f"fps must be a positive integer, got {fps}")
+        frames = max(1, round(seconds * fps))
+        latent = 1 + math.ceil((frames - 1) / 4)
+        blocks = math.ceil(latent / block_frames)
+        return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames)
+
+    @property
+    def decoded_frames(self) -> int:
+        return pixel_frames(self.latent_frames)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
+    """The KV-cache policy a preset's ``cache:`` section selects."""
+    policy = cfg["policy"]
+    if policy == "full":
+        return KVCache(num_layers, rope_len)
+    if policy == "rolling":
+        return RollingCache(num_layers, cfg["window_frames"], cfg["sink_frames"], rope_len)
+    from .engine import policies  # three-partition family
+
+    return policies.make(cfg, num_layers, rope_len)
+
+
+def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, plan: Plan) -> Iterator[Block]:
+    """Yield finished latent blocks for one prompt; each block's record gains cache size and timing."""
+    model = components.model
+    model.set_prompt(components.encode([prompt]))
+    vid, samp = cfg["video"], cfg["sampler"]
+    scale = components.vae.spatial_compression_ratio
+    shape = (1, model.config.in_channels, plan.block_frames, vid["height"] // scale, vid["width"] // scale)
+    pruning = cfg["pruning"]
+    noise = NoiseSource(seed, shape, device=model.device, fresh_on_retry=pruning.get("noise") == "fresh")
+    cache = make_cache(cfg["cache"], model.num_layers, model.rope_len)
+    controller = make_controller(pruning)
+    sampler = SAMPLERS[samp["kind"]]
+    sigmas = warp_steps(samp["steps"], samp["shift"])
+    started = time.perf_counter()
+    for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp["context_noise"], controller):
+        now = time.perf_counter()
+        block.record.update(
+            cache_bytes=cache.nbytes,
+            cache_tokens=cache.num_tokens,
+            seconds=now - started,
+        )
+        started = now
+        yield block

@@ -1,0 +1,187 @@
+"""What the user sees while a run goes: a live rich display on a terminal, one line per batch in logs,
+JSON lines for machines, or nothing (``--quiet``). Human output goes to stderr; stdout carries only results
+(the video path, or the JSON lines), so ``path=$(tokentrim generate ...)`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _drift(rec: dict) -> str:
+    sev, thr = rec.get("severity"), rec.get("threshold")
+    if sev is None:
+        return "drift -"
+    return f"drift {sev:.3f}" + (f" / thr {thr:.3f}" if thr is not None else " (warm-up)")
+
+
+class Display:
+    """Base: keeps the counters every mode shows."""
+
+    def __init__(self):
+        self.total_frames = 0
+        self.frames_done = 0
+        self.regenerations = 0
+        self.pruned = 0
+        self.t0 = time.perf_counter()
+        self.last: dict = {}
+
+    def start(self, info: dict) -> None:
+        self.total_frames = info["frames"]
+        self.t0 = time.perf_counter()
+
+    def batch(self, rec: dict, frames_done: int) -> None:
+        self.frames_done = frames_done
+        self.regenerations += rec.get("regenerations", 0)
+        self.pruned += rec.get("pruned_tokens", 0)
+        self.last = rec
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self, result: dict) -> None:
+        pass
+
+    @property
+    def fps(self) -> float:
+        dt = time.perf_counter() - self.t0
+        return self.frames_done / dt if dt > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        f = self.fps
+        return (self.total_frames - self.frames_done) / f if f > 0 else None
+
+
+class QuietDisplay(Display):
+    def finish(self, result: dict) -> None:
+        if result.get("video"):
+            print(result["video"], flush=True)
+
+
+class TextDisplay(Display):
+    """One plain line per batch: for render-farm logs and pipes."""
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.err = stream or sys.stderr
+
+    def message(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    def start(self, info: dict) -> None:
+        super().start(info)
+        self.message(
+            f"tokentrim: preset {info['preset']}, seed {info['seed']}, {info['frames']} frames "
+            f"({info['latent_frames']} latent, {info['blocks']} blocks) -> {info['video']}"
+        )
+
+    def batch(self, rec: dict, frames_done: int) -> None:
+        super().batch(rec, frames_done)
+        regen = f" REGENERATED x{rec['regenerations']} (pruned {rec['pruned_tokens']} tokens)" if rec.get("regenerated") else ""
+        eta = self.eta
+        self.message(
+            f"batch {rec['index'] + 1}: frames {frames_done}/{self.total_frames}  {self.fps:.2f} fps  "
+            f"eta {eta:.0f}s  {_drift(rec)}  cache {_mb(rec['cache_bytes'])}  {rec['seconds']:.2f}s{regen}"
+            if eta is not None
+            else f"batch {rec['index'] + 1}: frames {frames_done}/{self.total_frames}"
+        )
+
+    def finish(self, result: dict) -> None:
+        self.message(
+            f"tokentrim: {result['status']} - {result.get('frames_written', 0)} frames, "
+            f"{self.regenerations} regenerations, {self.pruned} pruned tokens, {result.get('seconds', 0):.1f}s"
+            + (f" ({result['error']})" if result.get("error") else "")
+        )
+        if result.get("video"):
+            print(result["video"], flush=True)
+
+
+class JsonlDisplay(Display):
+    """Every event as one JSON object per line on stdout."""
+
+    def _emit(self, event: str, **data) -> None:
+        print(json.dumps({"event": event, **data}, default=str), flush=True)
+
+    def start(self, info: dict) -> None:
+        super().start(info)
+        self._emit("start", **info)
+
+    def batch(self, rec: dict, frames_done: int) -> None:
+        super().batch(rec, frames_done)
+        self._emit("batch", frames_done=frames_done, total_frames=self.total_frames, fps=round(self.fps, 3), **rec)
+
+    def message(self, text: str) -> None:
+        self._emit("message", text=text)
+
+    def finish(self, result: dict) -> None:
+        self._emit("done", **result)
+
+
+class LiveDisplay(Display):
+    """A rich live panel: progress, speed, ETA, last drift vs threshold, regenerations, cache size."""
+
+    def __init__(self):
+        super().__init__()
+        self.console = Console(stderr=True)
+        self.info: dict = {}
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+
+    def _render(self):
+        t = Table.grid(padding=(0, 2))
+        t.add_column(style="bold cyan")
+        t.add_column()
+        total = max(self.total_frames, 1)
+        width = 30
+        filled = int(width * self.frames_done / total)
+        bar = "[green]" + "#" * filled + "[/green]" + "-" * (width - filled)
+        eta = self.eta
+        t.add_row("video", str(self.info.get("video", "")))
+        t.add_row("frames", f"{bar} {self.frames_done}/{self.total_frames}")
+        t.add_row("speed", f"{self.fps:.2f} frames/s" + (f"   eta {eta:.0f}s" if eta is not None else ""))
+        t.add_row("drift", _drift(self.last) if self.last else "-")
+        t.add_row("regenerated", f"{self.regenerations} batches, {self.pruned} tokens pruned")
+        t.add_row("kv cache", _mb(self.last.get("cache_bytes", 0)) if self.last else "-")
+        return t
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def start(self, info: dict) -> None:
+        super().start(info)
+        self.info = info
+        self.live.start()
+        self.live.update(self._render())
+
+    def batch(self, rec: dict, frames_done: int) -> None:
+        super().batch(rec, frames_done)
+        self.live.update(self._render())
+
+    def finish(self, result: dict) -> None:
+        self.live.update(self._render())
+        self.live.stop()
+        colour = "green" if result["status"] == "ok" else "yellow"
+        self.console.print(f"[{colour}]{result['status']}[/{colour}] {result.get('video') or ''}"
+                           + (f"  ({result['error']})" if result.get("error") else ""))
+        if result.get("video") and not sys.stdout.isatty():
+            print(result["video"], flush=True)
+
+
+def make_display(quiet: bool = False, log_format: str = "text") -> Display:
+    if quiet:
+        return QuietDisplay()
+    if log_format == "jsonl":
+        return JsonlDisplay()
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        return LiveDisplay()
+    return TextDisplay()
