@@ -115,6 +115,8 @@ def generate(
         raise ConfigError(f"--seed must be between 0 and 2^63-1, got {seed}")
     if not prompt.strip():
         raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
+    if output is not None and output.suffix.lower() != ".mp4":
+        raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps)
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
@@ -122,8 +124,6 @@ def generate(
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    if out.suffix.lower() != ".mp4":
-        raise ConfigError(f"--output must end in .mp4, got {out}")
     result = run_job(Job(prompt, seconds, seed, out), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)

@@ -1,0 +1,174 @@
+"""The tokentrim command as a user runs it: outputs, validation errors, interrupts, machine-readable logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tokentrim_cli.cli import main
+from tokentrim_cli.video import probe
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+BATCH_KEYS = {"index", "latent_frames", "severity", "threshold", "regenerated", "pruned_tokens", "cache_bytes", "seconds"}
+
+
+def tokentrim(*args, timeout=120, **kw):
+    return subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, **kw)
+
+
+def run_main(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_generate_writes_mp4_and_sidecar(tmp_path):
+    out = tmp_path / "clip.mp4"
+    r = tokentrim("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
+                  "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    info = probe(out)
+    assert info["frames"] == 18 and info["fps"] == 12.0 and (info["width"], info["height"]) == (96, 64)
+    meta = json.loads(info["comment"])
+    assert meta["seed"] == 5 and meta["status"] == "ok" and meta["frames"] == 18
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["status"] == "ok" and side["seed"] == 5 and side["fps"] == 12 and side["frames"] == 18
+    assert side["prompt"] == "a red circle" and side["preset"] == "tiny" and side["config"]["video"]["fps"] == 12
+    # 18 frames -> 6 latent frames -> 2 blocks of 3
+    assert len(side["batches"]) == side["plan"]["blocks"] == 2
+    for rec in side["batches"]:
+        assert BATCH_KEYS <= set(rec), BATCH_KEYS - set(rec)
+    assert side["batches"][-1]["frames_written"] == 18
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left
+
+
+def test_random_seed_is_printed_and_recorded(tmp_path):
+    out = tmp_path / "s.mp4"
+    r = tokentrim("generate", "--prompt", "a cat", "--seconds", "0.5", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    seed = json.loads(out.with_suffix(".json").read_text())["seed"]
+    assert f"--seed {seed}" in r.stderr
+
+
+BAD = [
+    (["--set", "video.foo=1"], "unknown key video.foo"),
+    (["--set", "pruning.lambda=high"], "pruning.lambda must be a number >= 0"),
+    (["--set", "sampler.steps=[250, 500]"], "sampler.steps must be a decreasing list"),
+    (["--fps", "0"], "video.fps must be an integer from 1 to 240, got 0"),
+    (["--seconds", "-3"], "--seconds must be a positive number"),
+    (["--set", "video.height=100"], "video.height must be a positive multiple of 16, got 100"),
+    (["--set", "cache.policy=lru"], "cache.policy must be one of"),
+    (["--set", "model.transformer.config.num_heads=4"], "unknown key model.transformer.config.num_heads"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--set", "novalue"], "expected dotted.key=value"),
+    (["--log-format", "xml"], "--log-format must be text or jsonl"),
+    (["--output", "x.avi"], "--output must end in .mp4"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_validation_errors_exit_2_with_one_line(capsys, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "generate", "--prompt", "a cat", "--seconds", "1", *extra)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert message in lines[0] and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob("*.json"))
+
+
+def test_preset_file_errors_name_file_and_key(capsys, tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("extends: tiny\nvideo: {fps: 16, colour: red}\n")
+    code, _, err = run_main(capsys, "generate", "--prompt", "x", "--preset", str(bad))
+    assert code == 2 and str(bad) in err and "unknown key video.colour" in err and len(err.strip().splitlines()) == 1
+    bad.write_text("extends: tiny\nvideo: [1, 2\n")
+    code, _, err = run_main(capsys, "generate", "--prompt", "x", "--preset", str(bad))
+    assert code == 2 and "is not valid YAML" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_weights_name_file_and_download_command(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, "generate", "--prompt", "x", "--preset", "self-forcing", "--seconds", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt" in err and "tokentrim download self-forcing" in err
+
+
+def test_download_offline_fails_cleanly(tmp_path):
+    r = tokentrim("download", "self-forcing", "--local-dir", str(tmp_path), timeout=60)
+    assert r.returncode == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and "could not download hf://" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_playable_partial_video(tmp_path, sig):
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
+                             "--seconds", "600", "--seed", "1", "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    side = out.with_suffix(".json")
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            if len(json.loads(side.read_text())["batches"]) >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    partial = tmp_path / "long.partial.mp4"
+    assert partial.exists() and not out.exists()
+    data = json.loads(side.read_text())
+    assert data["status"] == "interrupted" and data["video"] == str(partial)
+    info = probe(partial)
+    assert info["frames"] == data["frames_written"] >= 3 * 9
+    assert json.loads(info["comment"])["status"] == "interrupted"
+    assert not list(tmp_path.glob(".*"))  # temporary files cleaned up
+
+
+def test_jsonl_log_lines_parse(tmp_path):
+    out = tmp_path / "j.mp4"
+    r = tokentrim("generate", "--prompt", "a dog", "--seconds", "1", "--seed", "2", "--output", str(out),
+                  "--log-format", "jsonl", "--set", "pruning.lambda=0")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    batches = [e for e in events if e["event"] == "batch"]
+    assert len(batches) == 2 and all(BATCH_KEYS <= set(b) for b in batches)
+    assert events[-1]["video"] == str(out)
+
+
+def test_quiet_prints_only_the_path(tmp_path):
+    out = tmp_path / "q.mp4"
+    r = tokentrim("generate", "--prompt", "a dog", "--seconds", "0.5", "--seed", "2", "--output", str(out), "--quiet")
+    assert r.returncode == 0 and r.stdout == f"{out}\n" and r.stderr == ""
+
+
+def test_presets_list_and_show(capsys):
+    code, out, _ = run_main(capsys, "presets", "list")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and {"tiny", "tiny-rolling", "self-forcing", "rolling-forcing"} <= set(names)
+    code, out, _ = run_main(capsys, "presets", "show", "rolling-forcing", "--set", "pruning.p=0.05")
+    assert code == 0
+    import yaml
+
+    cfg = yaml.safe_load(out)
+    assert cfg["sampler"]["kind"] == "rolling_forcing" and cfg["pruning"]["p"] == 0.05
+    assert cfg["model"]["transformer"]["config"]["num_layers"] == 30  # inherited from self-forcing
+
+
+def test_doctor_runs(capsys):
+    code, out, _ = run_main(capsys, "doctor")
+    assert code == 0 and "ffmpeg:" in out and "preset tiny: ready" in out
