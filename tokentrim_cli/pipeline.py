@@ -75,6 +75,10 @@ def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, p
     started = time.perf_counter()
     for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp["context_noise"], controller):
         now = time.perf_counter()
+        block.record = {
+            "severity": None, "threshold": None, "regenerated": False, "regenerations": 0, "pruned_tokens": 0,
+            **block.record,
+        }
         block.record.update(
             cache_bytes=cache.nbytes,
             cache_tokens=cache.num_tokens,
