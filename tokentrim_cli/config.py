@@ -96,7 +96,7 @@ SCHEMA: dict = {
             "three pooling factors [time, height, width], e.g. [2, 4, 4]",
             default=[2, 4, 4],
         ),
-        "selection": _choice("shared", "per_layer"),
+        "selection": _choice("per_layer", "shared"),
         "query_samples": Rule(_int(1), "a positive integer", default=256),
     },
     "pruning": {

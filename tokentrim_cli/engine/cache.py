@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: segments are compared by object, never by tensor contents
 class Segment:
     """Tokens written by one context pass (one block), or a compressed stand-in for one.
 
@@ -39,6 +39,7 @@ class Segment:
     values: list[torch.Tensor]
     kind: str = "recent"  # "sink" (never pruned/evicted), "recent", or "mid" (compressed)
     frames: tuple[int, ...] = field(default=())
+    cover: torch.Tensor | None = None  # compressed tokens: (n, c) spatial indices each one stands for, -1 padded
 
     @property
     def num_tokens(self) -> int:
@@ -52,12 +53,21 @@ class Segment:
     def prunable(self) -> bool:
         return self.kind != "sink"
 
+    def prune_mask(self, hw_indices: torch.Tensor) -> torch.Tensor:
+        """Tokens to keep when ``hw_indices`` are pruned; a compressed token goes when half its cover does."""
+        if self.cover is None:
+            return ~torch.isin(self.hw, hw_indices)
+        hit = torch.isin(self.cover, hw_indices).sum(1)
+        return 2 * hit < (self.cover >= 0).sum(1)
+
     def keep(self, mask: torch.Tensor) -> int:
         """Keep only tokens where ``mask`` is true; return how many were removed."""
         removed = int((~mask).sum())
         if removed:
             idx = mask.nonzero().squeeze(1)
             self.t, self.hw = self.t[idx], self.hw[idx]
+            if self.cover is not None:
+                self.cover = self.cover[idx]
             dev = self.keys[0].device
             idx = idx.to(dev)
             self.keys = [k.index_select(1, idx) for k in self.keys]
@@ -163,7 +173,7 @@ class KVCache:
         removed = 0
         for seg in self.segments:
             if seg.prunable:
-                removed += seg.keep(~torch.isin(seg.hw, hw_indices))
+                removed += seg.keep(seg.prune_mask(hw_indices))
         self.segments = [s for s in self.segments if s.num_tokens > 0]
         return removed
 

@@ -1,0 +1,235 @@
+"""Bounded cache policies beyond the rolling window: three-partition (PackForcing) and deep sink (Deep Forcing).
+
+Three-partition (arXiv 2603.25730): sink frames at full resolution, never evicted, compressed or pruned; recent
+frames at full resolution; blocks that age out of recent are compressed (training-free pooling here; the paper's
+compressor is trained and unpublished) and kept up to ``mid_capacity`` blocks. At the first denoising step of
+each block, every mid block is scored by query-key affinity and only the top ``mid_top_k`` join attention for
+that block's steps. Positions are re-packed by the base cache's layout (sink and selected mid blocks sit right
+before the recent frames), so memory and positions stay bounded at any length.
+
+Granularity: a written block (one context pass) leaves "recent" as a whole once none of its frames is among the
+last ``recent_frames``; recent therefore holds between ``recent_frames`` and ``recent_frames + block - 1``
+frames. Each aged-out block becomes one mid block.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+from .cache import KVCache, RollingCache, Segment, split_sink
+
+
+class Compressor(Protocol):
+    def __call__(self, segment: Segment, grid: tuple[int, int]) -> Segment:
+        """Return a smaller stand-in for ``segment`` (kind "mid"), with ``t``/``hw``/``cover`` filled."""
+
+
+class PoolingCompressor:
+    """Average keys and values over (time, height, width) cells: [2, 4, 4] turns 3 x 30 x 52 tokens into 2 x 8 x 13.
+
+    Keys are cached un-rotated, so pooled keys are rotated at the cell's representative position (its first
+    frame, its centre token) like any other key.
+    """
+
+    def __init__(self, factors=(2, 4, 4)):
+        self.ft, self.fh, self.fw = (int(f) for f in factors)
+
+    @property
+    def ratio(self) -> int:
+        return self.ft * self.fh * self.fw
+
+    def __call__(self, seg: Segment, grid: tuple[int, int]) -> Segment:
+        gh, gw = grid
+        ch_n, cw_n = math.ceil(gh / self.fh), math.ceil(gw / self.fw)
+        t0 = int(seg.t.min())
+        h, w = seg.hw // gw, seg.hw % gw
+        cell = (((seg.t - t0) // self.ft) * ch_n + h // self.fh) * cw_n + w // self.fw
+        cells, inverse = torch.unique(cell, return_inverse=True)
+        counts = torch.bincount(inverse, minlength=len(cells)).float()
+        ct, rest = cells // (ch_n * cw_n), cells % (ch_n * cw_n)
+        ch, cw = rest // cw_n, rest % cw_n
+        t = t0 + ct * self.ft
+        hw = (ch * self.fh + self.fh // 2).clamp(max=gh - 1) * gw + (cw * self.fw + self.fw // 2).clamp(max=gw - 1)
+        dh, dw = torch.meshgrid(torch.arange(self.fh), torch.arange(self.fw), indexing="ij")
+        ph, pw = ch[:, None] * self.fh + dh.flatten(), cw[:, None] * self.fw + dw.flatten()
+        cover = torch.where((ph < gh) & (pw < gw), ph * gw + pw, torch.full_like(ph, -1))
+
+        def pool(x):
+            idx = inverse.to(x.device)
+            out = x.new_zeros(x.shape[0], len(cells), *x.shape[2:], dtype=torch.float32)
+            out.index_add_(1, idx, x.float())
+            return (out / counts.to(x.device).view(1, -1, 1, 1)).to(x.dtype)
+
+        return Segment(
+            t=t,
+            hw=hw,
+            keys=[pool(k) for k in seg.keys],
+            values=[pool(v) for v in seg.values],
+            kind="mid",
+            frames=seg.frames,
+            cover=cover,
+        )
+
+
+def affinity(query: torch.Tensor, keys: torch.Tensor, samples: int, heads: torch.Tensor) -> torch.Tensor:
+    """Summed scaled dot products of a uniform subsample of queries with ``keys`` over the chosen heads.
+
+    Both are un-rotated (content affinity, independent of where re-packing will put the block).
+    """
+    n = query.shape[1]
+    idx = torch.linspace(0, n - 1, min(samples, n)).round().long().to(query.device)
+    q = query.index_select(1, idx).index_select(2, heads).float()
+    k = keys.index_select(2, heads).float()
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    # sum_i sum_j q_i . k_j = (sum_i q_i) . (sum_j k_j), per head and batch item
+    return (q.sum(1) * k.sum(1)).sum() * scale
+
+
+class ThreePartitionCache(KVCache):
+    def __init__(
+        self,
+        num_layers: int,
+        sink_frames: int = 6,
+        recent_frames: int = 3,
+        mid_capacity: int = 48,
+        mid_top_k: int = 16,
+        compressor: Compressor | None = None,
+        selection: str = "per_layer",
+        query_samples: int = 256,
+        rope_len: int = 1024,
+    ):
+        super().__init__(num_layers, rope_len)
+        if selection not in ("shared", "per_layer"):
+            raise ValueError("selection must be 'shared' or 'per_layer'")
+        self.sink_frames, self.recent_frames = sink_frames, recent_frames
+        self.mid_capacity, self.mid_top_k = mid_capacity, mid_top_k
+        self.compressor = compressor or PoolingCompressor()
+        self.selection, self.query_samples = selection, query_samples
+        self._chosen: dict[int, list[Segment]] = {}
+        self._first = False
+
+    @property
+    def sink(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind == "sink"]
+
+    @property
+    def mid(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind == "mid"]
+
+    @property
+    def recent(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind == "recent"]
+
+    def begin(self, frames, grid, write, first_step=False):
+        super().begin(frames, grid, write, first_step)
+        if first_step:
+            self._chosen = {}
+        self._first = first_step
+
+    def admit(self, segment: Segment) -> None:
+        self.segments.extend(split_sink(segment, self.sink_frames))
+        recent = self.recent
+        if not recent:
+            return
+        newest = max(int(s.t.max()) for s in recent)
+        for seg in recent:
+            if int(seg.t.max()) <= newest - self.recent_frames:
+                i = self.segments.index(seg)
+                if self.mid_capacity > 0:
+                    self.segments[i] = self.compressor(seg, self._grid)
+                else:
+                    del self.segments[i]
+        mid = self.mid
+        for old in mid[: max(0, len(mid) - self.mid_capacity)]:
+            self.segments.remove(old)
+
+    def select(self, layer: int, query: torch.Tensor) -> list[Segment]:
+        mid = self.mid
+        if len(mid) <= self.mid_top_k:
+            return self.segments
+        key = 0 if self.selection == "shared" else layer
+        if key not in self._chosen:  # scored at a block's first step, reused for its later steps
+            self._chosen[key] = self._score(layer, query, mid)
+        chosen = {id(s) for s in self._chosen[key]}
+        return [s for s in self.segments if s.kind != "mid" or id(s) in chosen]
+
+    def _score(self, layer: int, query: torch.Tensor, mid: list[Segment]) -> list[Segment]:
+        heads = torch.arange(0, query.shape[2], 2, device=query.device)  # half the heads
+        scores = torch.stack([affinity(query, s.keys[layer], self.query_samples, heads) for s in mid])
+        top = torch.topk(scores, self.mid_top_k).indices.tolist()
+        return [mid[i] for i in sorted(top)]
+
+
+class DeepSinkCache(RollingCache):
+    """Deep Forcing style: a deep sink (~10 frames) plus recent frames, and a token budget in between.
+
+    Frames leaving the recent window are kept token by token up to ``budget_frames`` frames' worth of tokens,
+    chosen by importance (query-key affinity with the current block's queries, scored at a block's first step);
+    the rest are dropped. Positions are re-aligned by the shared layout (the sink sits right before the rest).
+    """
+
+    def __init__(self, num_layers, sink_frames=10, recent_frames=4, budget_frames=16, query_samples=256, rope_len=1024):
+        super().__init__(num_layers, window_frames=None, sink_frames=sink_frames, rope_len=rope_len)
+        self.recent_frames, self.budget_frames, self.query_samples = recent_frames, budget_frames, query_samples
+
+    def admit(self, segment: Segment) -> None:
+        self.segments.extend(split_sink(segment, self.sink_frames))
+        recent = [s for s in self.segments if s.kind == "recent"]
+        if recent:
+            newest = max(int(s.t.max()) for s in recent)
+            for seg in recent:
+                if int(seg.t.max()) <= newest - self.recent_frames:
+                    seg.kind = "mid"
+
+    def begin(self, frames, grid, write, first_step=False):
+        super().begin(frames, grid, write, first_step)
+        self._first = first_step
+
+    def select(self, layer: int, query: torch.Tensor) -> list[Segment]:
+        if self._first and layer == 0:
+            self._trim(query)
+        return self.segments
+
+    def _trim(self, query: torch.Tensor) -> None:
+        mid = [s for s in self.segments if s.kind == "mid"]
+        h, w = self._grid
+        budget = self.budget_frames * h * w
+        total = sum(s.num_tokens for s in mid)
+        if total <= budget:
+            return
+        heads = torch.arange(0, query.shape[2], 2, device=query.device)
+        n = query.shape[1]
+        idx = torch.linspace(0, n - 1, min(self.query_samples, n)).round().long().to(query.device)
+        qsum = query.index_select(1, idx).index_select(2, heads).float().sum(1)  # (B, h', d)
+        scores = torch.cat([(s.keys[0].index_select(2, heads).float() * qsum[:, None]).sum((0, 2, 3)).cpu() for s in mid])
+        keep = torch.zeros(total, dtype=torch.bool)
+        keep[torch.topk(scores, budget).indices] = True
+        start = 0
+        for s in mid:
+            s.keep(keep[start : start + s.num_tokens])
+            start += s.num_tokens
+        self.segments = [s for s in self.segments if s.num_tokens > 0]
+
+
+def make(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
+    policy = cfg["policy"]
+    if policy == "sink_window":
+        return RollingCache(num_layers, cfg["window_frames"], cfg["sink_frames"], rope_len)
+    if policy == "deep_sink":
+        return DeepSinkCache(num_layers, cfg["sink_frames"], cfg["recent_frames"], cfg["budget_frames"], cfg["query_samples"], rope_len)
+    if policy == "three_partition":
+        return ThreePartitionCache(
+            num_layers,
+            sink_frames=cfg["sink_frames"],
+            recent_frames=cfg["recent_frames"],
+            mid_capacity=cfg["mid_capacity"],
+            mid_top_k=cfg["mid_top_k"],
+            compressor=PoolingCompressor(cfg["compression"]),
+            selection=cfg["selection"],
+            query_samples=cfg["query_samples"],
+            rope_len=rope_len,
+        )
+    raise ValueError(f"unknown cache policy {policy!r}")
