@@ -226,6 +226,33 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
         print(f"preset {name}: {state}")
 
 
+@app.command()
+def batch(
+    prompts: Path = typer.Argument(..., help="Text file (one prompt per line, # comments) or JSONL "
+                                   "(one {\"prompt\": ..., \"seconds\", \"seed\", \"preset\", \"output\", \"set\"} per line)."),
+    out_dir: Path = typer.Option(..., "--out-dir", "-d", help="Folder for the videos, sidecars and manifest.jsonl."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " [default: tiny]"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of each video unless the item says otherwise."),
+    seed: int = typer.Option(0, "--seed", help="Batch seed; items without a seed get one derived from it and their index."),
+    resume: bool = typer.Option(False, "--resume", help="Skip items already done with the same settings (per manifest)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Only shard I of N (item k is in shard k mod N), e.g. 0/4."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (one line per item) and load nothing."),
+    name_template: str = typer.Option("{index:04d}-{slug}-{seed}", "--name-template",
+                                      help="Output name; fields {index} {slug} {seed} {preset}."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output paths (and the summary line)."),
+    log_format: str = typer.Option("text", "--log-format", help="Progress format when not on a terminal: text or jsonl."),
+):
+    """Generate one video per prompt of a file: resumable, shardable, one process per GPU under accelerate launch."""
+    from .batch import Options, run_batch
+
+    opts = Options(prompts=prompts, out_dir=out_dir, preset=preset, sets=list(set_ or []), seconds=seconds, seed=seed,
+                   resume=resume, shard=shard, dry_run=dry_run, name_template=name_template,
+                   weights_dir=str(weights_dir) if weights_dir else None, quiet=quiet, log_format=log_format)
+    raise typer.Exit(run_batch(opts))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every error becomes one line on stderr and a distinct exit code."""
     try:
