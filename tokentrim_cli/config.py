@@ -68,7 +68,7 @@ SCHEMA: dict = {
     "extends": Rule(lambda v: isinstance(v, str), "a preset name or path", default=None),
     "model": {
         "transformer": {"config": _ARCH, "weights": _WEIGHTS},
-        "vae": {"config": _ARCH, "weights": _WEIGHTS},
+        "vae": {"kind": _choice("wan", "patch"), "config": _ARCH, "weights": _WEIGHTS},
         "text_encoder": {"config": _ARCH, "weights": _WEIGHTS},
         "tokenizer": Rule(
             lambda v: (isinstance(v, str) and v.strip() != "") or (isinstance(v, dict) and v.get("kind") == "words"),
@@ -279,7 +279,10 @@ def _check_architecture(cfg: dict, source: str) -> None:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config
 
-    for key, cls in (("transformer", WanTransformer3DModel), ("vae", AutoencoderKLWan)):
+    from .engine.patch_codec import PatchCodec
+
+    vae_cls = PatchCodec if cfg["model"]["vae"]["kind"] == "patch" else AutoencoderKLWan
+    for key, cls in (("transformer", WanTransformer3DModel), ("vae", vae_cls)):
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
         for arg in cfg["model"][key]["config"]:
             if arg not in allowed:

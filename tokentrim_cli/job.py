@@ -99,7 +99,7 @@ def signals_deferred():
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     cfg = preset.config
     vid = cfg["video"]
-    plan = Plan.for_seconds(job.seconds, vid["fps"], cfg["sampler"]["block_frames"])
+    plan = Plan.for_preset(job.seconds, cfg)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     sidecar = Sidecar(

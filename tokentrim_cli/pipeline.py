@@ -28,23 +28,37 @@ class Plan:
     blocks: int
     block_frames: int
 
+    temporal_ratio: int = 4  # pixel frames per latent frame after the first
+
     @classmethod
-    def for_seconds(cls, seconds: float, fps: int, block_frames: int) -> "Plan":
+    def for_seconds(cls, seconds: float, fps: int, block_frames: int, temporal_ratio: int = 4) -> "Plan":
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
             raise ConfigError(f"--seconds must be a positive number, got {seconds}")
         if fps <= 0:
             raise ConfigError(f"fps must be a positive integer, got {fps}")
         frames = max(1, round(seconds * fps))
-        latent = 1 + math.ceil((frames - 1) / 4)
+        latent = 1 + math.ceil((frames - 1) / temporal_ratio)
         blocks = math.ceil(latent / block_frames)
-        return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames)
+        return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames, temporal_ratio)
+
+    @classmethod
+    def for_preset(cls, seconds: float, cfg: dict) -> "Plan":
+        return cls.for_seconds(seconds, cfg["video"]["fps"], cfg["sampler"]["block_frames"], codec_temporal_ratio(cfg["model"]))
 
     @property
     def decoded_frames(self) -> int:
-        return pixel_frames(self.latent_frames)
+        return pixel_frames(self.latent_frames, self.temporal_ratio)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def codec_temporal_ratio(model_cfg: dict) -> int:
+    """Pixel frames per latent frame of the preset's codec, known before anything loads."""
+    vae = model_cfg["vae"]
+    if vae.get("kind") == "patch":
+        return 1
+    return 2 ** sum(bool(x) for x in vae["config"].get("temperal_downsample", [False, True, True]))
 
 
 def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:

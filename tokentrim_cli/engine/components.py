@@ -54,8 +54,17 @@ def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu
     return CausalWan(cast(model.to(device), dtype).eval().requires_grad_(False)).to(device)
 
 
-def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32) -> AutoencoderKLWan:
+def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32):
     ref = W.resolve(spec["weights"], weights_dir, preset)
+    if spec.get("kind") == "patch":
+        from .patch_codec import PatchCodec
+
+        codec = PatchCodec(**(spec.get("config") or {}))
+        if not isinstance(ref, int):
+            from safetensors.torch import load_file
+
+            W.load_into(codec, load_file(str(ref)), str(ref))
+        return codec.to(device).eval()
     if isinstance(ref, int):
         torch.manual_seed(ref)
         vae = AutoencoderKLWan(**(spec.get("config") or {}))
@@ -81,7 +90,10 @@ def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torc
         from safetensors.torch import load_file
 
         enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
-        W.load_into(enc, load_file(str(ref)), str(ref))
+        sd = load_file(str(ref))
+        if "shared.weight" in sd:  # the encoder's embedding is tied to it and saved once
+            sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+        W.load_into(enc, sd, str(ref))
     else:
         sub = ref / "text_encoder" if (ref / "text_encoder" / "config.json").exists() else ref
         enc = UMT5EncoderModel.from_pretrained(sub, torch_dtype=dtype)
@@ -115,7 +127,8 @@ class Components:
         """Encode on the run's device; with ``offload_text_encoder`` the encoder goes back to the CPU after."""
         self.text_encoder.to(self.device)
         try:
-            return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.max_text_length)
+            with torch.no_grad():
+                return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.max_text_length)
         finally:
             if self.offload_text_encoder and self.device.type != "cpu":
                 self.text_encoder.to("cpu")

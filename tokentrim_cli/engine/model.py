@@ -59,9 +59,9 @@ class CausalWan(torch.nn.Module):
         return self
 
     # ------------------------------------------------------------------ prompt
-    @torch.no_grad()
     def set_prompt(self, prompt_embeds: torch.Tensor) -> None:
-        """Project the text embeddings and compute every layer's cross-attention K/V once."""
+        """Project the text embeddings and compute every layer's cross-attention K/V once (differentiable when
+        the weights require grad, as in toy-model training)."""
         t = self.transformer
         ctx = t.condition_embedder.text_embedder(prompt_embeds.to(self.device, self.dtype))
         kv = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 
-@torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int = 512) -> torch.Tensor:
     """Return (B, max_length, dim) embeddings; positions past each prompt's length are exactly zero."""
     tok = tokenizer(

@@ -14,21 +14,27 @@ from diffusers import AutoencoderKLWan
 
 
 class StreamingDecoder:
-    def __init__(self, vae: AutoencoderKLWan):
+    """Stateful decoder for one video at a time: ``reset`` at the start, then ``frames`` per block in order."""
+
+    def __init__(self, vae):
         self.vae = vae
-        cfg = vae.config
-        self._mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        self._std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        if isinstance(vae, AutoencoderKLWan):
+            self._mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+            self._std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
         self._first = True
+        self.temporal_ratio = temporal_ratio(vae)
 
     def reset(self) -> None:
-        self.vae.clear_cache()
+        if hasattr(self.vae, "clear_cache"):
+            self.vae.clear_cache()
         self._first = True
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode normalised latents (B, C, F, H, W) that continue the stream; return pixels in [-1, 1]."""
         vae = self.vae
+        if not isinstance(vae, AutoencoderKLWan):  # stateless codecs (the toy world's PatchCodec)
+            return vae.decode(latents.to(vae.mean.device))
         if self._first:
             vae.clear_cache()
         dev, dtype = vae.post_quant_conv.weight.device, vae.post_quant_conv.weight.dtype
@@ -48,6 +54,13 @@ class StreamingDecoder:
         return px.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def pixel_frames(latent_frames: int) -> int:
-    """Pixel frames produced by ``latent_frames`` latent frames of a causal Wan VAE: 1 + 4 (L - 1)."""
-    return 0 if latent_frames <= 0 else 1 + 4 * (latent_frames - 1)
+def temporal_ratio(vae) -> int:
+    """Pixel frames per latent frame after the first (4 for Wan2.1's VAE, 1 for the patch codec)."""
+    if isinstance(vae, AutoencoderKLWan):
+        return 2 ** sum(bool(x) for x in vae.config.temperal_downsample)
+    return int(getattr(vae, "temporal_compression_ratio", 1))
+
+
+def pixel_frames(latent_frames: int, ratio: int = 4) -> int:
+    """Pixel frames produced by ``latent_frames`` latent frames of a causal codec: 1 + ratio (L - 1)."""
+    return 0 if latent_frames <= 0 else 1 + ratio * (latent_frames - 1)

@@ -4,6 +4,7 @@ A weights reference is one of
   ``random`` or ``random:SEED``      seeded initialisation (tests, benchmarks);
   ``hf://OWNER/REPO[/PATH]``         a file or folder of a Hugging Face repository (used from the local cache or
                                      a local mirror; fetched by ``tokentrim download``, never implicitly);
+  ``pkg://PATH``                      a file shipped inside the tokentrim package (the toy model's weights);
   a local path                       a ``.pt``/``.pth``/``.safetensors`` file or a diffusers-format folder.
 """
 
@@ -36,6 +37,8 @@ def parse_ref(ref: str) -> HubRef | Path | int:
         return 0
     if ref.startswith("random:"):
         return int(ref.split(":", 1)[1])
+    if ref.startswith("pkg://"):
+        return Path(__file__).resolve().parents[1] / ref[len("pkg://") :]
     if ref.startswith("hf://"):
         parts = ref[5:].strip("/").split("/")
         if len(parts) < 2:
@@ -51,7 +54,8 @@ def resolve(ref: str, weights_dir: str | None = None, preset: str = "PRESET") ->
         return parsed
     if isinstance(parsed, Path):
         if not parsed.exists():
-            raise MissingWeights(f"weights file {parsed} does not exist: check the path in the preset or --set")
+            hint = "reinstall tokentrim or run: make toy-model" if ref.startswith("pkg://") else "check the path in the preset or --set"
+            raise MissingWeights(f"weights file {parsed} does not exist: {hint}")
         return parsed
     weights_dir = weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
     if weights_dir:
