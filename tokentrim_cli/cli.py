@@ -30,7 +30,7 @@ app = typer.Typer(
 presets_app = typer.Typer(help="List and inspect presets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(presets_app, name="presets")
 
-PRESET_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file."
+PRESET_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file [default: $TOKENTRIM_PRESET or toy]."
 SET_HELP = "Override any preset value, e.g. --set pruning.lambda=1.5 (repeatable)."
 WEIGHTS_DIR_HELP = "Local folder mirroring hub repos (OWNER/REPO/PATH); also $TOKENTRIM_WEIGHTS_DIR."
 
@@ -95,7 +95,7 @@ def components_loader(preset, weights_dir):
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the video shows."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of the video in seconds."),
-    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " [default: tiny]"),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; chosen and printed when omitted."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 [default: outputs/SLUG-SEED.mp4]."),
     fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second (overrides video.fps)."),
@@ -231,7 +231,7 @@ def batch(
     prompts: Path = typer.Argument(..., help="Text file (one prompt per line, # comments) or JSONL "
                                    "(one {\"prompt\": ..., \"seconds\", \"seed\", \"preset\", \"output\", \"set\"} per line)."),
     out_dir: Path = typer.Option(..., "--out-dir", "-d", help="Folder for the videos, sidecars and manifest.jsonl."),
-    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP + " [default: tiny]"),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of each video unless the item says otherwise."),
     seed: int = typer.Option(0, "--seed", help="Batch seed; items without a seed get one derived from it and their index."),
@@ -251,6 +251,52 @@ def batch(
                    resume=resume, shard=shard, dry_run=dry_run, name_template=name_template,
                    weights_dir=str(weights_dir) if weights_dir else None, quiet=quiet, log_format=log_format)
     raise typer.Exit(run_batch(opts))
+
+
+@app.command()
+def evaluate(
+    video: Path = typer.Argument(..., help="An MP4 to measure."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Caption to check toy-world attributes against "
+                                         "[default: the prompt in the video's metadata]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Metrics JSON [default: VIDEO.metrics.json]; "
+                                          "the plot goes next to it as .png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the JSON path."),
+):
+    """Measure drift over time: flicker, colour-histogram distance to the first 5 s, brightness, saturation,
+    sharpness, first-vs-last-5-s drift and, for toy-world captions, attribute errors. Writes JSON and a PNG plot."""
+    import json
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from .metrics import evaluate_video, plot_metrics
+    from .video import probe
+
+    if not video.is_file():
+        raise ConfigError(f"{video} does not exist")
+    info = probe(video)
+    if not info["frames"] or not info["fps"]:
+        raise ConfigError(f"{video} is not a readable video (ffmpeg found no frames)")
+    if prompt is None and info.get("comment"):
+        try:
+            prompt = json.loads(info["comment"]).get("prompt")
+        except (ValueError, AttributeError):
+            prompt = None
+    frames = np.asarray(iio.imread(video))
+    result = evaluate_video(frames, info["fps"], caption=prompt)
+    result["video"] = str(video)
+    out = output or video.with_suffix(".metrics.json")
+    out.write_text(json.dumps(result, indent=1, default=float))
+    png = out.with_suffix(".png")
+    plot_metrics(result, png)
+    if quiet:
+        print(out)
+        return
+    summary = result.get("summary", {})
+    for key, value in summary.items():
+        if isinstance(value, (int, float)):
+            print(f"{key:40s} {value:.4f}")
+    print(f"wrote {out} and {png}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,12 @@ import yaml
 from .errors import ConfigError
 
 PRESETS_ENV = "TOKENTRIM_PRESETS"  # extra folders to search, os.pathsep-separated
-DEFAULT_PRESET = "tiny"
+DEFAULT_ENV = "TOKENTRIM_PRESET"  # the preset used when --preset is not given
+
+
+def default_preset() -> str:
+    """``$TOKENTRIM_PRESET``, else the shipped toy model."""
+    return os.environ.get(DEFAULT_ENV) or "toy"
 
 
 # ---------------------------------------------------------------------- schema
@@ -300,7 +305,7 @@ def _check_architecture(cfg: dict, source: str) -> None:
 
 
 def load_preset(name_or_path: str | None = None, overrides: list[str] | None = None) -> Preset:
-    path = find_preset(name_or_path or DEFAULT_PRESET)
+    path = find_preset(name_or_path or default_preset())
     raw = _load_raw(path)
     for text in overrides or []:
         keys, value = parse_override(text)

@@ -1,0 +1,62 @@
+"""Drift metrics on constructed videos whose answers are known."""
+
+import numpy as np
+import pytest
+
+from tokentrim_cli.metrics import evaluate_video, hellinger, histograms, temporal_flicker
+from tokentrim_cli.toy import world
+
+
+def test_constant_video():
+    frames = np.full((40, 16, 16, 3), (90, 120, 200), dtype=np.uint8)
+    r = evaluate_video(frames, fps=4)
+    s = r["summary"]
+    assert s["flicker_score"] == 1.0 and s["flicker_mean_abs_diff"] == 0.0
+    assert max(r["series"]["histogram_distance"]) == 0.0 and s["histogram_drift"] == 0.0
+    assert s["brightness_drift"] == 0.0 and s["saturation_drift"] == 0.0
+    assert max(r["series"]["sharpness"]) == 0.0
+    assert r["series"]["brightness"][0] == pytest.approx(0.299 * 90 + 0.587 * 120 + 0.114 * 200, abs=1e-3)
+    assert r["window"] == "5 s"
+
+
+def test_linear_colour_drift():
+    n, fps = 64, 4  # 16 s
+    level = np.linspace(40, 200, n)
+    frames = np.zeros((n, 16, 16, 3), dtype=np.uint8)
+    frames[..., 0] = level.round().astype(np.uint8)[:, None, None]
+    r = evaluate_video(frames, fps=fps)
+    b = np.asarray(r["series"]["brightness"])
+    slope = np.polyfit(np.arange(n), b, 1)[0]
+    assert slope == pytest.approx(0.299 * (160 / (n - 1)), rel=0.02)
+    h = np.asarray(r["series"]["histogram_distance"])
+    assert np.all(np.diff(h[20:]) >= -1e-12) and h[10] < h[-1]  # grows as the colour leaves the first 5 s
+    assert h[-1] == pytest.approx(1 / 3)  # red histogram fully disjoint, green and blue unchanged
+    # first 5 s (20 frames) vs last 5 s: mean red goes up by 160 * (64 - 20) / 63
+    assert r["summary"]["brightness_drift"] == pytest.approx(0.299 * 160 * 44 / 63, rel=0.02)
+    diffs, score = temporal_flicker(frames)
+    assert diffs.mean() == pytest.approx(160 / 63 / 3, abs=0.02) and score < 1.0
+
+
+def test_hellinger_bounds():
+    a = histograms(np.zeros((1, 4, 4, 3), dtype=np.uint8))
+    b = histograms(np.full((1, 4, 4, 3), 255, dtype=np.uint8))
+    assert hellinger(a, a)[0] == 0.0 and hellinger(a, b)[0] == pytest.approx(1.0)
+
+
+def test_attribute_errors_on_rendered_world():
+    caption = "a red circle bouncing on a dark blue background"
+    spec = world.spec_from_caption(caption, 3)
+    frames, _ = world.render(spec, 48, 64, 64)
+    r = evaluate_video(frames, fps=16, caption=caption)
+    s = r["summary"]
+    assert s["background_error_last"] < 5 and s["object_error_last"] < 10 and s["object_present_last"] == 1.0
+    wrong = evaluate_video(frames, fps=16, caption="a red circle bouncing on a white background")["summary"]
+    assert wrong["background_error_last"] > 100
+    gone = evaluate_video(frames, fps=16, caption="a green square bouncing on a dark blue background")["summary"]
+    assert gone["object_present_last"] == 0.0
+
+
+def test_non_toy_caption_has_no_attributes():
+    frames = np.zeros((5, 16, 16, 3), dtype=np.uint8)
+    r = evaluate_video(frames, fps=16, caption="a corgi on a beach")
+    assert not r["toy_caption"] and "background_error" not in r["series"] and r["window"].startswith("first/last")

@@ -1,0 +1,162 @@
+"""Train the toy world model from scratch: ``make toy-model`` (seeded; ~1 hour on a 2-core CPU).
+
+1. Render clips of the procedural world (training split only) and fit the patch codec on their frames.
+2. Encode the clips to latents once.
+3. Train a small causal ``WanTransformer3DModel`` and a small UMT5 text encoder jointly with flow matching and
+   diffusion forcing: each 3-frame block of a training window gets its own noise level (some blocks clean, as the
+   context pass writes them at sampling time), attention is block-causal through the engine's own forward
+   (``CausalWan(..., block_frames=3)``), and the loss covers the noisy blocks.
+
+The result is sampled by the engine's Self Forcing loop like any other model (preset ``toy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import save_file
+from transformers import UMT5Config, UMT5EncoderModel
+
+from ..engine.model import CausalWan
+from ..engine.patch_codec import PatchCodec
+from ..engine.text import encode_prompts
+from ..engine.tokenizer import word_tokenizer
+from . import world
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# the architecture the toy preset names (presets/toy.yaml must agree; tests check it)
+TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+                   out_channels=16, text_dim=64, freq_dim=64, ffn_dim=384, num_layers=4, cross_attn_norm=True,
+                   qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+TEXT = dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0)
+CODEC = dict(patch=4, channels=16)
+SIZE, BLOCK, TEXT_LEN = 64, 3, 24
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def render_clips(n: int, frames: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    clips, captions = [], []
+    for _ in range(n):
+        spec = world.sample_spec(rng, split="train")
+        px, _ = world.render(spec, frames, SIZE, SIZE)
+        clips.append(px)
+        captions.append(world.caption(spec))
+    return np.stack(clips), captions
+
+
+def to_pixels(clips: np.ndarray) -> torch.Tensor:
+    """(N, F, H, W, 3) uint8 -> (N, 3, F, H, W) in [-1, 1]."""
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
+
+
+def sample_sigmas(shape, shift: float, gen: torch.Generator, p_clean: float) -> torch.Tensor:
+    """Per-block noise levels: shifted-uniform (Wan's shift), some blocks exactly clean."""
+    u = torch.rand(shape, generator=gen)
+    sigma = shift * u / (1 + (shift - 1) * u)
+    clean = torch.rand(shape, generator=gen) < p_clean
+    return torch.where(clean, torch.zeros_like(sigma), sigma)
+
+
+def train(args) -> None:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    log(f"rendering {args.clips} clips of {args.clip_frames} frames at {SIZE}x{SIZE}")
+    clips, captions = render_clips(args.clips, args.clip_frames, args.seed)
+    pixels = to_pixels(clips)
+
+    log("fitting the patch codec")
+    codec = PatchCodec(**CODEC)
+    sample = pixels[:, :, :: max(1, args.clip_frames // 8)].permute(0, 2, 1, 3, 4).reshape(-1, 3, SIZE, SIZE)
+    codec.fit(sample)
+    with torch.no_grad():
+        latents = torch.cat([codec.encode(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
+        rec = codec.decode(latents[:16])
+    psnr = 10 * math.log10(4 / float((rec - pixels[:16]).pow(2).mean()))
+    log(f"codec: latents {tuple(latents.shape[1:])}, reconstruction {psnr:.1f} dB PSNR")
+    save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(out / "codec.safetensors"))
+    del pixels
+
+    tokenizer = word_tokenizer(world.VOCAB)
+    assert len(tokenizer) <= TEXT["vocab_size"], "grow TEXT['vocab_size'] for the world's vocabulary"
+    text = UMT5EncoderModel(UMT5Config(**TEXT))
+    model = CausalWan(WanTransformer3DModel(**TRANSFORMER))
+    params = [p for p in list(text.parameters()) + list(model.parameters()) if p.requires_grad]
+    log(f"transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+        f"text encoder {sum(p.numel() for p in text.parameters()) / 1e6:.2f}M")
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    horizon = args.horizon_blocks * BLOCK
+    frames = torch.arange(horizon)
+    history = []
+    for step in range(args.steps):
+        idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
+        start = torch.randint(0, latents.shape[2] - horizon + 1, (args.batch,), generator=gen)
+        x0 = torch.stack([latents[i, :, s : s + horizon] for i, s in zip(idx.tolist(), start.tolist())])
+        sig_block = sample_sigmas((args.batch, args.horizon_blocks), args.shift, gen, args.p_clean)
+        sig = sig_block.repeat_interleave(BLOCK, dim=1)  # (B, F)
+        eps = torch.randn(x0.shape, generator=gen)
+        s5 = sig.view(args.batch, 1, horizon, 1, 1)
+        xt = (1 - s5) * x0 + s5 * eps
+        emb = encode_prompts(tokenizer, text, [captions[i] for i in idx.tolist()], TEXT_LEN)
+        model.set_prompt(emb)
+        v = model(xt, sig * 1000.0, frames, block_frames=BLOCK)
+        weight = (sig > 0).float().view(args.batch, 1, horizon, 1, 1)
+        loss = ((v - (eps - x0)) ** 2 * weight).sum() / (weight.sum() * x0.shape[1] * x0.shape[3] * x0.shape[4])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        if step % 50 == 0 or step == args.steps - 1:
+            log(f"step {step}/{args.steps} loss {np.mean(history[-50:]):.4f} lr {sched.get_last_lr()[0]:.2e}")
+        if time.time() - t0 > args.max_minutes * 60:
+            log(f"time budget of {args.max_minutes} min reached at step {step}")
+            break
+    save_file({k: v.contiguous() for k, v in model.transformer.state_dict().items()}, str(out / "transformer.safetensors"))
+    tied = "encoder.embed_tokens.weight"  # tied to shared.weight; restored on load
+    save_file({k: v.contiguous() for k, v in text.state_dict().items() if k != tied}, str(out / "text_encoder.safetensors"))
+    meta = {"steps_done": len(history), "final_loss_mean_last_100": float(np.mean(history[-100:])),
+            "minutes": round((time.time() - t0) / 60, 1), "codec_psnr_db": round(psnr, 2), "args": vars(args),
+            "loss_every_50": [round(float(np.mean(history[i : i + 50])), 4) for i in range(0, len(history), 50)]}
+    (out / "training.json").write_text(json.dumps(meta, indent=1))
+    log(f"saved to {out} ({meta['minutes']} min)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Train the toy world model (codec, text encoder, causal transformer).")
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clips", type=int, default=2000)
+    ap.add_argument("--clip-frames", type=int, default=48)
+    ap.add_argument("--horizon-blocks", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--shift", type=float, default=3.0)
+    ap.add_argument("--p-clean", type=float, default=0.35)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=110)
+    train(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()
