@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench toy-model drift clean
 
 install:            ## install tokentrim and its test dependencies (CPU torch on machines without CUDA)
 	$(PY) -m pip install -q torch==2.13.0
@@ -10,10 +10,18 @@ test: install       ## run the offline CPU test suite
 	$(PY) -m pytest
 
 demo: install       ## generate a short clip with the embedded default preset
-	tokentrim generate --prompt "a red circle bouncing on a dark blue background" --seconds 2 --output demo.mp4
+	tokentrim generate --prompt "a red circle bouncing on a dark blue background" --seconds 8 --seed 1 --output demo.mp4
 
 bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/engine_speed.py
+	$(PY) bench/cache_memory.py
+	$(PY) bench/pruning_cost.py
+
+toy-model: install  ## retrain the shipped toy world model from scratch (seeded; about an hour on 2 CPU cores)
+	$(PY) -m tokentrim_cli.toy.train --out tokentrim_cli/toy/weights
+
+drift: install      ## drift benchmark on the toy world (baseline / TokenTrim / three-partition / both)
+	$(PY) bench/drift.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache outputs demo.mp4 demo.json

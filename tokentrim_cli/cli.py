@@ -69,16 +69,19 @@ def _check_seconds(seconds: float) -> None:
         raise ConfigError(f"--seconds must be a positive number, got {seconds:g}")
 
 
+def weights_refs(model: dict) -> list[str]:
+    """Every weights reference a preset's ``model`` section names."""
+    refs = [model[k]["weights"] for k in ("transformer", "vae", "text_encoder")]
+    return refs + ([model["tokenizer"]] if isinstance(model["tokenizer"], str) else [])
+
+
 def components_loader(preset, weights_dir):
     """Check every weights reference resolves now (cheap), load on first call (expensive), then reuse."""
     from .engine import weights as W
 
     model = preset.config["model"]
-    for part in ("transformer", "vae", "text_encoder"):
-        W.resolve(model[part]["weights"], weights_dir, preset.name)
-    tok = model["tokenizer"]
-    if isinstance(tok, str):
-        W.resolve(tok, weights_dir, preset.name)
+    for ref in weights_refs(model):
+        W.resolve(ref, weights_dir, preset.name)
     cache = {}
 
     def load():
@@ -165,10 +168,7 @@ def download(
     from .engine import weights as W
 
     p = _load(name, None)
-    model = p.config["model"]
-    refs = [model[k]["weights"] for k in ("transformer", "vae", "text_encoder")]
-    if isinstance(model["tokenizer"], str):
-        refs.append(model["tokenizer"])
+    refs = weights_refs(p.config["model"])
     hub = [r for r in refs if r.startswith("hf://")]
     if not hub:
         print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
@@ -214,10 +214,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
             print(f"preset {name}: invalid ({exc})")
             continue
         missing = []
-        model = p.config["model"]
-        refs = [model[k]["weights"] for k in ("transformer", "vae", "text_encoder")]
-        refs += [model["tokenizer"]] if isinstance(model["tokenizer"], str) else []
-        for ref in refs:
+        for ref in weights_refs(p.config["model"]):
             try:
                 W.resolve(ref, str(weights_dir) if weights_dir else None, name)
             except TokentrimError:

@@ -108,8 +108,7 @@ class ThreePartitionCache(KVCache):
         self.mid_capacity, self.mid_top_k = mid_capacity, mid_top_k
         self.compressor = compressor or PoolingCompressor()
         self.selection, self.query_samples = selection, query_samples
-        self._chosen: dict[int, list[Segment]] = {}
-        self._first = False
+        self._chosen: dict[int, list[Segment]] = {}  # selection per layer (or key 0 when shared) for this block
 
     @property
     def sink(self) -> list[Segment]:
@@ -127,7 +126,6 @@ class ThreePartitionCache(KVCache):
         super().begin(frames, grid, write, first_step)
         if first_step:
             self._chosen = {}
-        self._first = first_step
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames))
