@@ -60,3 +60,64 @@ def test_non_toy_caption_has_no_attributes():
     frames = np.zeros((5, 16, 16, 3), dtype=np.uint8)
     r = evaluate_video(frames, fps=16, caption="a corgi on a beach")
     assert not r["toy_caption"] and "background_error" not in r["series"] and r["window"].startswith("first/last")
+
+
+def test_constant_video_curves_and_short_windows():
+    frames = np.full((9, 12, 12, 3), (90, 120, 200), dtype=np.uint8)
+    r = evaluate_video(frames, fps=8)  # ~1 s: thirds instead of 5 s windows
+    assert r["window"].startswith("first/last third") and r["window_frames"] == 3
+    s = r["summary"]
+    assert s["flicker_score"] == 1.0 and s["histogram_drift"] == 0.0 and s["sharpness_drift"] == 0.0
+    assert r["series"]["flicker_diff"][0] is None and r["series"]["flicker_diff"][1:] == [0.0] * 8
+    assert r["series"]["saturation"][0] == pytest.approx((200 - 90) / 200)
+    diffs, score = temporal_flicker(frames)
+    assert score == 1.0 and not diffs.any()
+
+
+def test_sharpness_of_an_edge_and_chunking():
+    from tokentrim_cli.metrics import brightness, sharpness
+
+    frames = np.zeros((70, 8, 8, 3), dtype=np.uint8)
+    frames[:, :, 4:] = 255
+    assert np.all(sharpness(frames) > 1000)
+    ramp = np.repeat(np.arange(70, dtype=np.uint8)[:, None, None, None] * 3, 8, 1).repeat(8, 2).repeat(3, 3)
+    assert np.allclose(brightness(ramp), np.arange(70) * 3, atol=1e-3)  # > one chunk of frames
+    diffs, _ = temporal_flicker(ramp)
+    assert np.allclose(diffs, 3.0)
+
+
+def test_attribute_errors_against_spec_and_render_attributes():
+    import json
+
+    from tokentrim_cli.metrics import attribute_errors, plot_metrics
+
+    for k, text in enumerate(["a yellow triangle and a blue cross sliding on a textured black background",
+                              "an orange ring growing on a gradient light green background",
+                              "a white diamond rotating on a textured purple background"]):
+        spec = world.spec_from_caption(text, k)
+        frames, attrs = world.render(spec, 24, 64, 96)
+        for expected in (text, spec, attrs):
+            a = attribute_errors(frames, expected)
+            assert a["background_error"].max() < 5, (text, a["background_error"])
+            assert a["object_colour_error"].max() < 5 and a["object_present"].all(), text
+        wrong = attribute_errors(frames, text.replace(spec.background_colour + " background", "red background"))
+        assert wrong["background_error"].min() > 100
+    r = evaluate_video(frames, fps=8, caption=spec)
+    assert r["toy_caption"] and r["caption"] == world.caption(spec) and r["objects"][0]["label"] == "white diamond"
+    json.loads(json.dumps(r, allow_nan=False))
+
+
+def test_plot_and_json(tmp_path):
+    import json
+
+    from tokentrim_cli.metrics import plot_metrics
+
+    spec = world.spec_from_caption("a red circle and a blue square bouncing on a gradient white background", 0)
+    frames, _ = world.render(spec, 40, 32, 48)
+    r = evaluate_video(frames, fps=4, caption=world.caption(spec))
+    json.loads(json.dumps(r, allow_nan=False))
+    plot_metrics(r, tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 5000
+    r = evaluate_video(frames, fps=4, caption="a cat")
+    assert not r["toy_caption"] and "cat" in r["attributes_skipped"]
+    plot_metrics(r, tmp_path / "n.png")
