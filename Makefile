@@ -17,8 +17,10 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/cache_memory.py
 	$(PY) bench/pruning_cost.py
 
-toy-model: install  ## retrain the shipped toy world model from scratch (seeded; about an hour on 2 CPU cores)
-	$(PY) -m tokentrim_cli.toy.train --out tokentrim_cli/toy/weights
+toy-model: install  ## retrain the shipped toy world model from scratch (seeded; two phases, ~80 min on 2 CPU cores)
+	$(PY) -m tokentrim_cli.toy.train --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35
+	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase1 --out tokentrim_cli/toy/weights --seed 1 --steps 3200 \
+		--stop-at 2221 --lr 5e-4 --p-clean 0.5
 
 drift: install      ## drift benchmark on the toy world (baseline / TokenTrim / three-partition / both)
 	$(PY) bench/drift.py

@@ -1,4 +1,4 @@
-"""Train the toy world model from scratch: ``make toy-model`` (seeded; ~1 hour on a 2-core CPU).
+"""Train the toy world model from scratch: ``make toy-model`` (seeded; two phases, ~80 min on a 2-core CPU).
 
 1. Render clips of the procedural world (training split only) and fit the patch codec on their frames.
 2. Encode the clips to latents once.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ..engine.model import CausalWan
@@ -80,10 +80,14 @@ def train(args) -> None:
     clips, captions = render_clips(args.clips, args.clip_frames, args.seed)
     pixels = to_pixels(clips)
 
-    log("fitting the patch codec")
     codec = PatchCodec(**CODEC)
-    sample = pixels[:, :, :: max(1, args.clip_frames // 8)].permute(0, 2, 1, 3, 4).reshape(-1, 3, SIZE, SIZE)
-    codec.fit(sample)
+    if args.init:
+        log(f"continuing from {args.init}")
+        codec.load_state_dict(load_file(str(Path(args.init) / "codec.safetensors")))
+    else:
+        log("fitting the patch codec")
+        sample = pixels[:, :, :: max(1, args.clip_frames // 8)].permute(0, 2, 1, 3, 4).reshape(-1, 3, SIZE, SIZE)
+        codec.fit(sample)
     with torch.no_grad():
         latents = torch.cat([codec.encode(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
         rec = codec.decode(latents[:16])
@@ -96,6 +100,11 @@ def train(args) -> None:
     assert len(tokenizer) <= TEXT["vocab_size"], "grow TEXT['vocab_size'] for the world's vocabulary"
     text = UMT5EncoderModel(UMT5Config(**TEXT))
     model = CausalWan(WanTransformer3DModel(**TRANSFORMER))
+    if args.init:
+        model.transformer.load_state_dict(load_file(str(Path(args.init) / "transformer.safetensors")))
+        sd = load_file(str(Path(args.init) / "text_encoder.safetensors"))
+        sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+        text.load_state_dict(sd)
     params = [p for p in list(text.parameters()) + list(model.parameters()) if p.requires_grad]
     log(f"transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"text encoder {sum(p.numel() for p in text.parameters()) / 1e6:.2f}M")
@@ -128,6 +137,9 @@ def train(args) -> None:
         history.append(loss.item())
         if step % 50 == 0 or step == args.steps - 1:
             log(f"step {step}/{args.steps} loss {np.mean(history[-50:]):.4f} lr {sched.get_last_lr()[0]:.2e}")
+        if args.stop_at and step + 1 >= args.stop_at:
+            log(f"stopping at step {step + 1} as asked (schedule spans {args.steps})")
+            break
         if time.time() - t0 > args.max_minutes * 60:
             log(f"time budget of {args.max_minutes} min reached at step {step}")
             break
@@ -155,6 +167,8 @@ def main() -> None:
     ap.add_argument("--p-clean", type=float, default=0.35)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-minutes", type=float, default=110)
+    ap.add_argument("--init", default=None, help="continue from the weights in this folder (a second phase)")
+    ap.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (the schedule still spans --steps)")
     train(ap.parse_args())
 
 

@@ -1,0 +1,54 @@
+"""The shipped toy model: its weights load through the preset, and it follows the prompt (CPU, seconds)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tokentrim_cli.config import load_preset
+from tokentrim_cli.engine.components import load_components
+from tokentrim_cli.engine.vae import StreamingDecoder
+from tokentrim_cli.metrics import attribute_errors
+from tokentrim_cli.pipeline import Plan, generate_blocks
+from tokentrim_cli.toy import train, world
+
+
+@pytest.fixture(scope="module")
+def toy():
+    preset = load_preset("toy", ["pruning.enabled=false"])
+    return preset, load_components(preset.config["model"], preset.config["runtime"])
+
+
+def generate(toy, prompt, seconds=2.0, seed=0):
+    preset, comps = toy
+    plan = Plan.for_preset(seconds, preset.config)
+    dec = StreamingDecoder(comps.vae)
+    dec.reset()
+    frames = [dec.frames(b.latents) for b in generate_blocks(comps, preset.config, prompt, seed, plan)]
+    return np.concatenate(frames)[: plan.frames]
+
+
+def test_preset_matches_training_recipe_and_weights_load(toy):
+    preset, comps = toy
+    cfg = preset.config["model"]
+    assert cfg["transformer"]["config"] == {**train.TRANSFORMER, "patch_size": list(train.TRANSFORMER["patch_size"])}
+    assert cfg["tokenizer"]["vocab"] == world.VOCAB and cfg["max_text_length"] == train.TEXT_LEN
+    assert sum(p.numel() for p in comps.model.parameters()) > 1_000_000  # trained weights, not the tiny config
+    # the shipped codec reconstructs the world it was fitted on
+    px, _ = world.render(world.sample_spec(3), 8, 64, 64)
+    x = torch.from_numpy(px).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    rec = comps.vae.decode(comps.vae.encode(x))
+    assert 10 * np.log10(4 / float((rec - x).pow(2).mean())) > 30  # dB PSNR
+
+
+def test_two_second_generation_follows_the_prompt(toy):
+    blue = "a red circle bouncing on a dark blue background"
+    yellow = "a red circle bouncing on a yellow background"
+    vb, vy = generate(toy, blue), generate(toy, yellow)
+    assert vb.shape == (32, 64, 64, 3) and vb.std() > 5 and vy.std() > 5  # not a constant picture
+    err = {(v, c): float(attribute_errors(frames, c)["background_error"][:16].mean())
+           for v, frames in (("blue", vb), ("yellow", vy)) for c in (blue, yellow)}
+    # each video's first second is much closer to the background its prompt names than to the other one
+    assert err["blue", blue] + 50 < err["blue", yellow]
+    assert err["yellow", yellow] + 50 < err["yellow", blue]
+    # stated bound: mean background error over the first second below 100 (RGB distance, 0-441)
+    assert err["blue", blue] < 100 and err["yellow", yellow] < 100
