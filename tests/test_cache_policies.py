@@ -7,7 +7,7 @@ from conftest import tiny_transformer
 from tokentrim_cli.engine.cache import KVCache, RollingCache, Segment
 from tokentrim_cli.engine.model import CausalWan
 from tokentrim_cli.engine.noise import NoiseSource
-from tokentrim_cli.engine.policies import DeepSinkCache, PoolingCompressor, ThreePartitionCache, affinity
+from tokentrim_cli.engine.policies import DeepSinkCache, PoolingCompressor, ThreePartitionCache, affinity, query_summary
 from tokentrim_cli.engine.samplers import self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 
@@ -114,7 +114,8 @@ def test_top_k_selects_highest_affinity_blocks():
     query = direction.expand(1, 48, 2, 4).clone()
     chosen = cache.select(0, query)
     assert [s for s in chosen if s.kind == "mid"] == [mids[1], mids[4]]
-    scores = [float(affinity(query, m.keys[0], 8, torch.tensor([0]))) for m in mids]
+    heads = torch.tensor([0])
+    scores = [float(affinity(query_summary(query, 8, heads), m.keys[0], heads)) for m in mids]
     assert sorted(range(5), key=lambda i: -scores[i])[:2] == [4, 1]
     # later steps of the block reuse the choice even if queries change
     cache.begin(torch.tensor([21, 22, 23]), (4, 4), write=False)

@@ -10,6 +10,7 @@ group, so a Ctrl-C in the terminal reaches only us and we get to finish the file
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -83,13 +84,11 @@ def probe(path: Path) -> dict:
     info = {"frames": None, "fps": None, "width": None, "height": None, "comment": None}
     for line in out.splitlines():
         s = line.strip()
-        if s.startswith("frame=") and "frame=" in s:
+        if s.startswith("frame="):
             info["frames"] = int(s.split("frame=")[-1].split()[0])
         if s.startswith("comment") and ":" in s and info["comment"] is None:
             info["comment"] = s.split(":", 1)[1].strip()
         if "Video:" in s:
-            import re
-
             m = re.search(r"(\d{2,5})x(\d{2,5})", s)
             if m:
                 info["width"], info["height"] = int(m.group(1)), int(m.group(2))

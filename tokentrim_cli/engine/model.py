@@ -124,15 +124,13 @@ class CausalWan(torch.nn.Module):
 
         st = self.state
         st.cache = cache
-        cur_t = frames
         if cache is not None:
             cache.begin(frames, (gh, gw), write=write, first_step=first_step)
-            st.mask = None
+            st.mask, cur_t = None, cache.current_positions  # positions come from the cache's layout
         else:
             st.mask = _block_causal_mask(f, n, block_frames, x.device) if block_frames else None
+            cur_t = frames
         try:
-            if cache is not None:
-                cur_t = cache.current_positions
             hw = torch.arange(n).repeat(f)
             st.rope = self._rope_at(cur_t.repeat_interleave(n), hw)
             ctx = x.new_zeros(b, 0, x.shape[-1])  # cross-attention K/V come from set_prompt

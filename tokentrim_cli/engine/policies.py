@@ -37,10 +37,6 @@ class PoolingCompressor:
     def __init__(self, factors=(2, 4, 4)):
         self.ft, self.fh, self.fw = (int(f) for f in factors)
 
-    @property
-    def ratio(self) -> int:
-        return self.ft * self.fh * self.fw
-
     def __call__(self, seg: Segment, grid: tuple[int, int]) -> Segment:
         gh, gw = grid
         ch_n, cw_n = math.ceil(gh / self.fh), math.ceil(gw / self.fw)
@@ -74,18 +70,34 @@ class PoolingCompressor:
         )
 
 
-def affinity(query: torch.Tensor, keys: torch.Tensor, samples: int, heads: torch.Tensor) -> torch.Tensor:
-    """Summed scaled dot products of a uniform subsample of queries with ``keys`` over the chosen heads.
+def half_heads(query: torch.Tensor) -> torch.Tensor:
+    """Every other head: the half of the heads that scores context."""
+    return torch.arange(0, query.shape[2], 2, device=query.device)
 
-    Both are un-rotated (content affinity, independent of where re-packing will put the block).
-    """
+
+def query_summary(query: torch.Tensor, samples: int, heads: torch.Tensor) -> torch.Tensor:
+    """Sum of a uniform subsample of the (un-rotated) queries over the chosen heads: (B, heads, head_dim)."""
     n = query.shape[1]
     idx = torch.linspace(0, n - 1, min(samples, n)).round().long().to(query.device)
-    q = query.index_select(1, idx).index_select(2, heads).float()
+    return query.index_select(1, idx).index_select(2, heads).float().sum(1)
+
+
+def affinity(summary: torch.Tensor, keys: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """Summed scaled dot products of the sampled queries (their ``query_summary``) with ``keys``.
+
+    Both are un-rotated (content affinity, independent of where re-packing will put the block);
+    sum_i sum_j q_i . k_j = (sum_i q_i) . (sum_j k_j), per head and batch item.
+    """
     k = keys.index_select(2, heads).float()
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    # sum_i sum_j q_i . k_j = (sum_i q_i) . (sum_j k_j), per head and batch item
-    return (q.sum(1) * k.sum(1)).sum() * scale
+    return (summary * k.sum(1)).sum() / math.sqrt(summary.shape[-1])
+
+
+def aged_out(recent: list[Segment], recent_frames: int) -> list[Segment]:
+    """Recent segments none of whose frames is among the last ``recent_frames``."""
+    if not recent:
+        return []
+    newest = max(int(s.t.max()) for s in recent)
+    return [s for s in recent if int(s.t.max()) <= newest - recent_frames]
 
 
 class ThreePartitionCache(KVCache):
@@ -129,17 +141,12 @@ class ThreePartitionCache(KVCache):
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames))
-        recent = self.recent
-        if not recent:
-            return
-        newest = max(int(s.t.max()) for s in recent)
-        for seg in recent:
-            if int(seg.t.max()) <= newest - self.recent_frames:
-                i = self.segments.index(seg)
-                if self.mid_capacity > 0:
-                    self.segments[i] = self.compressor(seg, self._grid)
-                else:
-                    del self.segments[i]
+        for seg in aged_out(self.recent, self.recent_frames):
+            i = self.segments.index(seg)
+            if self.mid_capacity > 0:
+                self.segments[i] = self.compressor(seg, self._grid)
+            else:
+                del self.segments[i]
         mid = self.mid
         for old in mid[: max(0, len(mid) - self.mid_capacity)]:
             self.segments.remove(old)
@@ -155,8 +162,9 @@ class ThreePartitionCache(KVCache):
         return [s for s in self.segments if s.kind != "mid" or id(s) in chosen]
 
     def _score(self, layer: int, query: torch.Tensor, mid: list[Segment]) -> list[Segment]:
-        heads = torch.arange(0, query.shape[2], 2, device=query.device)  # half the heads
-        scores = torch.stack([affinity(query, s.keys[layer], self.query_samples, heads) for s in mid])
+        heads = half_heads(query)
+        summary = query_summary(query, self.query_samples, heads)  # once, not once per mid block
+        scores = torch.stack([affinity(summary, s.keys[layer], heads) for s in mid])
         top = torch.topk(scores, self.mid_top_k).indices.tolist()
         return [mid[i] for i in sorted(top)]
 
@@ -175,12 +183,8 @@ class DeepSinkCache(RollingCache):
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames))
-        recent = [s for s in self.segments if s.kind == "recent"]
-        if recent:
-            newest = max(int(s.t.max()) for s in recent)
-            for seg in recent:
-                if int(seg.t.max()) <= newest - self.recent_frames:
-                    seg.kind = "mid"
+        for seg in aged_out([s for s in self.segments if s.kind == "recent"], self.recent_frames):
+            seg.kind = "mid"
 
     def begin(self, frames, grid, write, first_step=False):
         super().begin(frames, grid, write, first_step)
@@ -198,10 +202,8 @@ class DeepSinkCache(RollingCache):
         total = sum(s.num_tokens for s in mid)
         if total <= budget:
             return
-        heads = torch.arange(0, query.shape[2], 2, device=query.device)
-        n = query.shape[1]
-        idx = torch.linspace(0, n - 1, min(self.query_samples, n)).round().long().to(query.device)
-        qsum = query.index_select(1, idx).index_select(2, heads).float().sum(1)  # (B, h', d)
+        heads = half_heads(query)
+        qsum = query_summary(query, self.query_samples, heads)  # (B, h', d)
         scores = torch.cat([(s.keys[0].index_select(2, heads).float() * qsum[:, None]).sum((0, 2, 3)).cpu() for s in mid])
         keep = torch.zeros(total, dtype=torch.bool)
         keep[torch.topk(scores, budget).indices] = True
