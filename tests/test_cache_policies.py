@@ -150,3 +150,25 @@ def test_sink_is_byte_identical_after_compression_and_pruning(causal_model):
     assert cache.sink == [sink] and sink.num_tokens == 3 * 16
     for (k0, v0), k1, v1 in zip(snapshot, sink.keys, sink.values):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+@pytest.mark.parametrize("policy", ["rolling", "deep_sink", "three_partition"])
+def test_guidance_runs_through_every_policy_and_pruning(policy):
+    """Guidance doubles the batch inside the cache: each policy keeps both branches (twice the bytes of an
+    unguided run at the same point), pruning still fires, and the sampler still yields one latent block."""
+    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.engine.components import load_components
+    from tokentrim_cli.pipeline import Plan, generate_blocks
+
+    def run(*sets):
+        preset = load_preset("tiny", [f"cache.policy={policy}", "cache.sink_frames=3", "cache.recent_frames=3",
+                                      "cache.mid_capacity=2", "cache.mid_top_k=1", "cache.budget_frames=3",
+                                      "pruning.lambda=0", *sets])
+        comps = load_components(preset.config["model"], preset.config["runtime"])
+        return list(generate_blocks(comps, preset.config, "a red circle", 0, Plan.for_preset(4, preset.config)))
+
+    plain, guided = run(), run("sampler.guidance_scale=3", "sampler.negative_prompt=blurry")
+    assert len(guided) == len(plain) and all(b.latents.shape == plain[0].latents.shape for b in guided)
+    assert [b.record["cache_bytes"] for b in guided] == [2 * b.record["cache_bytes"] for b in plain]
+    assert sum(b.record["regenerations"] for b in guided) > 0
+    assert not torch.equal(guided[-1].latents, plain[-1].latents)

@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_transformer
 from tokentrim_cli.engine.cache import KVCache, RollingCache
+from tokentrim_cli.engine.guidance import Guided
 from tokentrim_cli.engine.model import CausalWan
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.samplers import rolling_forcing, self_forcing
@@ -50,10 +51,10 @@ def test_timestep_tables_match_reference():
     assert rf == pytest.approx([1000, 952.38, 882.35, 769.23, 555.56], abs=0.01)
 
 
-def _run(sampler, model, seed, blocks=3, cache=None, steps=(1000, 750, 500, 250)):
+def _run(sampler, model, seed, blocks=3, cache=None, steps=(1000, 750, 500, 250), solver="renoise"):
     cache = cache or KVCache(model.num_layers, model.rope_len)
     noise = NoiseSource(seed, (1, 16, 3, 8, 8))
-    out = list(sampler(model, cache, noise, blocks, warp_steps(list(steps))))
+    out = list(sampler(model, cache, noise, blocks, warp_steps(list(steps)), solver=solver))
     return torch.cat([b.latents for b in out], 2), out
 
 
@@ -87,6 +88,76 @@ def test_self_forcing_matches_hand_written_reference(causal_model):
             causal_model(x0, torch.zeros(3), fr, cache=cache, write=True)
             outs.append(x0)
     assert torch.equal(got, torch.cat(outs, 2))
+
+
+def test_euler_solver_is_the_flow_matching_ode_step(causal_model):
+    """solver=euler: x_next = x + (sigma_next - sigma) v from the block's first noise only, then x0 at the last
+    level; a flow-matching model's samples depend on that first noise, not on fresh draws."""
+    sig = warp_steps([1000, 750, 500, 250]).float()
+    noise = NoiseSource(5, (1, 16, 3, 8, 8))
+    got, _ = _run(self_forcing, causal_model, 5, blocks=2, solver="euler")
+    cache = KVCache(causal_model.num_layers, causal_model.rope_len)
+    outs = []
+    with torch.no_grad():
+        for i in range(2):
+            fr = torch.arange(3 * i, 3 * i + 3)
+            x = noise.draw(i, 0)
+            for j, s in enumerate(sig):
+                v = causal_model(x, torch.full((3,), float(s) * 1000), fr, cache=cache)
+                x = x + ((sig[j + 1] if j < 3 else 0) - s) * v
+            causal_model(x, torch.zeros(3), fr, cache=cache, write=True)
+            outs.append(x)
+    assert (got - torch.cat(outs, 2)).abs().max().item() < 1e-5
+    renoised, _ = _run(self_forcing, causal_model, 5, blocks=2)
+    assert (got - renoised).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("sampler", [self_forcing, rolling_forcing])
+def test_euler_solver_draws_only_each_blocks_first_noise(causal_model, sampler, monkeypatch):
+    draws = []
+    orig = NoiseSource.draw
+    monkeypatch.setattr(NoiseSource, "draw", lambda self, block, step, *a, **k: draws.append(step) or orig(self, block, step, *a, **k))
+    a, _ = _run(sampler, causal_model, 3, blocks=4, solver="euler", steps=(1000, 800, 600, 400, 200))
+    assert set(draws) == {0}
+    b, _ = _run(sampler, causal_model, 3, blocks=4, solver="euler", steps=(1000, 800, 600, 400, 200))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("solver", ["renoise", "euler"])
+def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, solver):
+    """Guided self forcing equals a hand-written loop with two models' worth of state: the prompt and the
+    negative prompt each read and write their own cache, and v = v_neg + s (v_prompt - v_neg)."""
+    torch.manual_seed(4)
+    pos, neg = torch.randn(1, 16, 32), torch.randn(1, 16, 32)
+    sig = warp_steps([1000, 750, 500, 250]).float()
+    guided = Guided(causal_model, 3.0)
+    guided.set_prompt(pos, neg)
+    got, _ = _run(self_forcing, guided, 5, blocks=3, solver=solver)
+    noise = NoiseSource(5, (1, 16, 3, 8, 8))
+    caches = {"pos": KVCache(causal_model.num_layers, causal_model.rope_len),
+              "neg": KVCache(causal_model.num_layers, causal_model.rope_len)}
+
+    def branch(name, x, ts, fr, write=False):
+        causal_model.set_prompt(pos if name == "pos" else neg)
+        return causal_model(x, ts, fr, cache=caches[name], write=write)
+
+    outs = []
+    with torch.no_grad():
+        for i in range(3):
+            fr = torch.arange(3 * i, 3 * i + 3)
+            x = noise.draw(i, 0)
+            for j, s in enumerate(sig):
+                ts = torch.full((3,), float(s) * 1000)
+                vn = branch("neg", x, ts, fr)
+                v = vn + 3.0 * (branch("pos", x, ts, fr) - vn)
+                x0 = x - s * v
+                if j < 3:
+                    eps = noise.draw(i, j + 1) if solver == "renoise" else x + (1 - s) * v
+                    x = (1 - sig[j + 1]) * x0 + sig[j + 1] * eps
+            for name in caches:
+                branch(name, x0, torch.zeros(3), fr, write=True)
+            outs.append(x0)
+    assert (got - torch.cat(outs, 2)).abs().max().item() < 1e-4
 
 
 def test_rolling_forcing_window_schedule(causal_model):

@@ -10,6 +10,7 @@ from typing import Iterator
 from .engine.cache import KVCache, RollingCache
 from .engine.components import Components
 from .engine.noise import NoiseSource
+from .engine.guidance import Guided
 from .engine.samplers import SAMPLERS, Block
 from .engine.schedule import warp_steps
 from .engine.vae import pixel_frames
@@ -75,9 +76,13 @@ def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
 
 def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, plan: Plan) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt; each block's record gains cache size and timing."""
-    model = components.model
-    model.set_prompt(components.encode([prompt]))
     vid, samp = cfg["video"], cfg["sampler"]
+    model = components.model
+    if samp["guidance_scale"] > 1:
+        model = Guided(model, samp["guidance_scale"])
+        model.set_prompt(*components.encode([prompt, samp["negative_prompt"]]).chunk(2))
+    else:
+        model.set_prompt(components.encode([prompt]))
     scale = components.vae.spatial_compression_ratio
     shape = (1, model.config.in_channels, plan.block_frames, vid["height"] // scale, vid["width"] // scale)
     pruning = cfg["pruning"]
@@ -87,7 +92,8 @@ def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, p
     sampler = SAMPLERS[samp["kind"]]
     sigmas = warp_steps(samp["steps"], samp["shift"])
     started = time.perf_counter()
-    for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp["context_noise"], controller):
+    for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp["context_noise"], controller,
+                         solver=samp["solver"]):
         now = time.perf_counter()
         block.record = {
             "severity": None, "threshold": None, "regenerated": False, "regenerations": 0, "pruned_tokens": 0,

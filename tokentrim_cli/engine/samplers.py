@@ -1,8 +1,12 @@
 """The two autoregressive samplers, as generators of finished latent blocks.
 
 Both follow the reference loops: the model predicts the flow velocity v, x0 = x_t - sigma_t * v, and between
-steps x0 is re-noised with fresh Gaussian noise, x_next = (1 - sigma_next) x0 + sigma_next * eps. A finished
-block is written into the cache by a context forward at t = ``context_noise`` (0 by default).
+steps x0 is re-noised, x_next = (1 - sigma_next) x0 + sigma_next * eps. With ``solver="renoise"`` (the
+references, for distilled few-step models whose x0 is a sample) eps is fresh Gaussian noise. With
+``solver="euler"`` eps is the noise the model sees, x_t + (1 - sigma_t) v, which makes the step the
+flow-matching Euler step: a model trained only by flow matching predicts the mean x0, and fresh noise at every
+step would wash out whatever it has not committed to (small objects vanish). A finished block is written into
+the cache by a context forward at t = ``context_noise`` (0 by default).
 
 A ``reviewer`` (the TokenTrim controller, or None) may look at a candidate block, prune the cache and ask for
 the block to be generated again; the samplers only call it at the moments the method defines and otherwise
@@ -49,6 +53,11 @@ def _renoise(x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.
     return (1 - sigma) * x0 + sigma * eps
 
 
+def _implied_noise(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The noise the model sees in x_t: re-noising x0 with it is the flow-matching Euler (ODE) step."""
+    return x + (1 - sigma) * v.float()
+
+
 def _write_context(model, cache, x0, frames, noise, block, context_noise):
     sigma = context_noise / 1000.0
     x = _renoise(x0, noise.draw(block, -1, frames=x0.shape[2]), sigma) if sigma > 0 else x0
@@ -67,6 +76,7 @@ def self_forcing(
     context_noise: float = 0.0,
     reviewer: Reviewer | None = None,
     start_frame: int = 0,
+    solver: str = "renoise",
 ) -> Iterator[Block]:
     """Self Forcing: each block is denoised in ``len(sigmas)`` steps reading the cache, then written to it."""
     sigmas = sigmas.float()
@@ -85,7 +95,8 @@ def self_forcing(
                         retry = True
                         break
                 if j + 1 < len(sigmas):
-                    x = _renoise(x0, noise.draw(i, j + 1, attempt), sigmas[j + 1])
+                    eps = noise.draw(i, j + 1, attempt) if solver == "renoise" else _implied_noise(x, v, sigma)
+                    x = _renoise(x0, eps, sigmas[j + 1])
             if not retry and reviewer is not None and reviewer.measure_at == "final":
                 retry = reviewer.review(i, x0, cache, attempt)
             if not retry:
@@ -107,6 +118,7 @@ def rolling_forcing(
     context_noise: float = 0.0,
     reviewer: Reviewer | None = None,
     start_frame: int = 0,
+    solver: str = "renoise",
 ) -> Iterator[Block]:
     """Rolling Forcing: a window of ``len(sigmas)`` blocks at staggered noise levels, one forward per window.
 
@@ -129,6 +141,7 @@ def rolling_forcing(
             level = torch.cat([sigmas[w["step"]].repeat(block_frames) for w in window])
             v = model(x, level * 1000.0, frames, cache=cache, first_step=True)
             x0s = _to_x0(x, v, level.view(1, 1, -1, 1, 1)).split(block_frames, dim=2)
+            implied = _implied_noise(x, v, level.view(1, 1, -1, 1, 1)).split(block_frames, dim=2)
             # the reviewer sees a block either at its first step (newest) or when final (oldest)
             if reviewer is None:
                 break
@@ -141,8 +154,8 @@ def rolling_forcing(
             cand["attempt"] += 1
             if reviewer.measure_at == "first_step":
                 cand["x"] = noise.draw(cand["block"], 0, cand["attempt"])
-        for w, x0 in zip(window, x0s):
-            w["x0"] = x0
+        for w, x0, eps in zip(window, x0s, implied):
+            w["x0"], w["eps"] = x0, eps
         if window[0]["step"] == steps - 1:
             done = window.pop(0)
             bframes = torch.arange(start_frame + done["block"] * block_frames, start_frame + (done["block"] + 1) * block_frames)
@@ -151,7 +164,8 @@ def rolling_forcing(
             yield Block(done["block"], bframes.tolist(), done["x0"], record)
         for w in window:
             w["step"] += 1
-            w["x"] = _renoise(w["x0"], noise.draw(w["block"], w["step"], w["attempt"]), sigmas[w["step"]])
+            eps = noise.draw(w["block"], w["step"], w["attempt"]) if solver == "renoise" else w["eps"]
+            w["x"] = _renoise(w["x0"], eps, sigmas[w["step"]])
 
 
 SAMPLERS = {"self_forcing": self_forcing, "rolling_forcing": rolling_forcing}

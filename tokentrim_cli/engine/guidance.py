@@ -1,0 +1,28 @@
+"""Classifier-free guidance as a model wrapper, so either sampler gets it without knowing.
+
+The conditional and unconditional branches run as one batch of two, and each keeps its own context: the write
+pass stores both branches' K/V in the same cache (batch item 0: prompt, 1: negative prompt), so every cache
+policy, selection and pruning applies to both alike. Distilled few-step models (Self Forcing, Rolling Forcing)
+are trained without it; a model trained by plain flow matching with caption dropout (the toy model) needs it to
+follow its prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Guided:
+    def __init__(self, model, scale: float):
+        self.model, self.scale = model, float(scale)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def set_prompt(self, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor) -> None:
+        self.model.set_prompt(torch.cat([prompt_embeds, negative_embeds]))
+
+    def __call__(self, latents: torch.Tensor, timesteps, frames, **kwargs) -> torch.Tensor:
+        v = self.model(torch.cat([latents, latents]), timesteps, frames, **kwargs)
+        cond, uncond = v.chunk(2)
+        return uncond + self.scale * (cond - uncond)
