@@ -52,3 +52,17 @@ def test_two_second_generation_follows_the_prompt(toy):
     assert err["yellow", yellow] + 50 < err["yellow", blue]
     # stated bound: mean background error over the first second below 100 (RGB distance, 0-441)
     assert err["blue", blue] < 100 and err["yellow", yellow] < 100
+
+
+def test_two_second_generation_draws_the_prompted_object_colour(toy):
+    red = "a red circle bouncing on a dark blue background"
+    green = "a green square sliding on a dark blue background"
+    videos = {"red": generate(toy, red), "green": generate(toy, green)}
+    stats = {(v, c): attribute_errors(frames, c) for v, frames in videos.items() for c in (red, green)}
+    present = {k: float(a["object_present"][:, 0].mean()) for k, a in stats.items()}
+    colour = {k: float(a["object_colour_error"][:, 0].mean()) for k, a in stats.items()}
+    # stated bounds: the prompted object's colour is present in at least half the frames, the other prompt's
+    # object colour in at most a tenth, and the nearest object-like colour is within 80 RGB units of the prompt's
+    assert present["red", red] >= 0.5 and present["green", green] >= 0.5
+    assert present["red", green] <= 0.1 and present["green", red] <= 0.1
+    assert colour["red", red] < 80 and colour["green", green] < 80
