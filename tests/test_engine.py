@@ -160,6 +160,22 @@ def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, 
     assert (got - torch.cat(outs, 2)).abs().max().item() < 1e-4
 
 
+def test_guidance_interval_leaves_low_noise_frames_unguided(causal_model):
+    torch.manual_seed(6)
+    pos, neg, x = torch.randn(1, 16, 32), torch.randn(1, 16, 32), torch.randn(1, 16, 6, 8, 8)
+    ts, frames = torch.tensor([900.0] * 3 + [100.0] * 3), torch.arange(6)
+    guided = Guided(causal_model, 4.0, min_timestep=500)
+    guided.set_prompt(pos, neg)
+    with torch.no_grad():
+        got = guided(x, ts, frames)
+        causal_model.set_prompt(pos)
+        vp = causal_model(x, ts, frames)
+        causal_model.set_prompt(neg)
+        vn = causal_model(x, ts, frames)
+    assert (got[:, :, :3] - (vn + 4.0 * (vp - vn))[:, :, :3]).abs().max().item() < 1e-4
+    assert (got[:, :, 3:] - vp[:, :, 3:]).abs().max().item() < 1e-4
+
+
 def test_rolling_forcing_window_schedule(causal_model):
     """Each forward carries the window's blocks at staggered levels, oldest lowest; one write per emitted block."""
     calls = []

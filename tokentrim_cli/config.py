@@ -88,6 +88,7 @@ SCHEMA: dict = {
         "block_frames": Rule(_int(1, 64), "an integer from 1 to 64", default=3),
         "context_noise": Rule(_num(0, 1000), "a timestep from 0 to 1000", default=0),
         "guidance_scale": Rule(_num(1), "a number >= 1 (1: no classifier-free guidance; > 1 doubles the cost)", default=1.0),
+        "guidance_min_timestep": Rule(_num(0, 1000), "a timestep from 0 to 1000 (frames below it are not guided)", default=0),
         "negative_prompt": Rule(lambda v: isinstance(v, str), "a string (the guidance's unconditional prompt)", default=""),
         "solver": Rule(_choice("renoise", "euler").check, "renoise (distilled few-step models) or euler (flow-matching "
                        "models: an ODE step that keeps the noise the model sees)", default="renoise"),

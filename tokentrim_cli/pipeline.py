@@ -79,7 +79,7 @@ def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, p
     vid, samp = cfg["video"], cfg["sampler"]
     model = components.model
     if samp["guidance_scale"] > 1:
-        model = Guided(model, samp["guidance_scale"])
+        model = Guided(model, samp["guidance_scale"], samp["guidance_min_timestep"])
         model.set_prompt(*components.encode([prompt, samp["negative_prompt"]]).chunk(2))
     else:
         model.set_prompt(components.encode([prompt]))

@@ -13,8 +13,11 @@ import torch
 
 
 class Guided:
-    def __init__(self, model, scale: float):
-        self.model, self.scale = model, float(scale)
+    """``min_timestep``: frames at a lower noise level are left unguided (a guidance interval, Kynkaanniemi et al.
+    2024): late guided steps sharpen the difference between the branches into speckle."""
+
+    def __init__(self, model, scale: float, min_timestep: float = 0.0):
+        self.model, self.scale, self.min_timestep = model, float(scale), float(min_timestep)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -25,4 +28,6 @@ class Guided:
     def __call__(self, latents: torch.Tensor, timesteps, frames, **kwargs) -> torch.Tensor:
         v = self.model(torch.cat([latents, latents]), timesteps, frames, **kwargs)
         cond, uncond = v.chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        ts = torch.as_tensor(timesteps, device=v.device).float().reshape(-1, v.shape[2])  # (1 or B, F)
+        scale = torch.where(ts >= self.min_timestep, self.scale, 1.0).to(v.dtype)[:, None, :, None, None]
+        return uncond + scale * (cond - uncond)
