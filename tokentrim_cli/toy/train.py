@@ -145,8 +145,11 @@ def train(args) -> None:
         eps = torch.randn(x0.shape, generator=gen)
         s5 = sig.view(args.batch, 1, horizon, 1, 1)
         xt = (1 - s5) * x0 + s5 * eps
-        drop = torch.rand(args.batch, generator=gen) < args.caption_dropout  # the empty prompt, for guidance
-        emb = encode_prompts(tokenizer, text, ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())], TEXT_LEN)
+        texts = [captions[i] for i in idx.tolist()]
+        if args.caption_dropout > 0:  # the empty prompt, for guidance (no draw otherwise: earlier phases replay)
+            drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
+            texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
+        emb = encode_prompts(tokenizer, text, texts, TEXT_LEN)
         model.set_prompt(emb)
         v = model(xt, sig * 1000.0, frames, block_frames=BLOCK)
         weight = (sig > 0).float().view(args.batch, horizon, 1, 1) * cw  # noisy blocks only
