@@ -27,13 +27,11 @@ from tokentrim_cli.metrics import evaluate_video  # noqa: E402
 from tokentrim_cli.pipeline import Plan, generate_blocks  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
 
-THREE = ["cache.policy=three_partition", "cache.sink_frames=3", "cache.recent_frames=3", "cache.mid_capacity=8",
-         "cache.mid_top_k=2", "cache.compression=[2, 2, 2]"]
-CONFIGS = {
-    "baseline (rolling 9)": ["pruning.enabled=false"],
-    "TokenTrim": ["pruning.enabled=true"],
-    "three-partition": ["pruning.enabled=false", *THREE],
-    "three-partition + TokenTrim": ["pruning.enabled=true", *THREE],
+CONFIGS = {  # (preset, overrides); toy-packed = toy with the three-partition cache
+    "baseline (rolling 9)": ("toy", ["pruning.enabled=false"]),
+    "TokenTrim": ("toy", ["pruning.enabled=true"]),
+    "three-partition": ("toy-packed", ["pruning.enabled=false"]),
+    "three-partition + TokenTrim": ("toy-packed", ["pruning.enabled=true"]),
 }
 METRICS = ["background_error_last", "object_error_last", "object_present_last", "flicker_score", "histogram_drift",
            "saturation_drift"]
@@ -82,8 +80,8 @@ def main() -> None:
           f"{args.prompts} prompts per split x {args.seeds} seeds")
     rows = {}
     t_all = time.perf_counter()
-    for name, sets in CONFIGS.items():
-        cfg = load_preset("toy", sets).config
+    for name, (preset, sets) in CONFIGS.items():
+        cfg = load_preset(preset, sets).config
         for split, prompt in prompts(args.prompts):
             for seed in range(args.seeds):
                 r = run(comps, cfg, prompt, seed, args.seconds)
