@@ -136,10 +136,11 @@ class KVCache:
         if self._pending is not None:
             self._pending[layer] = (keys, values)
 
-    def end(self) -> None:
-        """Finish the forward; on a write pass, hand the new block to the policy."""
+    def end(self, completed: bool = True) -> None:
+        """Finish the forward; on a completed write pass, hand the new block to the policy. A forward cut short
+        (an interrupt mid-pass) stores nothing, so the cache stays as it was and the original error surfaces."""
         pending, self._pending = self._pending, None
-        if pending is None:
+        if pending is None or not completed:
             return
         if any(p is None for p in pending):
             raise RuntimeError("write pass did not store every layer")

@@ -130,15 +130,17 @@ class CausalWan(torch.nn.Module):
         else:
             st.mask = _block_causal_mask(f, n, block_frames, x.device) if block_frames else None
             cur_t = frames
+        completed = False
         try:
             hw = torch.arange(n).repeat(f)
             st.rope = self._rope_at(cur_t.repeat_interleave(n), hw)
             ctx = x.new_zeros(b, 0, x.shape[-1])  # cross-attention K/V come from set_prompt
             for block in t.blocks:
                 x = block(x, ctx, tproj, None)
+            completed = True
         finally:
             if cache is not None:
-                cache.end()
+                cache.end(completed)
             st.cache, st.mask = None, None
 
         shift, scale = (t.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
