@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokentrim_cli.config import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
-from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
 from tokentrim_cli.metrics import evaluate_video  # noqa: E402
-from tokentrim_cli.pipeline import Plan, generate_blocks  # noqa: E402
+from tokentrim_cli.pipeline import generate_video  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
 
 CONFIGS = {  # (preset, overrides); toy-packed = toy with the three-partition cache
@@ -47,16 +46,9 @@ def prompts(n: int) -> list[tuple[str, str]]:
 
 
 def run(comps, cfg, prompt: str, seed: int, seconds: float) -> dict:
-    plan = Plan.for_preset(seconds, cfg)
-    dec = StreamingDecoder(comps.vae)
-    dec.reset()
-    frames, records = [], []
     t0 = time.perf_counter()
-    for blk in generate_blocks(comps, cfg, prompt, seed, plan):
-        frames.append(dec.frames(blk.latents))
-        records.append(blk.record)
+    video, records = generate_video(comps, cfg, prompt, seed, seconds)
     wall = time.perf_counter() - t0
-    video = np.concatenate(frames)[: plan.frames]
     res = evaluate_video(video, cfg["video"]["fps"], caption=prompt)["summary"]
     res["wall_s"] = wall
     res["regeneration_rate"] = sum(r["regenerated"] for r in records) / len(records)

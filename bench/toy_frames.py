@@ -15,8 +15,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokentrim_cli.config import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
-from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
-from tokentrim_cli.pipeline import Plan, generate_blocks  # noqa: E402
+from tokentrim_cli.pipeline import generate_video  # noqa: E402
 
 PROMPTS = ["a red circle bouncing on a dark blue background", "a yellow square sliding on a gray background",
            "a white ring growing on a gradient purple background"]
@@ -34,14 +33,11 @@ def main() -> None:
     times = np.arange(0, args.seconds, 5.0)
     rows = []
     for prompt in PROMPTS:
-        plan = Plan.for_preset(args.seconds, preset.config)
-        dec = StreamingDecoder(comps.vae)
-        dec.reset()
-        frames = np.concatenate([dec.frames(b.latents) for b in generate_blocks(comps, preset.config, prompt, 0, plan)])
-        picks = [frames[min(int(t * fps), plan.frames - 1)] for t in times] + [frames[plan.frames - 1]]
+        frames, _ = generate_video(comps, preset.config, prompt, 0, args.seconds)
+        picks = [frames[min(int(t * fps), len(frames) - 1)] for t in times] + [frames[-1]]
         gap = np.full((frames.shape[1], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([x for f in picks for x in (f, gap)][:-1], 1))
-        print(f"{prompt}: {plan.frames} frames", flush=True)
+        print(f"{prompt}: {len(frames)} frames", flush=True)
     sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], 0)
     img = Image.fromarray(grid)

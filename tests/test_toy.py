@@ -6,9 +6,8 @@ import torch
 
 from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.components import load_components
-from tokentrim_cli.engine.vae import StreamingDecoder
 from tokentrim_cli.metrics import attribute_errors
-from tokentrim_cli.pipeline import Plan, generate_blocks
+from tokentrim_cli.pipeline import generate_video
 from tokentrim_cli.toy import train, world
 
 
@@ -20,11 +19,7 @@ def toy():
 
 def generate(toy, prompt, seconds=2.0, seed=0):
     preset, comps = toy
-    plan = Plan.for_preset(seconds, preset.config)
-    dec = StreamingDecoder(comps.vae)
-    dec.reset()
-    frames = [dec.frames(b.latents) for b in generate_blocks(comps, preset.config, prompt, seed, plan)]
-    return np.concatenate(frames)[: plan.frames]
+    return generate_video(comps, preset.config, prompt, seed, seconds)[0]
 
 
 def test_preset_matches_training_recipe_and_weights_load(toy):

@@ -1,4 +1,5 @@
-"""prompt -> embeddings -> autoregressive loop -> latent blocks. Knows no files and no terminals."""
+"""prompt -> embeddings -> autoregressive loop -> latent blocks (-> frames, in memory, for tests and benchmarks).
+Knows no files and no terminals."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+import numpy as np
+
 from .engine.cache import KVCache, RollingCache
 from .engine.components import Components
-from .engine.noise import NoiseSource
 from .engine.guidance import Guided
+from .engine.noise import NoiseSource
 from .engine.samplers import SAMPLERS, Block
 from .engine.schedule import warp_steps
-from .engine.vae import pixel_frames
+from .engine.vae import StreamingDecoder, pixel_frames
 from .errors import ConfigError
 from .pruning import make_controller
 
@@ -106,3 +109,16 @@ def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, p
         )
         started = now
         yield block
+
+
+def generate_video(components: Components, cfg: dict, prompt: str, seed: int, seconds: float) -> tuple[np.ndarray, list[dict]]:
+    """A whole video in memory: (F, H, W, 3) uint8 frames trimmed to the plan, and every block's record.
+    The command streams blocks to the MP4 instead (job.py); this is for tests and benchmarks."""
+    plan = Plan.for_preset(seconds, cfg)
+    decoder = StreamingDecoder(components.vae)
+    decoder.reset()
+    frames, records = [], []
+    for block in generate_blocks(components, cfg, prompt, seed, plan):
+        frames.append(decoder.frames(block.latents))
+        records.append(block.record)
+    return np.concatenate(frames)[: plan.frames], records
