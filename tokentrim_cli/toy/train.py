@@ -50,26 +50,27 @@ def log(msg: str) -> None:
 
 
 def render_clips(n: int, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Clips (N, F, H, W, 3) uint8, their object masks (N, F, H, W) bool and captions."""
+    """Clips (N, F, H, W, 3) uint8, the latent cells (N, F, H/p, W/p) bool an object touches, and captions."""
     rng = np.random.default_rng(seed)
-    clips, masks, captions = [], [], []
+    p, cells_hw = CODEC["patch"], SIZE // CODEC["patch"]
+    clips, cells, captions = [], [], []
     for _ in range(n):
         spec = world.sample_spec(rng, split="train")
         px, _ = world.render(spec, frames, SIZE, SIZE)
         bg = world.render_background(spec.background_kind, spec.background_colour, SIZE, SIZE)
+        mask = np.abs(px.astype(np.float32) - bg).max(-1) > 8
         clips.append(px)
-        masks.append(np.abs(px.astype(np.float32) - bg).max(-1) > 8)
+        cells.append(mask.reshape(frames, cells_hw, p, cells_hw, p).any(axis=(2, 4)))
         captions.append(world.caption(spec))
-    return np.stack(clips), np.stack(masks), captions
+    return np.stack(clips), np.stack(cells), captions
 
 
-def latent_weights(masks: np.ndarray, patch: int, object_weight: float) -> torch.Tensor:
+def latent_weights(cells: np.ndarray, object_weight: float) -> torch.Tensor:
     """Per-latent-cell loss weights (N, F, h, w): 1 on the background, ``object_weight`` on cells an object
     touches or borders. Objects cover ~5% of the frame, so without this the loss is spent on the background."""
-    m = torch.from_numpy(masks).float()
+    m = torch.from_numpy(cells).float()
     n, f, h, w = m.shape
-    cells = F.max_pool2d(m.reshape(n * f, 1, h, w), patch)
-    near = F.max_pool2d(cells, 3, stride=1, padding=1).reshape(n, f, h // patch, w // patch)
+    near = F.max_pool2d(m.reshape(n * f, 1, h, w), 3, stride=1, padding=1).reshape(n, f, h, w)
     return 1 + (object_weight - 1) * near
 
 
@@ -94,10 +95,10 @@ def train(args) -> None:
     t0 = time.time()
 
     log(f"rendering {args.clips} clips of {args.clip_frames} frames at {SIZE}x{SIZE}")
-    clips, masks, captions = render_clips(args.clips, args.clip_frames, args.seed)
+    clips, cells, captions = render_clips(args.clips, args.clip_frames, args.seed)
     pixels = to_pixels(clips)
-    cell_weights = latent_weights(masks, CODEC["patch"], args.object_weight)
-    del clips, masks
+    cell_weights = latent_weights(cells, args.object_weight)
+    del clips, cells
 
     codec = PatchCodec(**CODEC)
     if args.init:
