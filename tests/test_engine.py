@@ -69,45 +69,53 @@ def test_fixed_seed_is_bit_identical(causal_model, sampler, steps):
     assert [blk.frames for blk in blocks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 
-def test_self_forcing_matches_hand_written_reference(causal_model):
-    """One Self Forcing block by hand: 4 steps reading the cache, fresh re-noising, then a t=0 write."""
+def _renoise_step(x, v, s, s_next, draw):
+    """The references' step: x0 = x - sigma v, re-noised with fresh noise (x0 itself after the last step)."""
+    x0 = x - s * v
+    return x0 if s_next == 0 else (1 - s_next) * x0 + s_next * draw()
+
+
+def _euler_step(x, v, s, s_next, draw):
+    """The flow-matching ODE step, written in its own form: x + (sigma_next - sigma) v."""
+    return x + (s_next - s) * v
+
+
+def _hand_written_self_forcing(velocity, write, step, blocks, seed=5):
+    """Self Forcing spelled out: per 3-frame block, 4 steps reading the context, then a t=0 write of the result."""
     sig = warp_steps([1000, 750, 500, 250]).float()
-    noise = NoiseSource(5, (1, 16, 3, 8, 8))
-    got, _ = _run(self_forcing, causal_model, 5, blocks=2)
-    cache = KVCache(causal_model.num_layers, causal_model.rope_len)
+    noise = NoiseSource(seed, (1, 16, 3, 8, 8))
     outs = []
     with torch.no_grad():
-        for i in range(2):
+        for i in range(blocks):
             fr = torch.arange(3 * i, 3 * i + 3)
             x = noise.draw(i, 0)
             for j, s in enumerate(sig):
-                v = causal_model(x, torch.full((3,), float(s) * 1000), fr, cache=cache)
-                x0 = x - s * v
-                if j < 3:
-                    x = (1 - sig[j + 1]) * x0 + sig[j + 1] * noise.draw(i, j + 1)
-            causal_model(x0, torch.zeros(3), fr, cache=cache, write=True)
-            outs.append(x0)
-    assert torch.equal(got, torch.cat(outs, 2))
+                v = velocity(x, torch.full((3,), float(s) * 1000), fr)
+                x = step(x, v, s, sig[j + 1] if j + 1 < len(sig) else 0, lambda: noise.draw(i, j + 1))
+            write(x, fr)
+            outs.append(x)
+    return torch.cat(outs, 2)
+
+
+def _cached(model):
+    """velocity and write functions of one model reading and writing one cache."""
+    cache = KVCache(model.num_layers, model.rope_len)
+    return (lambda x, ts, fr: model(x, ts, fr, cache=cache),
+            lambda x, fr: model(x, torch.zeros(3), fr, cache=cache, write=True))
+
+
+def test_self_forcing_matches_hand_written_reference(causal_model):
+    """One Self Forcing block by hand: 4 steps reading the cache, fresh re-noising, then a t=0 write."""
+    got, _ = _run(self_forcing, causal_model, 5, blocks=2)
+    assert torch.equal(got, _hand_written_self_forcing(*_cached(causal_model), _renoise_step, blocks=2))
 
 
 def test_euler_solver_is_the_flow_matching_ode_step(causal_model):
     """solver=euler: x_next = x + (sigma_next - sigma) v from the block's first noise only, then x0 at the last
     level; a flow-matching model's samples depend on that first noise, not on fresh draws."""
-    sig = warp_steps([1000, 750, 500, 250]).float()
-    noise = NoiseSource(5, (1, 16, 3, 8, 8))
     got, _ = _run(self_forcing, causal_model, 5, blocks=2, solver="euler")
-    cache = KVCache(causal_model.num_layers, causal_model.rope_len)
-    outs = []
-    with torch.no_grad():
-        for i in range(2):
-            fr = torch.arange(3 * i, 3 * i + 3)
-            x = noise.draw(i, 0)
-            for j, s in enumerate(sig):
-                v = causal_model(x, torch.full((3,), float(s) * 1000), fr, cache=cache)
-                x = x + ((sig[j + 1] if j < 3 else 0) - s) * v
-            causal_model(x, torch.zeros(3), fr, cache=cache, write=True)
-            outs.append(x)
-    assert (got - torch.cat(outs, 2)).abs().max().item() < 1e-5
+    ref = _hand_written_self_forcing(*_cached(causal_model), _euler_step, blocks=2)
+    assert (got - ref).abs().max().item() < 1e-5
     renoised, _ = _run(self_forcing, causal_model, 5, blocks=2)
     assert (got - renoised).abs().max().item() > 1e-2
 
@@ -129,35 +137,25 @@ def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, 
     negative prompt each read and write their own cache, and v = v_neg + s (v_prompt - v_neg)."""
     torch.manual_seed(4)
     pos, neg = torch.randn(1, 16, 32), torch.randn(1, 16, 32)
-    sig = warp_steps([1000, 750, 500, 250]).float()
     guided = Guided(causal_model, 3.0)
     guided.set_prompt(pos, neg)
     got, _ = _run(self_forcing, guided, 5, blocks=3, solver=solver)
-    noise = NoiseSource(5, (1, 16, 3, 8, 8))
-    caches = {"pos": KVCache(causal_model.num_layers, causal_model.rope_len),
-              "neg": KVCache(causal_model.num_layers, causal_model.rope_len)}
+    pos_v, pos_write = _cached(causal_model)
+    neg_v, neg_write = _cached(causal_model)
 
-    def branch(name, x, ts, fr, write=False):
-        causal_model.set_prompt(pos if name == "pos" else neg)
-        return causal_model(x, ts, fr, cache=caches[name], write=write)
+    def velocity(x, ts, fr):
+        causal_model.set_prompt(neg)
+        vn = neg_v(x, ts, fr)
+        causal_model.set_prompt(pos)
+        return vn + 3.0 * (pos_v(x, ts, fr) - vn)
 
-    outs = []
-    with torch.no_grad():
-        for i in range(3):
-            fr = torch.arange(3 * i, 3 * i + 3)
-            x = noise.draw(i, 0)
-            for j, s in enumerate(sig):
-                ts = torch.full((3,), float(s) * 1000)
-                vn = branch("neg", x, ts, fr)
-                v = vn + 3.0 * (branch("pos", x, ts, fr) - vn)
-                x0 = x - s * v
-                if j < 3:
-                    eps = noise.draw(i, j + 1) if solver == "renoise" else x + (1 - s) * v
-                    x = (1 - sig[j + 1]) * x0 + sig[j + 1] * eps
-            for name in caches:
-                branch(name, x0, torch.zeros(3), fr, write=True)
-            outs.append(x0)
-    assert (got - torch.cat(outs, 2)).abs().max().item() < 1e-4
+    def write(x, fr):
+        for prompt, branch in ((pos, pos_write), (neg, neg_write)):
+            causal_model.set_prompt(prompt)
+            branch(x, fr)
+
+    step = _renoise_step if solver == "renoise" else _euler_step
+    assert (got - _hand_written_self_forcing(velocity, write, step, blocks=3)).abs().max().item() < 1e-4
 
 
 def test_guidance_interval_leaves_low_noise_frames_unguided(causal_model):
@@ -262,3 +260,23 @@ def test_patch_codec_round_trip_and_streaming():
     dec.reset()
     stream = torch.cat([dec.decode(z[:, :, :3]), dec.decode(z[:, :, 3:])], 2)
     assert torch.equal(stream, codec.decode(z))
+
+
+def test_interrupted_write_pass_raises_the_interrupt_and_stores_nothing(causal_model):
+    """Ctrl-C or SIGTERM mid-forward must surface as the interrupt (exit 130, partial video), not as a cache error,
+    and leave the cache as it was."""
+    cache = KVCache(causal_model.num_layers, causal_model.rope_len)
+    x = torch.randn(1, 16, 3, 8, 8)
+    with torch.no_grad():
+        causal_model(x, torch.zeros(3), torch.arange(3), cache=cache, write=True)
+
+        def interrupt(*_):
+            raise KeyboardInterrupt
+
+        hook = causal_model.transformer.blocks[1].register_forward_hook(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            causal_model(x, torch.zeros(3), torch.arange(3, 6), cache=cache, write=True)
+        hook.remove()
+        assert cache.frames == [0, 1, 2]
+        causal_model(x, torch.zeros(3), torch.arange(3, 6), cache=cache, write=True)
+    assert cache.frames == [0, 1, 2, 3, 4, 5]
