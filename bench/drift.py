@@ -32,8 +32,8 @@ CONFIGS = {  # (preset, overrides); toy-packed = toy with the three-partition ca
     "three-partition": ("toy-packed", ["pruning.enabled=false"]),
     "three-partition + TokenTrim": ("toy-packed", ["pruning.enabled=true"]),
 }
-METRICS = ["background_error_last", "object_error_last", "object_present_last", "flicker_score", "histogram_drift",
-           "saturation_drift"]
+METRICS = ["background_error_last", "object_error_last", "object_present_last", "object_compactness_last",
+           "flicker_score", "histogram_drift", "saturation_drift"]
 
 
 def prompts(n: int) -> list[tuple[str, str]]:

@@ -121,3 +121,50 @@ def test_plot_and_json(tmp_path):
     r = evaluate_video(frames, fps=4, caption="a cat")
     assert not r["toy_caption"] and "cat" in r["attributes_skipped"]
     plot_metrics(r, tmp_path / "n.png")
+
+
+def test_compactness_of_one_shape_and_of_fragments():
+    from tokentrim_cli.metrics import largest_component_share
+
+    one = np.zeros((1, 16, 16), bool)
+    one[0, 3:9, 4:10] = True
+    four = np.zeros((1, 16, 16), bool)
+    for y, x in [(1, 1), (1, 9), (9, 1), (9, 9)]:
+        four[0, y : y + 3, x : x + 3] = True  # four equal pieces, not touching even diagonally
+    four[0, 14, 14] = True  # and a lone pixel, two pixels from the nearest piece
+    sizes = largest_component_share(np.concatenate([one, four, np.zeros((1, 16, 16), bool)]))
+    assert sizes[0] == 1.0 and sizes[1] == pytest.approx(9 / 37) and np.isnan(sizes[2])
+    diag = np.zeros((1, 4, 4), bool)
+    diag[0, [0, 1, 2, 3], [0, 1, 2, 3]] = True  # 8-connected through corners
+    assert largest_component_share(diag)[0] == 1.0
+    edge = np.zeros((1, 8, 8), bool)
+    edge[0, 2:5, 0:2] = edge[0, 2:5, 6:8] = True  # one object split by the frame's edge
+    assert largest_component_share(edge)[0] == 0.5 and largest_component_share(edge, wrap=True)[0] == 1.0
+
+
+def test_compactness_of_rendered_world_and_of_a_scattered_object():
+    for k, text in enumerate(["a red circle bouncing on a dark blue background",
+                              "a white ring growing on a gradient purple background",
+                              "a yellow triangle sliding on a textured black background",
+                              "a green diamond rotating on a plain gray background"]):
+        spec = world.spec_from_caption(text, k)
+        frames, attrs = world.render(spec, 96, 64, 64)
+        r = evaluate_video(frames, fps=16, caption=text)
+        comp = [v for v in r["series"]["object_compactness"] if v is not None]
+        assert len(comp) > 80 and min(comp) > 0.9, (text, min(comp))
+        if "sliding" in text:  # it does cross the frame's edge, where only a torus keeps it in one piece
+            o = [a["objects"][0] for a in attrs]
+            assert any(min(d["x"], 63 - d["x"], d["y"], 63 - d["y"]) < d["size"] / 2 for d in o)
+    # the same red pixels cut into 8x8 tiles and scattered over the frame: colour and presence cannot tell
+    spec = world.spec_from_caption("a red square bouncing on a dark blue background", 0)
+    frames, _ = world.render(spec, 1, 64, 64)
+    bg = frames[0].copy()
+    bg[:] = world.COLOURS["dark blue"]
+    scattered = bg.copy()
+    for i, (y, x) in enumerate([(4, 4), (4, 36), (36, 4), (36, 36)]):
+        scattered[y : y + 8, x : x + 8] = world.COLOURS["red"]
+    solid = bg.copy()
+    solid[20:36, 20:36] = world.COLOURS["red"]
+    cap = "a red square bouncing on a dark blue background"
+    a = evaluate_video(np.stack([solid, scattered]), fps=16, caption=cap)["series"]
+    assert a["object_present"] == [1.0, 1.0] and a["object_compactness"] == [1.0, 0.25]

@@ -33,6 +33,10 @@ Toy-world attributes (``attribute_errors``), per frame; every distance is Euclid
   background), so the error is always a finite number.
 - object present: at least max(4, 0.0015 * H * W) non-background pixels within ``PRESENCE_RADIUS`` (50) of the
   expected object RGB.
+- object compactness (shape coherence, NaN where the object is not present): the share of those pixels in the
+  largest 8-connected component. One solid shape gives 1.0; the same colour scattered as k equal fragments gives
+  1/k, which colour error and presence cannot see. Sliding objects wrap around the frame, so for them the frame
+  is a torus; a world object partly hidden by the other one can be split too.
 """
 
 from __future__ import annotations
@@ -155,8 +159,33 @@ def windows(n: int, fps: float) -> tuple[slice, slice, str]:
 
 # --------------------------------------------------------------------------------------------- toy-world attributes
 
-def _expected(expected) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[str]]:
-    """Expected background RGB and object RGBs: one entry (broadcast over frames) or one per frame."""
+def largest_component_share(masks: np.ndarray, wrap: bool = False) -> np.ndarray:
+    """(F, H, W) bool -> (F,) share of each mask's pixels in its largest 8-connected component (NaN if empty).
+    ``wrap``: the frame is a torus. Labels spread as the minimum pixel index over neighbours until they settle."""
+    masks = np.asarray(masks, bool)
+    f, h, w = masks.shape
+    none = f * h * w
+    lab = np.where(masks, np.arange(none).reshape(f, h, w), none)
+    while True:
+        edge = ((0, 0), (1, 1), (1, 1))
+        pad = np.pad(lab, edge, mode="wrap") if wrap else np.pad(lab, edge, constant_values=none)
+        low = lab
+        for dy in range(3):
+            for dx in range(3):
+                low = np.minimum(low, pad[:, dy : dy + h, dx : dx + w])
+        low = np.where(masks, low, none)
+        if np.array_equal(low, lab):
+            break
+        lab = low
+    sizes = np.bincount(lab[masks], minlength=none)
+    largest = np.zeros(f)
+    np.maximum.at(largest, np.arange(none) // (h * w), sizes)
+    total = masks.sum(axis=(1, 2))
+    return np.where(total > 0, largest / np.maximum(total, 1), np.nan)
+
+
+def _expected(expected) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[str], str]:
+    """Expected background RGB, object RGBs (one entry, broadcast over frames, or one per frame) and motion."""
     from .toy import world
 
     if isinstance(expected, str):
@@ -172,7 +201,7 @@ def _expected(expected) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[
     bgs = [np.asarray(e["background"]["rgb"], np.float64) for e in expected]
     objs = [[np.asarray(o["rgb"], np.float64) for o in e["objects"]] for e in expected]
     labels = [f"{o['colour']} {o['shape']}" for o in expected[0]["objects"]]
-    return bgs, objs, labels
+    return bgs, objs, labels, expected[0].get("motion", "")
 
 
 def attribute_errors(frames: np.ndarray, spec_or_caption_attributes) -> dict[str, Any]:
@@ -180,11 +209,11 @@ def attribute_errors(frames: np.ndarray, spec_or_caption_attributes) -> dict[str
 
     ``spec_or_caption_attributes``: a caption string, a ``ParsedCaption``, a ``ClipSpec`` or the per-frame
     attribute list from ``world.render`` (one entry, or one per frame). Returns numpy arrays:
-    ``background_error`` (F,), ``object_colour_error`` (F, K), ``object_present`` (F, K) bool, and the
-    K object ``labels`` ("red circle")."""
+    ``background_error`` (F,), ``object_colour_error`` (F, K), ``object_present`` (F, K) bool,
+    ``object_compactness`` (F, K) (NaN where absent), and the K object ``labels`` ("red circle")."""
     frames = _check(frames)
     n, h, w, _ = frames.shape
-    bgs, objs, labels = _expected(spec_or_caption_attributes)
+    bgs, objs, labels, motion = _expected(spec_or_caption_attributes)
     if len(bgs) not in (1, n):
         raise ValueError(f"got {len(bgs)} attribute entries for {n} frames")
     min_px = max(4, int(0.0015 * h * w))
@@ -193,13 +222,15 @@ def attribute_errors(frames: np.ndarray, spec_or_caption_attributes) -> dict[str
     bg_err = np.zeros(n)
     obj_err = np.zeros((n, len(labels)))
     present = np.zeros((n, len(labels)), bool)
+    compact = np.full((n, len(labels)), np.nan)
     for f in range(n):
         k = f if len(bgs) == n else 0
         img = frames[f].astype(np.float32)
         bg_med = np.median(img[border], axis=0)
         bg_err[f] = np.linalg.norm(bg_med - bgs[k])
         row_bg = np.median(img, axis=1)  # (H, 3): a row is mostly background
-        pix = img[np.linalg.norm(img - row_bg[:, None, :], axis=-1) > OBJECT_THRESHOLD].astype(np.float64)
+        fg = np.linalg.norm(img - row_bg[:, None, :], axis=-1) > OBJECT_THRESHOLD
+        pix = img[fg].astype(np.float64)
         centres = np.empty((0, 3))
         if len(pix):
             q = pix.astype(np.int32) // 16
@@ -213,14 +244,20 @@ def attribute_errors(frames: np.ndarray, spec_or_caption_attributes) -> dict[str
             centres = bg_med[None].astype(np.float64)
         for j, rgb in enumerate(objs[k]):
             obj_err[f, j] = np.linalg.norm(centres - rgb, axis=-1).min()
-            present[f, j] = len(pix) > 0 and int((np.linalg.norm(pix - rgb, axis=-1) <= PRESENCE_RADIUS).sum()) >= min_px
-    return {"background_error": bg_err, "object_colour_error": obj_err, "object_present": present, "labels": labels}
+            near = fg & (np.linalg.norm(img - np.asarray(rgb, np.float32), axis=-1) <= PRESENCE_RADIUS)
+            present[f, j] = int(near.sum()) >= min_px
+            if present[f, j]:
+                compact[f, j] = largest_component_share(near[None], wrap=motion == "sliding")[0]
+    return {"background_error": bg_err, "object_colour_error": obj_err, "object_present": present,
+            "object_compactness": compact, "labels": labels}
 
 
 # --------------------------------------------------------------------------------------------- everything
 
 def _mean(a) -> float | None:
+    """Mean ignoring NaN (frames where a quantity is undefined); None when nothing is left."""
     a = np.asarray(a, np.float64)
+    a = a[~np.isnan(a)]
     return float(a.mean()) if a.size else None
 
 
@@ -228,7 +265,8 @@ def evaluate_video(frames: np.ndarray, fps: float, caption=None) -> dict:
     """All metrics, JSON-serialisable: ``series`` (per frame, aligned with ``series["time_s"]``: ``flicker_diff``
     is the difference to the previous frame, None for frame 0; ``histogram_distance``, ``brightness``,
     ``saturation``, ``sharpness``; with a toy-world caption also ``background_error``, ``object_error`` (mean
-    over objects) and ``object_present`` (fraction of objects present)), ``summary`` (flicker score, first/last
+    over objects), ``object_present`` (fraction of objects present) and ``object_compactness`` (mean over the
+    objects present, None when none is)), ``summary`` (flicker score, first/last
     window means and drifts, ``histogram_drift``, attribute errors over the first/last windows), ``window``.
     ``caption`` may be a caption string, ParsedCaption, ClipSpec or render() attributes; a string outside the
     toy grammar (any real prompt) gives ``toy_caption: False`` and the parser's reason in ``attributes_skipped``."""
@@ -274,15 +312,19 @@ def evaluate_video(frames: np.ndarray, fps: float, caption=None) -> dict:
             result["attributes_skipped"] = str(e)
         else:
             result["toy_caption"] = True
+            comp = attrs["object_compactness"]
+            seen = (~np.isnan(comp)).sum(axis=1)
             per = {"background_error": attrs["background_error"],
                    "object_error": attrs["object_colour_error"].mean(axis=1),
-                   "object_present": attrs["object_present"].mean(axis=1)}
+                   "object_present": attrs["object_present"].mean(axis=1),
+                   "object_compactness": np.where(seen > 0, np.nansum(comp, axis=1) / np.maximum(seen, 1), np.nan)}
             for key, arr in per.items():
-                series[key] = arr.astype(float).tolist()
+                series[key] = [None if np.isnan(v) else v for v in arr.astype(float).tolist()]
                 summary[f"{key}_first"] = _mean(arr[first])
                 summary[f"{key}_last"] = _mean(arr[last])
             result["objects"] = [{"label": lab, "colour_error": attrs["object_colour_error"][:, j].tolist(),
-                                  "present": attrs["object_present"][:, j].tolist()}
+                                  "present": attrs["object_present"][:, j].tolist(),
+                                  "compactness": [None if np.isnan(v) else v for v in comp[:, j].tolist()]}
                                  for j, lab in enumerate(attrs["labels"])]
     return result
 
@@ -297,11 +339,12 @@ def plot_metrics(result: dict, path_png) -> None:
 
     s = result["series"]
     keys = ["flicker_diff", "histogram_distance", "brightness", "saturation", "sharpness"]
-    keys += [k for k in ("background_error", "object_error", "object_present") if k in s]
+    keys += [k for k in ("background_error", "object_error", "object_present", "object_compactness") if k in s]
     titles = {"flicker_diff": "mean |frame diff| (0-255)", "histogram_distance": "histogram distance to first window",
               "brightness": "brightness (luma)", "saturation": "saturation (HSV)", "sharpness": "sharpness (Laplacian var)",
               "background_error": "background error (RGB)", "object_error": "object colour error (RGB)",
-              "object_present": "objects present (fraction)"}
+              "object_present": "objects present (fraction)",
+              "object_compactness": "object compactness (largest piece share)"}
     cols = 2
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(10, 2.4 * rows), sharex=True, squeeze=False)
