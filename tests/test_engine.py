@@ -256,6 +256,10 @@ def test_patch_codec_round_trip_and_streaming():
     z = codec.encode(px)
     assert z.shape == (1, 16, 6, 8, 8) and temporal_ratio(codec) == 1
     assert (codec.decode(z) - px).abs().max() < 1e-4  # this world is exactly representable
+    glob = PatchCodec(patch=4, channels=16).fit(px[0].permute(1, 0, 2, 3), scale="global")
+    zg = glob.encode(px)  # one scale for all channels (latent MSE is pixel MSE), unit RMS on its fitting frames
+    assert torch.all(glob.scale == glob.scale[0]) and float(zg.pow(2).mean()) == pytest.approx(1.0, abs=1e-4)
+    assert (glob.decode(zg) - px).abs().max() < 1e-4
     dec = StreamingDecoder(codec)
     dec.reset()
     stream = torch.cat([dec.decode(z[:, :, :3]), dec.decode(z[:, :, 3:])], 2)

@@ -127,7 +127,7 @@ def train(args) -> None:
     else:
         log("fitting the patch codec")
         sample = pixels[:, :, :: max(1, args.clip_frames // 8)].permute(0, 2, 1, 3, 4).reshape(-1, 3, SIZE, SIZE)
-        codec.fit(sample)
+        codec.fit(sample, scale=args.codec_scale)
     with torch.no_grad():
         latents = torch.cat([codec.encode(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
         rec = codec.decode(latents[:16])
@@ -224,6 +224,8 @@ def main() -> None:
     ap.add_argument("--object-weight", type=float, default=1.0, help="loss weight of latent cells near an object")
     ap.add_argument("--caption-dropout", type=float, default=0.0, help="fraction of samples trained on the empty prompt")
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: save the raw weights)")
+    ap.add_argument("--codec-scale", choices=["channel", "global"], default="channel",
+                    help="latent scaling of a new codec (engine/patch_codec.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (1.4x faster on a CPU with AVX512-BF16)")
