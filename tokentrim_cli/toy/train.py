@@ -10,8 +10,8 @@
 The third phase weights the latent cells near objects more (objects cover ~5% of a frame), drops 10% of the
 captions (so the model also learns the empty prompt, which classifier-free guidance needs) and saves an
 exponential moving average of the weights. The fourth (``--rollout``) trains on context the model generated
-itself, as it will at sampling time (see ``self_generated_context``). The result is sampled by the engine's Self Forcing loop like any other
-model (preset ``toy``: Euler steps, guidance).
+itself, as it will at sampling time (``self_generated_context``). The result is sampled by the engine's Self
+Forcing loop like any other model (preset ``toy``: Euler steps, guidance).
 """
 
 from __future__ import annotations
@@ -98,14 +98,18 @@ def self_generated_context(model, x0: torch.Tensor, k: int, cond, uncond, sigmas
     """Replace blocks 1..k of each window with the model's own continuation of its real block 0.
 
     At sampling time every context block is the model's own output, with its own errors; trained only on real
-    context, the model copies those errors forward and the object breaks up within a few blocks (exposure bias).
+    context, the model carries those errors forward and the picture drifts within a few blocks (exposure bias).
     Here each block is sampled as the toy preset samples it (Euler steps, guidance) from the blocks before it,
     already self-generated, and the caller trains the blocks after k on the real continuation. Block 0 stays
     real so that the generated blocks keep the real clip's object and motion, which the targets continue.
     """
     x0 = x0.clone()
-    g = Guided(model, guidance, min_timestep) if guidance > 1 else model
-    g.set_prompt(cond, uncond) if guidance > 1 else g.set_prompt(cond)
+    if guidance > 1:
+        g = Guided(model, guidance, min_timestep)
+        g.set_prompt(cond, uncond)
+    else:
+        g = model
+        g.set_prompt(cond)
     for m in range(1, k + 1):
         ctx, frames = x0[:, :, : m * BLOCK], torch.arange((m + 1) * BLOCK)
         x = torch.randn(x0[:, :, :BLOCK].shape, generator=gen).to(x0.device)
@@ -279,7 +283,10 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="continue from the weights in this folder (a second phase)")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the weights every this many steps")
     ap.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (the schedule still spans --steps)")
-    train(ap.parse_args())
+    args = ap.parse_args()
+    if args.rollout > 0 and args.horizon_blocks < 3:
+        ap.error("--rollout needs --horizon-blocks >= 3 (a real block, a generated one, a trained one)")
+    train(args)
 
 
 if __name__ == "__main__":
