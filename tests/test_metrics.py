@@ -161,7 +161,7 @@ def test_compactness_of_rendered_world_and_of_a_scattered_object():
     bg = frames[0].copy()
     bg[:] = world.COLOURS["dark blue"]
     scattered = bg.copy()
-    for i, (y, x) in enumerate([(4, 4), (4, 36), (36, 4), (36, 36)]):
+    for y, x in [(4, 4), (4, 36), (36, 4), (36, 36)]:
         scattered[y : y + 8, x : x + 8] = world.COLOURS["red"]
     solid = bg.copy()
     solid[20:36, 20:36] = world.COLOURS["red"]

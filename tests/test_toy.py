@@ -27,6 +27,9 @@ def test_preset_matches_training_recipe_and_weights_load(toy):
     cfg = preset.config["model"]
     assert cfg["transformer"]["config"] == {**train.TRANSFORMER, "patch_size": list(train.TRANSFORMER["patch_size"])}
     assert cfg["tokenizer"]["vocab"] == world.VOCAB and cfg["max_text_length"] == train.TEXT_LEN
+    # rollout training samples its context as the preset samples videos
+    sampler = preset.config["sampler"]
+    assert sampler["guidance_min_timestep"] == train.GUIDANCE_MIN_TIMESTEP and sampler["block_frames"] == train.BLOCK
     assert sum(p.numel() for p in comps.model.parameters()) > 1_000_000  # trained weights, not the tiny config
     # the shipped codec reconstructs the world it was fitted on
     px, _ = world.render(world.sample_spec(3), 8, 64, 64)
