@@ -30,9 +30,11 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from transformers import UMT5Config, UMT5EncoderModel
 
+from ..engine.cache import KVCache
 from ..engine.guidance import Guided
 from ..engine.model import CausalWan
 from ..engine.patch_codec import PatchCodec
+from ..engine.samplers import self_forcing
 from ..engine.schedule import warp_steps
 from ..engine.text import encode_prompts
 from ..engine.tokenizer import word_tokenizer
@@ -92,6 +94,17 @@ def sample_sigmas(shape, shift: float, gen: torch.Generator, p_clean: float) -> 
     return torch.where(clean, torch.zeros_like(sigma), sigma)
 
 
+class _TrainingNoise:
+    """The sampler's noise source for rollout training: plain draws from the training generator, so a phase
+    replays from its seed (the Euler solver draws once per block)."""
+
+    def __init__(self, gen: torch.Generator, shape: tuple[int, ...], device):
+        self.gen, self.shape, self.device = gen, shape, device
+
+    def draw(self, block, step, attempt=0, frames=None) -> torch.Tensor:
+        return torch.randn(self.shape, generator=self.gen).to(self.device)
+
+
 @torch.no_grad()
 def self_generated_context(model, x0: torch.Tensor, k: int, cond, uncond, sigmas, guidance: float,
                            min_timestep: float, gen: torch.Generator) -> torch.Tensor:
@@ -99,26 +112,21 @@ def self_generated_context(model, x0: torch.Tensor, k: int, cond, uncond, sigmas
 
     At sampling time every context block is the model's own output, with its own errors; trained only on real
     context, the model carries those errors forward and the picture drifts within a few blocks (exposure bias).
-    Here each block is sampled as the toy preset samples it (Euler steps, guidance) from the blocks before it,
-    already self-generated, and the caller trains the blocks after k on the real continuation. Block 0 stays
+    Here the engine's Self Forcing loop continues the real block 0 as the toy preset samples (Euler steps,
+    guidance, a KV cache), and the caller trains the blocks after k on the real continuation. Block 0 stays
     real so that the generated blocks keep the real clip's object and motion, which the targets continue.
     """
     x0 = x0.clone()
     if guidance > 1:
-        g = Guided(model, guidance, min_timestep)
-        g.set_prompt(cond, uncond)
+        model = Guided(model, guidance, min_timestep)
+        model.set_prompt(cond, uncond)
     else:
-        g = model
-        g.set_prompt(cond)
-    for m in range(1, k + 1):
-        ctx, frames = x0[:, :, : m * BLOCK], torch.arange((m + 1) * BLOCK)
-        x = torch.randn(x0[:, :, :BLOCK].shape, generator=gen).to(x0.device)
-        for j, s in enumerate(sigmas):
-            ts = torch.cat([torch.zeros(m * BLOCK), torch.full((BLOCK,), float(s) * 1000)])
-            v = g(torch.cat([ctx, x], dim=2), ts, frames, block_frames=BLOCK)[:, :, -BLOCK:].float()
-            nxt = float(sigmas[j + 1]) if j + 1 < len(sigmas) else 0.0
-            x = x + (nxt - float(s)) * v  # the flow-matching Euler step; at the last step, x0 itself
-        x0[:, :, m * BLOCK : (m + 1) * BLOCK] = x
+        model.set_prompt(cond)
+    cache = KVCache(model.num_layers, model.rope_len)  # k + 1 blocks fit the toy preset's window: none evicted
+    model(x0[:, :, :BLOCK], torch.zeros(BLOCK), torch.arange(BLOCK), cache=cache, write=True)
+    noise = _TrainingNoise(gen, x0[:, :, :BLOCK].shape, x0.device)
+    for b in self_forcing(model, cache, noise, k, sigmas, BLOCK, start_frame=BLOCK, solver="euler"):
+        x0[:, :, b.frames] = b.latents
     return x0
 
 
