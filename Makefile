@@ -17,15 +17,16 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/cache_memory.py
 	$(PY) bench/pruning_cost.py
 
-toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, ~2 h 20 min on 2 CPU cores)
-	$(PY) -m tokentrim_cli.toy.train --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35
+toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, ~1 h 40 min on 2 CPU cores)
+	$(PY) -m tokentrim_cli.toy.train --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35 --bf16
 	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase1 --out build/toy-phase2 --seed 1 --steps 3200 \
-		--stop-at 2221 --lr 5e-4 --p-clean 0.5
+		--stop-at 2221 --lr 5e-4 --p-clean 0.5 --bf16
 	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase2 --out build/toy-phase3 --seed 2 --steps 3000 \
-		--lr 2e-4 --p-clean 0.5 --object-weight 4 --caption-dropout 0.1 --ema 0.998
-	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase3 --out tokentrim_cli/toy/weights --seed 3 --steps 1800 \
-		--stop-at 858 --lr 2e-4 --p-clean 0.5 --object-weight 4 --caption-dropout 0.1 --ema 0.998 --bf16 \
+		--lr 2e-4 --p-clean 0.5 --object-weight 4 --caption-dropout 0.1 --ema 0.998 --bf16
+	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase3 --out tokentrim_cli/toy/weights --seed 3 --steps 2000 \
+		--lr 2e-4 --p-clean 0.5 --object-weight 4 --caption-dropout 0.1 --ema 0.998 --bf16 \
 		--rollout 0.75 --rollout-steps 4
+	for i in 1 2 3; do cp build/toy-phase$$i/training.json tokentrim_cli/toy/weights/training-phase$$i.json; done
 
 drift: install      ## drift benchmark on the toy world (baseline / TokenTrim / three-partition / both)
 	$(PY) bench/drift.py
