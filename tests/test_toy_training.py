@@ -1,10 +1,21 @@
 """The toy model's rollout training samples its context as the toy preset samples a video."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
+from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.guidance import Guided
 from tokentrim_cli.engine.schedule import warp_steps
+from tokentrim_cli.toy import train
 from tokentrim_cli.toy.train import BLOCK, self_generated_context
+from tokentrim_cli.video import probe
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _euler_without_cache(model, x0, k, sigmas, gen):
@@ -36,3 +47,30 @@ def test_self_generated_context_continues_the_real_first_block_as_the_sampler_do
     assert torch.equal(got[:, :, :BLOCK], x0[:, :, :BLOCK]) and torch.equal(got[:, :, 3 * BLOCK :], x0[:, :, 3 * BLOCK :])
     assert (got - want).abs().max() < 1e-4
     assert (got[:, :, BLOCK : 3 * BLOCK] - x0[:, :, BLOCK : 3 * BLOCK]).abs().mean() > 0.1  # really replaced
+
+
+TINY = ["--clips", "4", "--clip-frames", "12", "--steps", "2", "--batch", "2", "--threads", "1"]
+
+
+def size(layers: int) -> list[str]:
+    return ["--layers", str(layers), "--heads", "2", "--head-dim", "12", "--ffn", "32"]
+
+
+def test_a_training_run_of_another_size_writes_a_preset_the_cli_generates_from(tmp_path):
+    out = tmp_path / "run"
+    train.main(["--out", str(out), *TINY, *size(1)])
+    cfg = load_preset(str(out / "preset.yaml")).config
+    assert cfg["model"]["transformer"]["config"]["num_layers"] == 1
+    assert cfg["model"]["transformer"]["weights"] == str((out / "transformer.safetensors").resolve())
+    assert cfg["sampler"] == load_preset("toy").config["sampler"]  # sampled as the toy preset samples
+
+    video = tmp_path / "clip.mp4"
+    r = subprocess.run([sys.executable, "-m", "tokentrim_cli", "generate", "--preset", str(out / "preset.yaml"),
+                        "--prompt", "a red circle bouncing on a dark blue background", "--seconds", "1",
+                        "--output", str(video)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert probe(video)["frames"] == 16
+
+    with pytest.raises(SystemExit, match="another transformer size than --layers 2"):
+        train.main(["--out", str(tmp_path / "next"), "--init", str(out), *TINY, *size(2)])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from transformers import UMT5Config, UMT5EncoderModel
@@ -148,6 +149,28 @@ def save_weights(model, text, params, ema, out: Path) -> None:
                 p.copy_(w)
 
 
+def architecture(args) -> dict:
+    """The transformer config of this run: the toy preset's, resized by --layers/--heads/--head-dim/--ffn."""
+    return {**TRANSFORMER, "num_layers": args.layers, "num_attention_heads": args.heads,
+            "attention_head_dim": args.head_dim, "ffn_dim": args.ffn}
+
+
+def write_preset(out: Path, arch: dict) -> Path:
+    """``OUT/preset.yaml``: the toy preset with this run's architecture and weight files, so a run's result is
+    generated from at once (``tokentrim generate --preset OUT/preset.yaml``). Paths are absolute (a preset's
+    local paths are read from the working directory)."""
+    d = out.resolve()
+    preset = {"extends": "toy",
+              "description": f"A toy world model trained by tokentrim_cli.toy.train into {d}.",
+              "model": {"transformer": {"config": {**arch, "patch_size": list(arch["patch_size"])},
+                                        "weights": str(d / "transformer.safetensors")},
+                        "vae": {"weights": str(d / "codec.safetensors")},
+                        "text_encoder": {"weights": str(d / "text_encoder.safetensors")}}}
+    path = out / "preset.yaml"
+    path.write_text(yaml.safe_dump(preset, sort_keys=False, default_flow_style=None, width=120))
+    return path
+
+
 def train(args) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -181,9 +204,15 @@ def train(args) -> None:
     tokenizer = word_tokenizer(world.VOCAB)
     assert len(tokenizer) <= TEXT["vocab_size"], "grow TEXT['vocab_size'] for the world's vocabulary"
     text = UMT5EncoderModel(UMT5Config(**TEXT))
-    model = CausalWan(WanTransformer3DModel(**TRANSFORMER))
+    arch = architecture(args)
+    model = CausalWan(WanTransformer3DModel(**arch))
     if args.init:
-        model.transformer.load_state_dict(load_file(str(Path(args.init) / "transformer.safetensors")))
+        try:
+            model.transformer.load_state_dict(load_file(str(Path(args.init) / "transformer.safetensors")))
+        except RuntimeError as e:  # size mismatches: name the flags rather than print every tensor
+            raise SystemExit(f"error: --init {args.init} holds another transformer size than --layers {args.layers} "
+                             f"--heads {args.heads} --head-dim {args.head_dim} --ffn {args.ffn}; pass the sizes "
+                             f"it was trained with (its training.json)") from e
         sd = load_file(str(Path(args.init) / "text_encoder.safetensors"))
         sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
         text.load_state_dict(sd)
@@ -248,7 +277,7 @@ def train(args) -> None:
         if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
             save_weights(model, text, params, ema, out / f"step-{step + 1}")
             shutil.copy(out / "codec.safetensors", out / f"step-{step + 1}")
-            log(f"snapshot at step {step + 1}")
+            log(f"snapshot at step {step + 1}: {write_preset(out / f'step-{step + 1}', arch)}")
         if args.stop_at and step + 1 >= args.stop_at:
             log(f"stopping at step {step + 1} as asked (schedule spans {args.steps})")
             break
@@ -260,10 +289,13 @@ def train(args) -> None:
             "minutes": round((time.time() - t0) / 60, 1), "codec_psnr_db": round(psnr, 2), "args": vars(args),
             "loss_every_50": [round(float(np.mean(history[i : i + 50])), 4) for i in range(0, len(history), 50)]}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
-    log(f"saved to {out} ({meta['minutes']} min)")
+    if out.resolve() != WEIGHTS_DIR.resolve():  # the shipped folder is the toy preset itself
+        log(f"saved to {out} ({meta['minutes']} min); generate with: tokentrim generate --preset {write_preset(out, arch)}")
+    else:
+        log(f"saved to {out} ({meta['minutes']} min)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train the toy world model (codec, text encoder, causal transformer).")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--seed", type=int, default=0)
@@ -273,6 +305,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--layers", type=int, default=TRANSFORMER["num_layers"], help="transformer blocks (toy preset: 4)")
+    ap.add_argument("--heads", type=int, default=TRANSFORMER["num_attention_heads"], help="attention heads (4)")
+    ap.add_argument("--head-dim", type=int, default=TRANSFORMER["attention_head_dim"], help="channels per head (32)")
+    ap.add_argument("--ffn", type=int, default=TRANSFORMER["ffn_dim"], help="feed-forward width (384)")
     ap.add_argument("--shift", type=float, default=3.0)
     ap.add_argument("--p-clean", type=float, default=0.35)
     ap.add_argument("--object-weight", type=float, default=1.0, help="loss weight of latent cells near an object")
@@ -291,7 +327,9 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="continue from the weights in this folder (a second phase)")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the weights every this many steps")
     ap.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (the schedule still spans --steps)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.head_dim % 2 or args.head_dim < 6:
+        ap.error("--head-dim must be even and at least 6 (RoPE rotates channel pairs in three bands: t, h, w)")
     if args.rollout > 0 and args.horizon_blocks < 3:
         ap.error("--rollout needs --horizon-blocks >= 3 (a real block, a generated one, a trained one)")
     train(args)
