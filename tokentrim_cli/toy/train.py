@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from transformers import UMT5Config, UMT5EncoderModel
 
+from ..config import dump
 from ..engine.cache import KVCache
 from ..engine.guidance import Guided
 from ..engine.model import CausalWan
@@ -167,7 +167,7 @@ def write_preset(out: Path, arch: dict) -> Path:
                         "vae": {"weights": str(d / "codec.safetensors")},
                         "text_encoder": {"weights": str(d / "text_encoder.safetensors")}}}
     path = out / "preset.yaml"
-    path.write_text(yaml.safe_dump(preset, sort_keys=False, default_flow_style=None, width=120))
+    path.write_text(dump(preset))
     return path
 
 
