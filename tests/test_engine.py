@@ -131,15 +131,22 @@ def test_euler_solver_draws_only_each_blocks_first_noise(causal_model, sampler, 
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("solver", ["renoise", "euler"])
-def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, solver):
+@pytest.mark.parametrize("solver,min_timestep", [("renoise", 0), ("euler", 0), ("euler", 900)])
+def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, solver, min_timestep, monkeypatch):
     """Guided self forcing equals a hand-written loop with two models' worth of state: the prompt and the
-    negative prompt each read and write their own cache, and v = v_neg + s (v_prompt - v_neg)."""
+    negative prompt each read and write their own cache, and v = v_neg + s (v_prompt - v_neg), or v_prompt
+    below the guidance interval. Those unguided steps run the prompt's branch alone."""
     torch.manual_seed(4)
     pos, neg = torch.randn(1, 16, 32), torch.randn(1, 16, 32)
-    guided = Guided(causal_model, 3.0)
+    guided = Guided(causal_model, 3.0, min_timestep)
     guided.set_prompt(pos, neg)
+    batches = []
+    forward = CausalWan.forward
+    monkeypatch.setattr(CausalWan, "forward", lambda self, x, *a, **k: batches.append(x.shape[0]) or forward(self, x, *a, **k))
     got, _ = _run(self_forcing, guided, 5, blocks=3, solver=solver)
+    monkeypatch.undo()
+    # per block: 4 steps (t = 1000, 937.5, 833, 625), then the write pass; 900 leaves the last two unguided
+    assert batches == ([2, 2, 2, 2, 2] if min_timestep == 0 else [2, 2, 1, 1, 2]) * 3
     pos_v, pos_write = _cached(causal_model)
     neg_v, neg_write = _cached(causal_model)
 
@@ -147,7 +154,8 @@ def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, 
         causal_model.set_prompt(neg)
         vn = neg_v(x, ts, fr)
         causal_model.set_prompt(pos)
-        return vn + 3.0 * (pos_v(x, ts, fr) - vn)
+        vp = pos_v(x, ts, fr)
+        return vn + 3.0 * (vp - vn) if float(ts[0]) >= min_timestep else vp
 
     def write(x, fr):
         for prompt, branch in ((pos, pos_write), (neg, neg_write)):

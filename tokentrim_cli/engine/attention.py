@@ -61,8 +61,9 @@ class CachedSelfAttention:
             ctx = st.cache.context(self.layer, q)
             st.cache.store(self.layer, k, v)
             ccos, csin = st.rope_at(ctx.t_pos, ctx.hw)
-            keys = torch.cat([apply_rope(ctx.keys, ccos, csin), apply_rope(k, cos, sin)], 1)
-            values = torch.cat([ctx.values, v], 1)
+            b = q.shape[0]  # fewer than the cache holds: the first items (Guided's prompt branch alone)
+            keys = torch.cat([apply_rope(ctx.keys[:b], ccos, csin), apply_rope(k, cos, sin)], 1)
+            values = torch.cat([ctx.values[:b], v], 1)
         out = attend(apply_rope(q, cos, sin), keys, values, st.mask).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -77,7 +78,7 @@ class PromptCrossAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         k, v = self.state.prompt_kv[self.layer]
-        if k.shape[0] != q.shape[0]:
-            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
+        if k.shape[0] != q.shape[0]:  # one prompt for a batch, or the first of two (Guided's prompt branch alone)
+            k, v = (k[: q.shape[0]], v[: q.shape[0]]) if k.shape[0] > q.shape[0] else (k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1))
         out = attend(q, k, v).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))

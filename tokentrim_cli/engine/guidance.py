@@ -14,7 +14,8 @@ import torch
 
 class Guided:
     """``min_timestep``: frames at a lower noise level are left unguided (a guidance interval, Kynkaanniemi et al.
-    2024): late guided steps sharpen the difference between the branches into speckle."""
+    2024): late guided steps sharpen the difference between the branches into speckle. A forward whose frames
+    are all unguided costs one branch, not two."""
 
     def __init__(self, model, scale: float, min_timestep: float = 0.0):
         self.model, self.scale, self.min_timestep = model, float(scale), float(min_timestep)
@@ -26,6 +27,11 @@ class Guided:
         self.model.set_prompt(torch.cat([prompt_embeds, negative_embeds]))
 
     def __call__(self, latents: torch.Tensor, timesteps, frames, **kwargs) -> torch.Tensor:
+        if not (kwargs.get("write") or kwargs.get("first_step")) and bool((torch.as_tensor(timesteps) < self.min_timestep).all()):
+            # wholly below the interval the negative branch would weigh 0: run the prompt's alone (the model reads
+            # the first batch items of the two-branch cache and prompt K/V). Write passes and a block's first step
+            # (when policies choose their context) keep both branches.
+            return self.model(latents, timesteps, frames, **kwargs)
         v = self.model(torch.cat([latents, latents]), timesteps, frames, **kwargs)
         cond, uncond = v.chunk(2)
         ts = torch.as_tensor(timesteps, device=v.device).float().reshape(-1, v.shape[2])  # (1 or B, F)
