@@ -142,7 +142,8 @@ def test_guidance_combines_two_branches_each_with_its_own_context(causal_model, 
     guided.set_prompt(pos, neg)
     batches = []
     forward = CausalWan.forward
-    monkeypatch.setattr(CausalWan, "forward", lambda self, x, *a, **k: batches.append(x.shape[0]) or forward(self, x, *a, **k))
+    monkeypatch.setattr(CausalWan, "forward",
+                        lambda self, x, *a, **k: batches.append(x.shape[0]) or forward(self, x, *a, **k))
     got, _ = _run(self_forcing, guided, 5, blocks=3, solver=solver)
     monkeypatch.undo()
     # per block: 4 steps (t = 1000, 937.5, 833, 625), then the write pass; 900 leaves the last two unguided

@@ -78,7 +78,10 @@ class PromptCrossAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         k, v = self.state.prompt_kv[self.layer]
-        if k.shape[0] != q.shape[0]:  # one prompt for a batch, or the first of two (Guided's prompt branch alone)
-            k, v = (k[: q.shape[0]], v[: q.shape[0]]) if k.shape[0] > q.shape[0] else (k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1))
+        b = q.shape[0]
+        if k.shape[0] > b:  # Guided's prompt branch alone: the first of its two prompts
+            k, v = k[:b], v[:b]
+        elif k.shape[0] < b:  # one prompt for a batch
+            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
         out = attend(q, k, v).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))

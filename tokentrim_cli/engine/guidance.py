@@ -27,10 +27,11 @@ class Guided:
         self.model.set_prompt(torch.cat([prompt_embeds, negative_embeds]))
 
     def __call__(self, latents: torch.Tensor, timesteps, frames, **kwargs) -> torch.Tensor:
-        if not (kwargs.get("write") or kwargs.get("first_step")) and bool((torch.as_tensor(timesteps) < self.min_timestep).all()):
-            # wholly below the interval the negative branch would weigh 0: run the prompt's alone (the model reads
-            # the first batch items of the two-branch cache and prompt K/V). Write passes and a block's first step
-            # (when policies choose their context) keep both branches.
+        unguided = bool((torch.as_tensor(timesteps) < self.min_timestep).all())
+        if unguided and not (kwargs.get("write") or kwargs.get("first_step")):
+            # the negative branch would weigh 0: run the prompt's alone (the model reads the first batch items of
+            # the two-branch cache and prompt K/V). Write passes and a block's first step (when policies choose
+            # their context) keep both branches.
             return self.model(latents, timesteps, frames, **kwargs)
         v = self.model(torch.cat([latents, latents]), timesteps, frames, **kwargs)
         cond, uncond = v.chunk(2)
