@@ -1,12 +1,15 @@
 """The toy model's rollout training samples its context as the toy preset samples a video."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.guidance import Guided
@@ -74,3 +77,43 @@ def test_a_training_run_of_another_size_writes_a_preset_the_cli_generates_from(t
 
     with pytest.raises(SystemExit, match="another transformer size than --layers 2"):
         train.main(["--out", str(tmp_path / "next"), "--init", str(out), *TINY, *size(2)])
+
+
+def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    """--stop-at (like --max-minutes, Ctrl-C or SIGTERM) leaves a training state; --resume goes on from it to
+    bit-identical weights, EMA and losses, and refuses arguments that would make it another run."""
+    run = [*TINY, "--steps", "4", *size(1), "--ema", "0.9", "--caption-dropout", "0.5", "--rollout", "0.5"]
+    train.main(["--out", str(tmp_path / "straight"), *run])
+    halves = tmp_path / "halves"
+    train.main(["--out", str(halves), *run, "--stop-at", "2"])
+    assert (halves / train.STATE_FILE).exists()
+    assert json.loads((halves / "training.json").read_text())["finished"] is False
+    with pytest.raises(SystemExit, match=r"--lr \(0.001 before\) differ"):
+        train.main(["--out", str(halves), *run, "--lr", "0.5", "--resume"])
+    train.main(["--out", str(halves), *run, "--resume"])
+    assert not (halves / train.STATE_FILE).exists()
+    for name in ("transformer.safetensors", "text_encoder.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(halves / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    meta = [json.loads((d / "training.json").read_text()) for d in (tmp_path / "straight", halves)]
+    assert meta[0]["loss_every_50"] == meta[1]["loss_every_50"] and meta[1]["steps_done"] == 4 and meta[1]["finished"]
+    with pytest.raises(SystemExit, match="does not exist"):
+        train.main(["--out", str(halves), *run, "--resume"])
+
+
+def test_sigterm_ends_a_run_after_its_step_with_its_state_saved(tmp_path):
+    """A time limit's or a scheduler's SIGTERM (the lent GPU's calls end that way) loses no training."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli.toy.train", "--out", str(out), *TINY,
+                             "--steps", "100000", *size(1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for line in proc.stdout:  # the first logged step: training is under way
+        if "step 0/100000" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert "SIGTERM received: stopping at step" in rest and "--resume" in rest
+    meta = json.loads((out / "training.json").read_text())
+    assert not meta["finished"] and meta["steps_done"] >= 1
+    assert torch.load(out / train.STATE_FILE, weights_only=False)["step"] == meta["steps_done"]

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -51,6 +52,8 @@ TEXT = dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_hea
 CODEC = dict(patch=4, channels=16)
 SIZE, BLOCK, TEXT_LEN = 64, 3, 24
 GUIDANCE_MIN_TIMESTEP = 600  # the toy preset's guidance interval, used by --rollout's sampling
+STATE_FILE = "training_state.pt"  # what --resume continues from
+RESUME_MAY_CHANGE = {"out", "resume", "max_minutes", "stop_at", "threads", "device", "snapshot_every"}
 
 
 def log(msg: str) -> None:
@@ -149,6 +152,30 @@ def save_weights(model, text, params, ema, out: Path) -> None:
                 p.copy_(w)
 
 
+def save_state(out: Path, step: int, model, text, opt, sched, ema, gen, history, minutes: float, args) -> None:
+    """Everything a run needs to go on exactly where it stopped (``--resume``): raw weights, optimizer,
+    schedule, EMA, the data generator's state and the losses so far."""
+    state = {"step": step, "transformer": model.transformer.state_dict(), "text": text.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "ema": ema, "generator": gen.get_state(),
+             "history": history, "minutes": minutes, "args": vars(args)}
+    torch.save(state, out / (STATE_FILE + ".tmp"))
+    (out / (STATE_FILE + ".tmp")).replace(out / STATE_FILE)  # a kill mid-write leaves the previous state whole
+
+
+def load_state(out: Path, args) -> dict:
+    path = out / STATE_FILE
+    if not path.exists():
+        raise SystemExit(f"error: --resume: {path} does not exist; a run writes it when it stops before its last "
+                         f"step (--stop-at, --max-minutes, Ctrl-C) and at every --snapshot-every")
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    differ = sorted(k for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and state["args"].get(k) != v)
+    if differ:
+        flags = ", ".join(f"--{k.replace('_', '-')} ({state['args'].get(k)!r} before)" for k in differ)
+        raise SystemExit(f"error: --resume: {flags} differ from the run in {out}; resume it with its own arguments "
+                         f"(only where and how long it runs may change)")
+    return state
+
+
 def architecture(args) -> dict:
     """The transformer config of this run: the toy preset's, resized by --layers/--heads/--head-dim/--ffn."""
     return {**TRANSFORMER, "num_layers": args.layers, "num_attention_heads": args.heads,
@@ -185,8 +212,12 @@ def train(args) -> None:
     cell_weights = latent_weights(cells, args.object_weight)
     del clips, cells
 
+    state = load_state(out, args) if args.resume else None
     codec = PatchCodec(**CODEC)
-    if args.init:
+    if state is not None:
+        log(f"resuming the run in {out} at step {state['step']} of {args.steps}")
+        codec.load_state_dict(load_file(str(out / "codec.safetensors")))
+    elif args.init:
         log(f"continuing from {args.init}")
         codec.load_state_dict(load_file(str(Path(args.init) / "codec.safetensors")))
     else:
@@ -206,7 +237,10 @@ def train(args) -> None:
     text = UMT5EncoderModel(UMT5Config(**TEXT))
     arch = architecture(args)
     model = CausalWan(WanTransformer3DModel(**arch))
-    if args.init:
+    if state is not None:
+        model.transformer.load_state_dict(state["transformer"])
+        text.load_state_dict(state["text"])
+    elif args.init:
         try:
             model.transformer.load_state_dict(load_file(str(Path(args.init) / "transformer.safetensors")))
         except RuntimeError as e:  # size mismatches: name the flags rather than print every tensor
@@ -230,69 +264,118 @@ def train(args) -> None:
     horizon = args.horizon_blocks * BLOCK
     rollout_sigmas = warp_steps([round(1000 * (1 - i / args.rollout_steps)) for i in range(args.rollout_steps)], args.shift)
     frames = torch.arange(horizon)
-    history = []
-    for step in range(args.steps):
-        idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
-        start = torch.randint(0, latents.shape[2] - horizon + 1, (args.batch,), generator=gen)
-        x0 = torch.stack([latents[i, :, s : s + horizon] for i, s in zip(idx.tolist(), start.tolist())])
-        cw = torch.stack([cell_weights[i, s : s + horizon] for i, s in zip(idx.tolist(), start.tolist())])
-        x0, cw = x0.to(device), cw.to(device)
-        k = 0  # blocks 1..k self-generated (no draw unless --rollout: earlier phases replay)
-        if args.rollout > 0 and float(torch.rand(1, generator=gen)) < args.rollout:
-            k = int(torch.randint(1, args.horizon_blocks - 1, (1,), generator=gen))
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                cond = encode_prompts(tokenizer, text, [captions[i] for i in idx.tolist()], TEXT_LEN)
-                uncond = encode_prompts(tokenizer, text, [""] * args.batch, TEXT_LEN)
-                x0 = self_generated_context(model, x0, k, cond, uncond, rollout_sigmas, args.rollout_guidance,
-                                            GUIDANCE_MIN_TIMESTEP, gen)
-        sig_block = sample_sigmas((args.batch, args.horizon_blocks), args.shift, gen, args.p_clean)
-        if k:
-            sig_block[:, : k + 1] = 0  # the real block 0 and the generated ones are clean context, as sampled
-        sig = sig_block.repeat_interleave(BLOCK, dim=1)  # (B, F)
-        eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: same stream on any device
-        sig = sig.to(device)
-        s5 = sig.view(args.batch, 1, horizon, 1, 1)
-        xt = (1 - s5) * x0 + s5 * eps
-        texts = [captions[i] for i in idx.tolist()]
-        if args.caption_dropout > 0:  # the empty prompt, for guidance (no draw otherwise: earlier phases replay)
-            drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
-            texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            model.set_prompt(encode_prompts(tokenizer, text, texts, TEXT_LEN))
-            v = model(xt, sig * 1000.0, frames, block_frames=BLOCK).float()
-        weight = (sig > 0).float().view(args.batch, horizon, 1, 1) * cw  # noisy blocks only
-        # (clamped: a rollout step may draw all its trained blocks clean, which left 0/0 and NaN weights)
-        loss = ((v - (eps - x0)) ** 2 * weight.unsqueeze(1)).sum() / (weight.sum() * x0.shape[1]).clamp_min(1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+    history, first_step, minutes_before = [], 0, 0.0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
         if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - args.ema)
-        history.append(loss.item())
-        if step % 50 == 0 or step == args.steps - 1:
-            log(f"step {step}/{args.steps} loss {np.mean(history[-50:]):.4f} lr {sched.get_last_lr()[0]:.2e}")
-        if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
-            save_weights(model, text, params, ema, out / f"step-{step + 1}")
-            shutil.copy(out / "codec.safetensors", out / f"step-{step + 1}")
-            log(f"snapshot at step {step + 1}: {write_preset(out / f'step-{step + 1}', arch)}")
-        if args.stop_at and step + 1 >= args.stop_at:
-            log(f"stopping at step {step + 1} as asked (schedule spans {args.steps})")
-            break
-        if time.time() - t0 > args.max_minutes * 60:
-            log(f"time budget of {args.max_minutes} min reached at step {step}")
-            break
+            ema = [e.to(device) for e in state["ema"]]
+        history, first_step, minutes_before = state["history"], state["step"], state["minutes"]
+        del state
+    with _StopOnSignal() as signals:
+        finished = False
+        for step in range(first_step, args.steps + 1):
+            if step == args.steps:
+                finished = True
+                break
+            if args.stop_at and step >= args.stop_at:
+                log(f"stopping at step {step} as asked (schedule spans {args.steps})")
+                break
+            if time.time() - t0 > args.max_minutes * 60:
+                log(f"time budget of {args.max_minutes} min reached at step {step}")
+                break
+            if signals.received:
+                log(f"{signal.Signals(signals.received).name} received: stopping at step {step}")
+                break
+            idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
+            start = torch.randint(0, latents.shape[2] - horizon + 1, (args.batch,), generator=gen)
+            x0 = torch.stack([latents[i, :, s : s + horizon] for i, s in zip(idx.tolist(), start.tolist())])
+            cw = torch.stack([cell_weights[i, s : s + horizon] for i, s in zip(idx.tolist(), start.tolist())])
+            x0, cw = x0.to(device), cw.to(device)
+            k = 0  # blocks 1..k self-generated (no draw unless --rollout: earlier phases replay)
+            if args.rollout > 0 and float(torch.rand(1, generator=gen)) < args.rollout:
+                k = int(torch.randint(1, args.horizon_blocks - 1, (1,), generator=gen))
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    cond = encode_prompts(tokenizer, text, [captions[i] for i in idx.tolist()], TEXT_LEN)
+                    uncond = encode_prompts(tokenizer, text, [""] * args.batch, TEXT_LEN)
+                    x0 = self_generated_context(model, x0, k, cond, uncond, rollout_sigmas, args.rollout_guidance,
+                                                GUIDANCE_MIN_TIMESTEP, gen)
+            sig_block = sample_sigmas((args.batch, args.horizon_blocks), args.shift, gen, args.p_clean)
+            if k:
+                sig_block[:, : k + 1] = 0  # the real block 0 and the generated ones are clean context, as sampled
+            sig = sig_block.repeat_interleave(BLOCK, dim=1)  # (B, F)
+            eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: same stream on any device
+            sig = sig.to(device)
+            s5 = sig.view(args.batch, 1, horizon, 1, 1)
+            xt = (1 - s5) * x0 + s5 * eps
+            texts = [captions[i] for i in idx.tolist()]
+            if args.caption_dropout > 0:  # the empty prompt, for guidance (no draw otherwise: earlier phases replay)
+                drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
+                texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                model.set_prompt(encode_prompts(tokenizer, text, texts, TEXT_LEN))
+                v = model(xt, sig * 1000.0, frames, block_frames=BLOCK).float()
+            weight = (sig > 0).float().view(args.batch, horizon, 1, 1) * cw  # noisy blocks only
+            # (clamped: a rollout step may draw all its trained blocks clean, which left 0/0 and NaN weights)
+            loss = ((v - (eps - x0)) ** 2 * weight.unsqueeze(1)).sum() / (weight.sum() * x0.shape[1]).clamp_min(1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - args.ema)
+            history.append(loss.item())
+            if step % 50 == 0 or step == args.steps - 1:
+                log(f"step {step}/{args.steps} loss {np.mean(history[-50:]):.4f} lr {sched.get_last_lr()[0]:.2e}")
+            if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
+                save_weights(model, text, params, ema, out / f"step-{step + 1}")
+                shutil.copy(out / "codec.safetensors", out / f"step-{step + 1}")
+                save_state(out, step + 1, model, text, opt, sched, ema, gen, history,
+                           minutes_before + (time.time() - t0) / 60, args)
+                log(f"snapshot at step {step + 1}: {write_preset(out / f'step-{step + 1}', arch)}")
+    minutes = minutes_before + (time.time() - t0) / 60
     save_weights(model, text, params, ema, out)
-    meta = {"steps_done": len(history), "final_loss_mean_last_100": float(np.mean(history[-100:])),
-            "minutes": round((time.time() - t0) / 60, 1), "codec_psnr_db": round(psnr, 2), "args": vars(args),
+    if finished:
+        (out / STATE_FILE).unlink(missing_ok=True)
+    else:
+        save_state(out, step, model, text, opt, sched, ema, gen, history, minutes, args)
+        log(f"to go on from step {step}, run the same command with --resume")
+    meta = {"steps_done": len(history), "finished": finished,
+            "final_loss_mean_last_100": float(np.mean(history[-100:])),
+            "minutes": round(minutes, 1), "codec_psnr_db": round(psnr, 2), "args": vars(args),
             "loss_every_50": [round(float(np.mean(history[i : i + 50])), 4) for i in range(0, len(history), 50)]}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
     if out.resolve() != WEIGHTS_DIR.resolve():  # the shipped folder is the toy preset itself
         log(f"saved to {out} ({meta['minutes']} min); generate with: tokentrim generate --preset {write_preset(out, arch)}")
     else:
         log(f"saved to {out} ({meta['minutes']} min)")
+    if signals.received:
+        raise SystemExit(128 + signals.received)
+
+
+class _StopOnSignal:
+    """Ctrl-C or SIGTERM (a scheduler's or a time limit's) ends a run after its current step, with its weights
+    and training state saved, rather than in the middle of an optimizer update."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "_StopOnSignal":
+        self.received, self.previous = 0, {}
+        try:
+            self.previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: signals stay as they were
+            pass
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -325,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (1.4x faster on a CPU with AVX512-BF16)")
     ap.add_argument("--max-minutes", type=float, default=110)
     ap.add_argument("--init", default=None, help="continue from the weights in this folder (a second phase)")
+    ap.add_argument("--resume", action="store_true",
+                    help=f"go on with the run in --out from where it stopped ({STATE_FILE}), with the same arguments")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the weights every this many steps")
     ap.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (the schedule still spans --steps)")
     args = ap.parse_args(argv)
