@@ -274,10 +274,8 @@ def train(args) -> None:
         history, first_step, minutes_before = state["history"], state["step"], state["minutes"]
         del state
     with _StopOnSignal() as signals:
-        finished = False
-        for step in range(first_step, args.steps + 1):
+        for step in range(first_step, args.steps + 1):  # ends at the step it stopped before: args.steps when done
             if step == args.steps:
-                finished = True
                 break
             if args.stop_at and step >= args.stop_at:
                 log(f"stopping at step {step} as asked (schedule spans {args.steps})")
@@ -336,7 +334,7 @@ def train(args) -> None:
                 save_state(out, step + 1, model, text, opt, sched, ema, gen, history,
                            minutes_before + (time.time() - t0) / 60, args)
                 log(f"snapshot at step {step + 1}: {write_preset(out / f'step-{step + 1}', arch)}")
-    minutes = minutes_before + (time.time() - t0) / 60
+    finished, minutes = step == args.steps, minutes_before + (time.time() - t0) / 60
     save_weights(model, text, params, ema, out)
     if finished:
         (out / STATE_FILE).unlink(missing_ok=True)
