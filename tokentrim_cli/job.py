@@ -83,6 +83,25 @@ def terminate_as_interrupt():
 
 
 @contextlib.contextmanager
+def signals_held():
+    """A Ctrl-C / SIGTERM arriving inside the block is re-raised when the block ends: a block's frames reach the
+    MP4 whole, with their sidecar record, so ``frames_written`` counts exactly what the file holds (an interrupt
+    in the middle of a write once left the sidecar 10 frames short of the video)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    old = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if held:
+        signal.raise_signal(held[0])  # now the usual handler runs: KeyboardInterrupt, or Interrupted for SIGTERM
+
+
+@contextlib.contextmanager
 def signals_deferred():
     """Finishing the outputs must not be cut short by a second Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
@@ -132,11 +151,12 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan):
                 frames = decoder.frames(block.latents)
                 keep = frames[: max(0, plan.frames - written)]
-                writer.write(keep)
-                written += len(keep)
-                rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": written}
-                rec["seconds"] = round(rec["seconds"], 4)
-                sidecar.add_batch(rec)
+                with signals_held():  # the block's frames and its sidecar record land together
+                    writer.write(keep)
+                    written = writer.frames
+                    rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": written}
+                    rec["seconds"] = round(rec["seconds"], 4)
+                    sidecar.add_batch(rec)
                 display.batch(rec, written)
             timings["generate_seconds"] = round(time.perf_counter() - t1, 3)
     except KeyboardInterrupt as exc:
