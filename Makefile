@@ -17,7 +17,7 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/cache_memory.py
 	$(PY) bench/pruning_cost.py
 
-toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, 97 min on 2 CPU cores)
+toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, 99 min on 2 CPU cores)
 	$(PY) -m tokentrim_cli.toy.train --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35 --bf16
 	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase1 --out build/toy-phase2 --seed 1 --steps 3200 \
 		--stop-at 2221 --lr 5e-4 --p-clean 0.5 --bf16

@@ -1,4 +1,4 @@
-"""Train the toy world model from scratch: ``make toy-model`` (seeded; four phases, 97 min on a 2-core CPU).
+"""Train the toy world model from scratch: ``make toy-model`` (seeded; four phases, 99 min on a 2-core CPU).
 
 1. Render clips of the procedural world (training split only) and fit the patch codec on their frames.
 2. Encode the clips to latents once.
