@@ -24,6 +24,7 @@ from .errors import TokentrimError
 from .pipeline import Plan, generate_blocks
 from .progress import Display
 from .sidecar import Sidecar
+from .signals import HeldSignals
 from .video import Mp4Writer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -87,18 +88,10 @@ def signals_held():
     """A Ctrl-C / SIGTERM arriving inside the block is re-raised when the block ends: a block's frames reach the
     MP4 whole, with their sidecar record, so ``frames_written`` counts exactly what the file holds (an interrupt
     in the middle of a write once left the sidecar 10 frames short of the video)."""
-    if threading.current_thread() is not threading.main_thread():
+    with HeldSignals() as held:
         yield
-        return
-    held = []
-    old = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if held:
-        signal.raise_signal(held[0])  # now the usual handler runs: KeyboardInterrupt, or Interrupted for SIGTERM
+    if held.received:
+        signal.raise_signal(held.received)  # now the usual handler runs: KeyboardInterrupt, or Interrupted for SIGTERM
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from ..engine.samplers import self_forcing
 from ..engine.schedule import warp_steps
 from ..engine.text import encode_prompts
 from ..engine.tokenizer import word_tokenizer
+from ..signals import HeldSignals
 from . import world
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -273,7 +274,7 @@ def train(args) -> None:
             ema = [e.to(device) for e in state["ema"]]
         history, first_step, minutes_before = state["history"], state["step"], state["minutes"]
         del state
-    with _StopOnSignal() as signals:
+    with HeldSignals() as signals:  # Ctrl-C / SIGTERM end the run after its current step, its state saved
         for step in range(first_step, args.steps + 1):  # ends at the step it stopped before: args.steps when done
             if step == args.steps:
                 break
@@ -352,28 +353,6 @@ def train(args) -> None:
         log(f"saved to {out} ({meta['minutes']} min)")
     if signals.received:
         raise SystemExit(128 + signals.received)
-
-
-class _StopOnSignal:
-    """Ctrl-C or SIGTERM (a scheduler's or a time limit's) ends a run after its current step, with its weights
-    and training state saved, rather than in the middle of an optimizer update."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self) -> "_StopOnSignal":
-        self.received, self.previous = 0, {}
-        try:
-            self.previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
-        except ValueError:  # not the main thread: signals stay as they were
-            pass
-        return self
-
-    def _on_signal(self, signum, frame) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def main(argv: list[str] | None = None) -> None:
