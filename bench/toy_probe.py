@@ -26,6 +26,7 @@ from tokentrim_cli.config import load_preset  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
+from tokentrim_cli.toy.train import to_pixels  # noqa: E402
 
 SIGMAS = (1.0, 0.75, 0.5)
 
@@ -75,17 +76,17 @@ def main() -> None:
     for i in range(args.clips):
         spec = world.sample_spec(rng, split="train")
         px, _ = world.render(spec, ctx + block, size, size)
-        lat = comps.vae.encode(torch.from_numpy(px).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1))
+        lat = comps.vae.encode(to_pixels(px[None]))
         target = lat[:, :, ctx:]
         model.set_prompt(comps.encode([world.caption(spec)]))
         copy.append(((lat[:, :, ctx - 1 : ctx] - target) ** 2).mean(dim=(0, 1, 3, 4)))
         eps = torch.randn(target.shape, generator=torch.Generator().manual_seed(i))
-        for sigma in SIGMAS:
-            cache = KVCache(model.num_layers, model.rope_len)
+        cache = KVCache(model.num_layers, model.rope_len)
+        with torch.no_grad():
+            model(lat[:, :, :ctx], torch.zeros(ctx), torch.arange(ctx), cache=cache, write=True)
+        for sigma in SIGMAS:  # forwards without write leave the context as it is
             store: list = []
             with torch.no_grad(), recorded_attention(store):
-                model(lat[:, :, :ctx], torch.zeros(ctx), torch.arange(ctx), cache=cache, write=True)
-                store.clear()
                 xt = (1 - sigma) * target + sigma * eps
                 v = model(xt, torch.full((block,), sigma * 1000), torch.arange(ctx, ctx + block), cache=cache,
                           first_step=True)
