@@ -3,7 +3,10 @@
     python bench/toy_probe.py [--preset toy | build/RUN/preset.yaml] [--clips 24]
 
 Given real context frames of training clips, the model's one-step estimate of the next block (x0 = x_t - sigma v)
-is compared with copying the last context frame: a model that has learned the motion beats the copy. Attention is
+is compared with copying the last context frame: a model that has learned the motion beats the copy. The next
+block is also sampled as the preset samples (its steps, solver and guidance) and scored like a video: is the
+object there, and in one piece (compactness; the real frames through the codec score about 1)? This separates
+the model's drawing from the drift of its own context, which free-running video adds. Attention is
 read per head for a block at t = 750: the share on the last context frame, on the query's own position there, and
 on the 8 neighbours within the query's own frame (an even spread gives each its share of the keys). Fragmented
 objects go with attention spread evenly; a larger model should show local, copying heads.
@@ -25,6 +28,11 @@ import tokentrim_cli.engine.attention as attention  # noqa: E402
 from tokentrim_cli.config import load_preset  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
+from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
+from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
+from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
+from tokentrim_cli.metrics import attribute_errors  # noqa: E402
+from tokentrim_cli.pipeline import prompted_model  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
 from tokentrim_cli.toy.train import to_pixels  # noqa: E402
 
@@ -58,6 +66,31 @@ def offsets(grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     return same, (dh <= 1) & (dw <= 1) & ~same
 
 
+def object_scores(latents: torch.Tensor, vae, caption: str) -> np.ndarray:
+    """(present, compactness) of each caption object, averaged over the decoded frames; NaN compactness where the
+    object's colour is never found."""
+    frames = ((vae.decode(latents)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    a = attribute_errors(frames, caption)
+    c = a["object_compactness"]
+    found = ~np.isnan(c).all(0)
+    compact = np.full(c.shape[1], np.nan)
+    compact[found] = np.nanmean(c[:, found], 0)
+    return np.stack([a["object_present"].mean(0), compact], 1)
+
+
+@torch.no_grad()
+def sampled_next_block(comps, samp: dict, caption: str, context: torch.Tensor, seed: int) -> torch.Tensor:
+    """The block after ``context`` (real latents), sampled as the preset samples."""
+    model = prompted_model(comps, samp, caption)
+    cache = KVCache(model.num_layers, model.rope_len)
+    ctx, block = context.shape[2], samp["block_frames"]
+    model(context, torch.zeros(ctx), torch.arange(ctx), cache=cache, write=True)
+    noise = NoiseSource(seed, (*context.shape[:2], block, *context.shape[3:]))
+    blocks = self_forcing(model, cache, noise, 1, warp_steps(samp["steps"], samp["shift"]), block,
+                          start_frame=ctx, solver=samp["solver"])
+    return next(iter(blocks)).latents
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="toy")
@@ -72,13 +105,16 @@ def main() -> None:
     model, block, ctx = comps.model, cfg["sampler"]["block_frames"], args.context_frames
     size = cfg["video"]["height"]
     rng = np.random.default_rng(args.seed)
-    copy, est, attn = [], {s: [] for s in SIGMAS}, []
+    copy, est, attn, drawn, real = [], {s: [] for s in SIGMAS}, [], [], []
     for i in range(args.clips):
         spec = world.sample_spec(rng, split="train")
         px, _ = world.render(spec, ctx + block, size, size)
         lat = comps.vae.encode(to_pixels(px[None]))
-        target = lat[:, :, ctx:]
-        model.set_prompt(comps.encode([world.caption(spec)]))
+        target, caption = lat[:, :, ctx:], world.caption(spec)
+        real.append(object_scores(target, comps.vae, caption))
+        drawn.append(object_scores(sampled_next_block(comps, cfg["sampler"], caption, lat[:, :, :ctx], i),
+                                   comps.vae, caption))
+        model.set_prompt(comps.encode([caption]))
         copy.append(((lat[:, :, ctx - 1 : ctx] - target) ** 2).mean(dim=(0, 1, 3, 4)))
         eps = torch.randn(target.shape, generator=torch.Generator().manual_seed(i))
         cache = KVCache(model.num_layers, model.rope_len)
@@ -107,9 +143,12 @@ def main() -> None:
               "own_frame": float(own[layer, head].sum(-1).mean())}
              for layer in range(a.shape[0]) for head in range(a.shape[1])]
     keys = a.shape[-1]
+    scores = {name: np.concatenate(x) for name, x in (("real", real), ("sampled", drawn))}  # (objects, 2)
     result = {"preset": args.preset, "clips": args.clips, "context_frames": ctx, "keys": keys,
               "copy_last_frame": torch.stack(copy).mean(0).tolist(),
               "one_step_estimate": {str(s): torch.stack(e).mean(0).tolist() for s, e in est.items()},
+              "next_block_objects": {name: {"objects": len(x), "present": float(x[:, 0].mean()),
+                                            "compactness": float(np.nanmean(x[:, 1]))} for name, x in scores.items()},
               "attention_t750": heads}
     fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     print(f"next block ({block} frames), latent MSE, {args.clips} training clips, {ctx} real context frames")
@@ -117,6 +156,12 @@ def main() -> None:
     print(f"| copy the last context frame | {fmt(result['copy_last_frame'])} |")
     for s, e in result["one_step_estimate"].items():
         print(f"| one-step estimate at t = {float(s) * 1000:.0f} | {fmt(e)} |")
+    print(f"\nnext block's objects, {len(scores['real'])} in {args.clips} clips (present: share of frames; "
+          "compactness: where found)")
+    print("| block | present | compactness |\n|---|---|---|")
+    for name, label in (("real", "the real clip, through the codec"), ("sampled", "sampled by the preset")):
+        r = result["next_block_objects"][name]
+        print(f"| {label} | {r['present']:.2f} | {r['compactness']:.2f} |")
     print(f"\nattention at t = 750 ({keys} keys; an even spread puts {n / keys:.3f} on a frame)")
     print("| layer.head | last context frame | its same position | own frame | own-frame neighbours |")
     print("|---|---|---|---|---|")

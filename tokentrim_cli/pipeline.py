@@ -77,15 +77,21 @@ def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
     return policies.make(cfg, num_layers, rope_len)
 
 
+def prompted_model(components: Components, samp: dict, prompt: str):
+    """The transformer set to ``prompt``, behind classifier-free guidance where the sampler settings ask for it."""
+    if samp["guidance_scale"] > 1:
+        model = Guided(components.model, samp["guidance_scale"], samp["guidance_min_timestep"])
+        model.set_prompt(*components.encode([prompt, samp["negative_prompt"]]).chunk(2))
+    else:
+        model = components.model
+        model.set_prompt(components.encode([prompt]))
+    return model
+
+
 def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, plan: Plan) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt; each block's record gains cache size and timing."""
     vid, samp = cfg["video"], cfg["sampler"]
-    model = components.model
-    if samp["guidance_scale"] > 1:
-        model = Guided(model, samp["guidance_scale"], samp["guidance_min_timestep"])
-        model.set_prompt(*components.encode([prompt, samp["negative_prompt"]]).chunk(2))
-    else:
-        model.set_prompt(components.encode([prompt]))
+    model = prompted_model(components, samp, prompt)
     scale = components.vae.spatial_compression_ratio
     shape = (1, model.config.in_channels, plan.block_frames, vid["height"] // scale, vid["width"] // scale)
     pruning = cfg["pruning"]
