@@ -31,6 +31,7 @@ from tokentrim_cli.engine.components import load_components  # noqa: E402
 from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
 from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
+from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
 from tokentrim_cli.metrics import attribute_errors  # noqa: E402
 from tokentrim_cli.pipeline import prompted_model  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
@@ -69,8 +70,7 @@ def offsets(grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
 def object_scores(latents: torch.Tensor, vae, caption: str) -> np.ndarray:
     """(present, compactness) of each caption object, averaged over the decoded frames; NaN compactness where the
     object's colour is never found."""
-    frames = ((vae.decode(latents)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-    a = attribute_errors(frames, caption)
+    a = attribute_errors(StreamingDecoder(vae).frames(latents), caption)  # the toy codec is stateless
     c = a["object_compactness"]
     found = ~np.isnan(c).all(0)
     compact = np.full(c.shape[1], np.nan)
