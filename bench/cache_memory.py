@@ -2,7 +2,8 @@
 
 Part 1 (full size, exact bytes, any machine): the 1.3B architecture's cache shapes at 480x832 in bf16 (30 layers,
 12 heads x 128, 1560 tokens per latent frame), driven through each policy on meta tensors (no memory, no model
-forward), over 30 s and 120 s of video. Attention tokens assume the policy's top-K choice.
+forward), over 30 s and 120 s of video: cached bytes, allocated bytes (the fast path's buffers with their staging,
+current and slack rows) and the keys a write pass attends to (top-K stands in as the newest K mid blocks).
 Part 2 (tiny model, CPU, real forwards): the same policies generating 30 s and 120 s at the tiny preset's size,
 with the time spent in compression and top-K selection as a fraction of block time, for per-layer and shared
 selection, and how often the two pick the same mid blocks.
@@ -37,35 +38,34 @@ def full_policies(layers):
     return {
         "full (no eviction)": lambda: KVCache(layers, 10**6),
         "rolling 18 (Self Forcing)": lambda: RollingCache(layers, 18, 0),
+        "Rolling Forcing: sink 3 + span 21": lambda: P.RollingForcingCache(layers, 3, 21),
         "sink 3 + window 9 (LongLive)": lambda: RollingCache(layers, 9, 3),
         "deep sink 10/16/4 (Deep Forcing)": lambda: P.DeepSinkCache(layers, 10, 4, 16),
-        "three-partition 6/32x16/3 (packed preset)": lambda: P.make(sf, layers, 1024),
+        "three-partition 6/32x16/3 (packed preset)": lambda: P.make_cache(sf, layers, 1024),
     }
 
 
-def attention_tokens(cache: KVCache, current: int) -> int:
-    if isinstance(cache, P.ThreePartitionCache):
-        mids = sorted((s.num_tokens for s in cache.mid), reverse=True)[: cache.mid_top_k]
-        return sum(s.num_tokens for s in cache.segments if s.kind != "mid") + sum(mids) + current
-    if isinstance(cache, P.DeepSinkCache):
-        h, w = cache._grid
-        mid = sum(s.num_tokens for s in cache.segments if s.kind == "mid")
-        return cache.num_tokens - mid + min(mid, cache.budget_frames * h * w) + current
-    return cache.num_tokens + current
-
-
 def simulate_full(seconds: float) -> dict:
-    """Drive each policy with meta tensors of the full-size shapes; return peak/final bytes per policy."""
+    """Drive each policy through the fast path on meta tensors of the full-size shapes (write passes only);
+    return peak/final bytes per policy: the cached tokens, and what the cache allocates (buffers with their
+    staging, current and slack rows, plus loose segments)."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from tokentrim_cli.engine.rope import Rope
+
     plan = Plan.for_seconds(seconds, FULL["fps"], FULL["block"])
     gh, gw = FULL["grid"]
     n = gh * gw * FULL["block"]
+    rope = Rope(WanRotaryPosEmbed(FULL["head_dim"], (1, 2, 2), 1024)).to("meta")
+    rope.grid_w = gw
     out = {}
     for name, make in full_policies(FULL["layers"]).items():
         cache = make()
-        peak = peak_attn = 0
+        peak = peak_alloc = peak_attn = 0
+        kv = torch.empty(1, n, FULL["heads"], FULL["head_dim"], dtype=torch.bfloat16, device="meta")
         for b in range(plan.blocks):
             frames = torch.arange(b * FULL["block"], (b + 1) * FULL["block"])
-            cache.begin(frames, (gh, gw), write=True, first_step=True)
+            cache.begin(frames, (gh, gw), write=True, first_step=True, rope=rope)
             if isinstance(cache, P.DeepSinkCache):  # its token budget is applied at a block's first step
                 mid = [s for s in cache.segments if s.kind == "mid"]
                 budget = cache.budget_frames * gh * gw
@@ -77,14 +77,18 @@ def simulate_full(seconds: float) -> dict:
                     s.keep(torch.arange(s.num_tokens) >= drop)
                     total -= drop
                 cache.segments = [s for s in cache.segments if s.num_tokens > 0]
-            kv = torch.empty(1, n, FULL["heads"], FULL["head_dim"], dtype=torch.bfloat16, device="meta")
+                cache._first = False
+            if isinstance(cache, P.ThreePartitionCache) and len(cache.mid) > cache.mid_top_k:
+                for layer in range(FULL["layers"]):  # top-K needs real values: attend to the newest K mid blocks
+                    cache._chosen[layer] = cache.mid[-cache.mid_top_k:]
             for layer in range(FULL["layers"]):
-                cache.store(layer, kv, kv)
-            peak_attn = max(peak_attn, attention_tokens(cache, n))
+                keys, _ = cache.attend(layer, kv, kv, kv, kv)
+                peak_attn = max(peak_attn, keys.shape[1])
             cache.end()
             peak = max(peak, cache.nbytes)
-        out[name] = {"peak_bytes": peak, "final_bytes": cache.nbytes, "peak_attention_tokens": peak_attn,
-                     "latent_frames": plan.latent_frames}
+            peak_alloc = max(peak_alloc, cache.allocated_bytes)
+        out[name] = {"peak_bytes": peak, "final_bytes": cache.nbytes, "peak_allocated_bytes": peak_alloc,
+                     "peak_attention_tokens": peak_attn, "latent_frames": plan.latent_frames}
     return out
 
 
@@ -139,11 +143,13 @@ def main() -> None:
     result = {"full_size_480x832_bf16": {}, "tiny_cpu": {}}
 
     print("Full-size 1.3B cache shapes at 480x832, bf16 (exact byte accounting on meta tensors)")
-    print(f"{'policy':44s} {'30 s peak':>10s} {'120 s peak':>11s} {'ratio':>6s} {'attn tokens':>12s}")
+    print(f"{'policy':44s} {'30 s peak':>10s} {'120 s peak':>11s} {'ratio':>6s} {'allocated':>10s} {'attn tokens':>12s}")
     r30, r120 = simulate_full(30), simulate_full(120)
     for name in r30:
         a, b = r30[name]["peak_bytes"], r120[name]["peak_bytes"]
-        print(f"{name:44s} {a / 2**30:9.2f}G {b / 2**30:10.2f}G {b / a:6.2f} {r120[name]['peak_attention_tokens']:12d}")
+        alloc = r120[name]["peak_allocated_bytes"]
+        print(f"{name:44s} {a / 2**30:9.2f}G {b / 2**30:10.2f}G {b / a:6.2f} {alloc / 2**30:9.2f}G "
+              f"{r120[name]['peak_attention_tokens']:12d}")
         result["full_size_480x832_bf16"][name] = {"30s": r30[name], "120s": r120[name]}
 
     print("\nTiny preset on CPU (real forwards), pruning off")

@@ -25,7 +25,7 @@ from tokentrim_cli.engine.components import build_transformer  # noqa: E402
 from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
 from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
-from tokentrim_cli.pipeline import make_cache  # noqa: E402
+from tokentrim_cli.engine.policies import make_cache  # noqa: E402
 
 
 def main() -> None:

@@ -44,15 +44,15 @@ def test_run_past_1024_latent_frames_stays_inside_rope_table():
     model.set_prompt(torch.randn(1, 16, 32))
     cache = ThreePartitionCache(2, sink_frames=6, recent_frames=3, mid_capacity=8, mid_top_k=4, rope_len=1024)
     highest = []
-    orig = cache._layout
+    orig = cache.layout
 
     def spy(segs):
         plan = orig(segs)
-        highest.append(int(torch.cat([plan.t_pos, plan.current_t_pos]).max()))
-        assert int(torch.cat([plan.t_pos, plan.current_t_pos]).min()) >= 0
+        highest.append(max(plan.pos.values()))
+        assert min(plan.pos.values()) >= 0
         return plan
 
-    cache._layout = spy
+    cache.layout = spy
     last = None
     for last in self_forcing(model, cache, NoiseSource(0, SHAPE), 345, warp_steps([1000])):
         pass
@@ -76,18 +76,15 @@ def test_repacked_positions_are_contiguous_and_recent_current_unchanged():
     chosen = [sink, mids[1], mids[3], recent]  # two mid blocks left out
     cache.segments = [sink, *mids, recent]
     cache.begin(torch.tensor([30, 31, 32]), (4, 4), write=False)
-    plan = cache._layout(chosen)
-    by_frame = {}
-    for t, p in zip(torch.cat([s.t for s in chosen]).tolist(), plan.t_pos.tolist()):
-        by_frame.setdefault(t, set()).add(p)
-    assert all(len(v) == 1 for v in by_frame.values())
-    pos = {t: v.pop() for t, v in by_frame.items()}
+    plan = cache.layout(chosen)
+    pos = plan.pos
+    assert all(len(set(plan.tokens(s).tolist())) == len(s.frames) for s in chosen)  # one position per frame
     # recent and current keep their absolute positions...
-    assert [pos[f] for f in (27, 28, 29)] == [27, 28, 29] and plan.current_t_pos.tolist() == [30, 31, 32]
+    assert [pos[f] for f in (27, 28, 29)] == [27, 28, 29] and plan.current.tolist() == [30, 31, 32]
     # ...and sink + selected mid sit contiguously right before them, in time order
     packed = [pos[f] for f in (0, 1, 2, 9, 10, 11, 21, 22, 23)]
     assert packed == list(range(27 - 9, 27))
-    every = sorted(set(pos.values()) | set(plan.current_t_pos.tolist()))
+    every = sorted(set(pos.values()))
     assert every == list(range(every[0], every[-1] + 1))
 
 
@@ -95,9 +92,9 @@ def test_positions_shift_down_when_absolute_index_exceeds_table():
     cache = KVCache(1, rope_len=64)
     cache.segments = [_seg([0, 1, 2], "sink"), _seg([97, 98, 99])]
     cache.begin(torch.tensor([100, 101, 102]), (4, 4), write=False)
-    plan = cache._layout(cache.segments)
-    assert plan.current_t_pos.tolist() == [61, 62, 63]
-    assert sorted(set(plan.t_pos.tolist())) == [55, 56, 57, 58, 59, 60]
+    plan = cache.layout(cache.segments)
+    assert plan.current.tolist() == [61, 62, 63]
+    assert sorted(plan.pos[f] for f in (0, 1, 2, 97, 98, 99)) == [55, 56, 57, 58, 59, 60]
 
 
 def test_top_k_selects_highest_affinity_blocks():

@@ -216,14 +216,14 @@ def test_run_past_rope_table_keeps_positions_inside(causal_model):
     """rope_max_seq_len is 64 here; 30 blocks = 90 latent frames run through a 12-frame rolling window."""
     cache = RollingCache(causal_model.num_layers, window_frames=12, sink_frames=3, rope_len=causal_model.rope_len)
     seen = []
-    orig = cache._layout
+    orig = cache.layout
 
     def spy(segs):
         plan = orig(segs)
-        seen.append(int(torch.cat([plan.t_pos, plan.current_t_pos]).max()))
+        seen.append(max(plan.pos.values()))
         return plan
 
-    cache._layout = spy
+    cache.layout = spy
     lat, _ = _run(self_forcing, causal_model, 0, blocks=30, cache=cache, steps=(1000, 500))
     assert lat.shape[2] == 90 and torch.isfinite(lat).all()
     assert max(seen) < causal_model.rope_len

@@ -132,20 +132,20 @@ def test_pruned_cache_lacks_exactly_those_positions_and_keeps_sink(causal_model)
             for f in set(s.t.tolist()):  # every other position of every prunable frame is still there
                 assert sorted(s.hw[s.t == f].tolist()) == [i for i in range(16) if i not in drop.tolist()]
     assert all(torch.equal(a, k) and torch.equal(b, v) for (a, b), k, v in zip(sink_before, sink[0].keys, sink[0].values))
-    # attention runs on the reduced cache: the context handed to the processors has the reduced size
+    # attention runs on the reduced cache: the keys handed to the processors are the reduced context + 3 frames
     sizes = []
-    orig = cache.context
+    orig = cache.attend
 
-    def spy(layer, query):
-        ctx = orig(layer, query)
-        sizes.append(ctx.keys.shape[1])
-        return ctx
+    def spy(layer, *args):
+        keys, values = orig(layer, *args)
+        sizes.append(keys.shape[1])
+        return keys, values
 
-    cache.context = spy
+    cache.attend = spy
     with torch.no_grad():
         out = causal_model(torch.randn(SHAPE), torch.full((3,), 500.0), torch.arange(12, 15), cache=cache)
     assert torch.isfinite(out).all()
-    assert sizes == [3 * 16 + 9 * 13] * causal_model.num_layers
+    assert sizes == [3 * 16 + 9 * 13 + 3 * 16] * causal_model.num_layers
 
 
 class CountingTokenTrim(TokenTrim):

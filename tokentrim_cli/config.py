@@ -94,9 +94,11 @@ SCHEMA: dict = {
                        "models: an ODE step that keeps the noise the model sees)", default="renoise"),
     },
     "cache": {
-        "policy": _choice("full", "rolling", "sink_window", "deep_sink", "three_partition"),
+        "policy": _choice("full", "rolling", "rolling_forcing", "sink_window", "deep_sink", "three_partition"),
         "window_frames": Rule(_optional(_int(1)), "a positive integer or null (no limit)", default=None),
         "sink_frames": Rule(_int(0), "an integer >= 0", default=0),
+        "span_frames": Rule(_int(1), "a positive integer (latent frames one attention call spans, current included)",
+                            default=21),
         "recent_frames": Rule(_int(0), "an integer >= 0", default=4),
         "mid_capacity": Rule(_int(0), "an integer >= 0 (compressed blocks kept)", default=64),
         "mid_top_k": Rule(_int(0), "an integer >= 0 (mid blocks attended per block)", default=16),

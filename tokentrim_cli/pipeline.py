@@ -10,10 +10,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .engine.cache import KVCache, RollingCache
 from .engine.components import Components
 from .engine.guidance import Guided
 from .engine.noise import NoiseSource
+from .engine.policies import make_cache
 from .engine.samplers import SAMPLERS, Block
 from .engine.schedule import warp_steps
 from .engine.vae import StreamingDecoder, pixel_frames
@@ -63,18 +63,6 @@ def codec_temporal_ratio(model_cfg: dict) -> int:
     if vae.get("kind") == "patch":
         return 1
     return 2 ** sum(bool(x) for x in vae["config"].get("temperal_downsample", [False, True, True]))
-
-
-def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
-    """The KV-cache policy a preset's ``cache:`` section selects."""
-    policy = cfg["policy"]
-    if policy == "full":
-        return KVCache(num_layers, rope_len)
-    if policy == "rolling":
-        return RollingCache(num_layers, cfg["window_frames"], cfg["sink_frames"], rope_len)
-    from .engine import policies  # three-partition family
-
-    return policies.make(cfg, num_layers, rope_len)
 
 
 def prompted_model(components: Components, samp: dict, prompt: str):

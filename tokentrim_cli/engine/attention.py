@@ -2,7 +2,8 @@
 
 diffusers calls a processor with no per-call kwargs, so per-forward state (the cache, the current tokens'
 RoPE, an optional mask) lives in a :class:`ForwardState` that the model fills before running its blocks and
-that every processor holds a reference to.
+that every processor holds a reference to. The current tokens are rotated once; the cache hands back the
+context already rotated, with the current keys/values in place after it (``KVCache.attend``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from .cache import KVCache
+from .rope import rotate
 
 
 @dataclass
@@ -21,17 +23,7 @@ class ForwardState:
     cache: KVCache | None = None
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # current tokens: cos, sin of shape (n, head_dim)
     mask: torch.Tensor | None = None  # (n_query, n_key) bool, True = may attend; only without a cache
-    rope_at: object = None  # callable(t_pos, hw) -> (cos, sin) for context tokens
     prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of x (B, n, heads, d) by angles given as cos/sin of shape (n, d)."""
-    cos = cos[None, :, None, 0::2]
-    sin = sin[None, :, None, 1::2]
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,16 +47,12 @@ class CachedSelfAttention:
         v = v.unflatten(2, (attn.heads, -1))
 
         cos, sin = st.rope
+        k_rot = rotate(k, cos, sin)
         if st.cache is None:
-            keys, values = apply_rope(k, cos, sin), v
+            keys, values = k_rot, v
         else:
-            ctx = st.cache.context(self.layer, q)
-            st.cache.store(self.layer, k, v)
-            ccos, csin = st.rope_at(ctx.t_pos, ctx.hw)
-            b = q.shape[0]  # fewer than the cache holds: the first items (Guided's prompt branch alone)
-            keys = torch.cat([apply_rope(ctx.keys[:b], ccos, csin), apply_rope(k, cos, sin)], 1)
-            values = torch.cat([ctx.values[:b], v], 1)
-        out = attend(apply_rope(q, cos, sin), keys, values, st.mask).flatten(2, 3).type_as(q)
+            keys, values = st.cache.attend(self.layer, q, k, k_rot, v)
+        out = attend(rotate(q, cos, sin), keys, values, st.mask).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 

@@ -1,8 +1,8 @@
 """Block-causal KV cache: the one interface between attention processors and cache policies.
 
-Keys are cached *un-rotated*, each token with its absolute latent frame index ``t`` and spatial index ``hw``.
-RoPE is applied at attention time from positions the cache lays out, so a policy can drop, prune, compress or
-re-pack entries freely and a run has no length ceiling.
+Every cached token carries its absolute latent frame index ``t`` and its spatial index ``hw``. Temporal RoPE
+positions are not fixed at write time: the cache lays them out for every attention call, so a policy can drop,
+prune, compress or re-pack entries freely and a run has no length ceiling.
 
 Position layout (shared by every policy): the distinct frame indices that take part in one attention call get
 consecutive temporal positions in time order (a dense rank), shifted to the absolute frame index when that fits
@@ -11,35 +11,65 @@ relative to each other), while gaps left by eviction or selection are closed: si
 up packed right before the recent frames. For a run without gaps that fits the table, positions equal the
 absolute frame indices of the reference implementations, so outputs match them exactly.
 
-Interface used by the model (per forward): ``begin`` -> per layer ``context`` (+ ``store`` on write passes)
--> ``end``. Interface used by samplers, the pruning controller and the CLI: ``prune``, ``nbytes``,
-``num_tokens``, ``frames``. Policies subclass :class:`KVCache` and override ``admit`` (what happens when a
-written block arrives) and optionally ``select`` (which segments join attention for a layer).
+Storage (the fast path, ``arena.py``): full-resolution "recent" segments live in one preallocated buffer per
+layer with their keys already rotated, and are turned by the position difference only when the layout moves
+them; sink and compressed mid segments are kept un-rotated and copied, rotated, next to them when the layout
+changes (once per block). Attention then reads one contiguous view per layer. ``KVCache(..., arena=False)``
+keeps every segment un-rotated and concatenates + rotates per call: the plain reference the fast path is
+tested against.
+
+Interface used by the model (per forward): ``begin`` -> per layer ``attend`` -> ``end``. Interface used by
+samplers, the pruning controller and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``. Policies
+subclass :class:`KVCache` and override ``admit`` (what happens when a written block arrives) and optionally
+``select`` (which segments join attention for a layer). ``select`` may look at ``writing`` and
+``current_frames``: a policy can give a context (write) pass a different context from the denoising passes
+(Rolling Forcing's reference does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
+from .rope import Rope, positions, rotate
 
-@dataclass(eq=False)  # identity semantics: segments are compared by object, never by tensor contents
+
 class Segment:
     """Tokens written by one context pass (one block), or a compressed stand-in for one.
 
     ``t`` and ``hw`` hold, per token, the absolute latent frame index and the row-major spatial index in the
-    latent token grid. ``keys``/``values`` hold one tensor of shape (B, n, heads, head_dim) per layer.
+    latent token grid. ``keys``/``values`` read one un-rotated tensor of shape (B, n, heads, head_dim) per layer,
+    whether the segment keeps them itself (loose) or lives in a cache's arena (resident, stored rotated).
     """
 
-    t: torch.Tensor
-    hw: torch.Tensor
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    kind: str = "recent"  # "sink" (never pruned/evicted), "recent", or "mid" (compressed)
-    frames: tuple[int, ...] = field(default=())
-    cover: torch.Tensor | None = None  # compressed tokens: (n, c) spatial indices each one stands for, -1 padded
+    def __init__(self, t, hw, keys=None, values=None, kind: str = "recent", frames=(), cover=None):
+        self.t, self.hw = t, hw
+        self._keys, self._values = keys, values
+        self.kind = kind  # "sink" (never pruned/evicted), "recent", or "mid" (compressed)
+        self.frames = tuple(frames)
+        self.cover = cover  # compressed tokens: (n, c) spatial indices each one stands for, -1 padded
+        self.arena = None  # the Arena holding it while resident (rows: its rows there, newest segment first)
+        self.rows: torch.Tensor | None = None
+        self.rot: list[dict[int, int]] | None = None  # per layer: frame -> position its stored keys are rotated at
+        self.version = 0  # bumped whenever tokens go, so copies of it are rebuilt
+        self._distinct: tuple[int, tuple[int, ...]] | None = None
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        return self.arena.unrotated(self) if self.arena is not None else self._keys
+
+    @keys.setter
+    def keys(self, value) -> None:
+        self._keys = value
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return self.arena.values(self) if self.arena is not None else self._values
+
+    @values.setter
+    def values(self, value) -> None:
+        self._values = value
 
     @property
     def num_tokens(self) -> int:
@@ -47,7 +77,16 @@ class Segment:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
+        if self.arena is not None:
+            return self.num_tokens * self.arena.token_bytes
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self._keys, self._values))
+
+    @property
+    def distinct_frames(self) -> tuple[int, ...]:
+        """The frames its tokens belong to (a compressed segment has one per temporal cell)."""
+        if self._distinct is None or self._distinct[0] != self.version:
+            self._distinct = (self.version, tuple(torch.unique(self.t).tolist()))
+        return self._distinct[1]
 
     @property
     def prunable(self) -> bool:
@@ -68,21 +107,25 @@ class Segment:
             self.t, self.hw = self.t[idx], self.hw[idx]
             if self.cover is not None:
                 self.cover = self.cover[idx]
-            dev = self.keys[0].device
-            idx = idx.to(dev)
-            self.keys = [k.index_select(1, idx) for k in self.keys]
-            self.values = [v.index_select(1, idx) for v in self.values]
+            if self.arena is not None:  # the arena closes the gaps when the cache syncs
+                self.rows = self.rows[idx]
+            else:
+                didx = idx.to(self._keys[0].device)
+                self._keys = [k.index_select(1, didx) for k in self._keys]
+                self._values = [v.index_select(1, didx) for v in self._values]
+            self.version += 1
         return removed
 
 
-class Context(NamedTuple):
-    """What one self-attention layer attends to besides the current tokens."""
+class Layout(NamedTuple):
+    """Temporal RoPE positions of one attention call."""
 
-    keys: torch.Tensor  # (B, n, heads, head_dim), un-rotated
-    values: torch.Tensor
-    t_pos: torch.Tensor  # (n,) temporal RoPE positions of the context tokens
-    hw: torch.Tensor  # (n,) spatial indices of the context tokens
-    current_t_pos: torch.Tensor  # (F,) temporal RoPE positions of the current frames
+    pos: dict[int, int]  # absolute frame index -> position, for context and current frames
+    current: torch.Tensor  # (F,) positions of the current frames
+
+    def tokens(self, seg: Segment) -> torch.Tensor:
+        """(n,) positions of a segment's tokens."""
+        return positions(seg.t, self.pos)
 
 
 class KVCache:
@@ -91,50 +134,62 @@ class KVCache:
     Args:
         num_layers: transformer blocks that read and write this cache.
         rope_len: length of the temporal RoPE table; every position handed out stays below it.
+        arena: the fast path (rotated keys in preallocated buffers); False for the plain reference path.
     """
 
-    def __init__(self, num_layers: int, rope_len: int = 1024):
+    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True):
+        from .arena import Arena
+
         self.num_layers = num_layers
         self.rope_len = rope_len
         self.segments: list[Segment] = []
-        self._frames: torch.Tensor | None = None
+        self.arena = Arena(num_layers) if arena else None
+        self.writing = False
+        self.current_frames: torch.Tensor | None = None
         self._grid: tuple[int, int] | None = None
+        self._rope: Rope | None = None
         self._pending: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None
-        self._plans: dict[tuple[int, ...], Context] = {}
-        self.step_in_block = 0
+        self._layouts: dict[tuple[int, ...], Layout] = {}
+        self._current_pos: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model side
-    def begin(self, frames: torch.Tensor, grid: tuple[int, int], write: bool, first_step: bool = False) -> None:
+    def begin(self, frames: torch.Tensor, grid: tuple[int, int], write: bool, first_step: bool = False,
+              rope: Rope | None = None) -> None:
         """Start one model forward over the latent frames ``frames`` (absolute indices) on an (h, w) token grid.
 
         ``first_step`` marks the first denoising forward of a new block, when policies that select context
         (top-K mid blocks) score and fix their choice for the block's remaining steps.
         """
-        self._frames = frames.detach().cpu().long()
+        self.current_frames = frames.detach().cpu().long()
         self._grid = grid
+        self._rope = rope
+        self.writing = write
         self._pending = [None] * self.num_layers if write else None
-        self._plans = {}
-        self.step_in_block = 0 if first_step else self.step_in_block + 1
+        self._layouts = {}
+        distinct, inverse = torch.unique(self.current_frames, return_inverse=True)
+        start = max(0, min(int(distinct[0]), self.rope_len - len(distinct)))
+        self._current_pos = inverse + start
+        if self.arena is not None:
+            loose = sum(s.num_tokens for s in self.segments if s.arena is None)
+            self.arena.begin(len(frames) * grid[0] * grid[1], loose, rope)
 
-    def context(self, layer: int, query: torch.Tensor) -> Context:
-        """Keys/values/positions the current tokens of ``layer`` attend to (before themselves)."""
-        segs = self.select(layer, query)
-        key = tuple(id(s) for s in segs)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._layout(segs)
-            self._plans[key] = plan
-        if not segs:
-            empty = query.new_zeros(query.shape[0], 0, query.shape[2], query.shape[3])
-            return Context(empty, empty, plan.t_pos, plan.hw, plan.current_t_pos)
-        keys = torch.cat([s.keys[layer] for s in segs], 1) if len(segs) > 1 else segs[0].keys[layer]
-        values = torch.cat([s.values[layer] for s in segs], 1) if len(segs) > 1 else segs[0].values[layer]
-        return Context(keys, values, plan.t_pos, plan.hw, plan.current_t_pos)
+    def attend(self, layer: int, query: torch.Tensor, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
+        """Keys (rotated) and values ``layer``'s current tokens attend to: [context ; themselves].
 
-    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Record the current tokens' un-rotated keys/values of ``layer`` during a write (context) pass."""
+        ``query`` and ``k`` are un-rotated (policies score content, and a write pass keeps ``k`` for segments
+        stored un-rotated); ``k_rot`` is ``k`` rotated at the current positions. Fewer batch items than the
+        cache holds read the first ones (Guided's prompt branch alone).
+        """
         if self._pending is not None:
-            self._pending[layer] = (keys, values)
+            self._pending[layer] = (k, v)
+        segs = self.select(layer, query)
+        layout = self.layout(segs)
+        if self.arena is not None:
+            return self.arena.attend(layer, segs, layout, k_rot, v, self._rope)
+        b = k_rot.shape[0]
+        keys = [rotate(s.keys[layer][:b], *self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
+        values = [s.values[layer][:b] for s in segs]
+        return torch.cat(keys + [k_rot], 1), torch.cat(values + [v], 1)
 
     def end(self, completed: bool = True) -> None:
         """Finish the forward; on a completed write pass, hand the new block to the policy. A forward cut short
@@ -144,19 +199,18 @@ class KVCache:
             return
         if any(p is None for p in pending):
             raise RuntimeError("write pass did not store every layer")
-        frames = self._frames
         h, w = self._grid
         n = h * w
-        t = frames.repeat_interleave(n)
-        hw = torch.arange(n).repeat(len(frames))
+        frames = self.current_frames
         seg = Segment(
-            t=t,
-            hw=hw,
+            t=frames.repeat_interleave(n),
+            hw=torch.arange(n).repeat(len(frames)),
             keys=[k.detach() for k, _ in pending],
             values=[v.detach() for _, v in pending],
             frames=tuple(int(f) for f in frames),
         )
         self.admit(seg)
+        self._sync(written=seg)
 
     # ------------------------------------------------------------------ policy hooks
     def admit(self, segment: Segment) -> None:
@@ -176,11 +230,19 @@ class KVCache:
             if seg.prunable:
                 removed += seg.keep(seg.prune_mask(hw_indices))
         self.segments = [s for s in self.segments if s.num_tokens > 0]
+        self._sync()
         return removed
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the cached tokens' keys and values."""
         return sum(s.nbytes for s in self.segments)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes the cache holds on its device: its buffers (staging and current rows included) and loose segments."""
+        loose = sum(s.nbytes for s in self.segments if s.arena is None)
+        return loose + (self.arena.allocated_bytes if self.arena is not None else 0)
 
     @property
     def num_tokens(self) -> int:
@@ -195,30 +257,41 @@ class KVCache:
 
     def reset(self) -> None:
         self.segments = []
+        self._sync()
 
     # ------------------------------------------------------------------ positions
     @property
     def current_positions(self) -> torch.Tensor:
         """Temporal RoPE positions of the current frames: their absolute indices while they fit the table."""
-        frames = self._frames
-        distinct, inverse = torch.unique(frames, return_inverse=True)
-        start = max(0, min(int(distinct[0]), self.rope_len - len(distinct)))
-        return inverse + start
+        return self._current_pos
 
-    def _layout(self, segs: list[Segment]) -> Context:
-        frames = self._frames
-        cur = self.current_positions
-        ctx_t = torch.cat([s.t for s in segs]) if segs else torch.zeros(0, dtype=torch.long)
-        ctx_hw = torch.cat([s.hw for s in segs]) if segs else torch.zeros(0, dtype=torch.long)
-        distinct, inverse = torch.unique(torch.cat([ctx_t, frames]), return_inverse=True)
-        first_current = inverse[len(ctx_t)]
-        pos = inverse - first_current + cur[0]
-        if len(pos) and (int(pos.min()) < 0 or int(pos.max()) >= self.rope_len):
+    def layout(self, segs: list[Segment]) -> Layout:
+        """Positions for one attention call over ``segs`` + the current frames (computed once per forward)."""
+        key = tuple(id(s) for s in segs)
+        found = self._layouts.get(key)
+        if found is not None:
+            return found
+        context = {f for s in segs for f in s.distinct_frames}
+        current = self.current_frames.tolist()
+        distinct = sorted(set(context) | set(current))
+        rank = {f: i for i, f in enumerate(distinct)}
+        shift = int(self._current_pos[0]) - rank[current[0]]
+        pos = {f: r + shift for f, r in rank.items()}
+        if pos[distinct[0]] < 0 or pos[distinct[-1]] >= self.rope_len:
             raise ValueError(
                 f"attention spans {len(distinct)} latent frames but the RoPE table has {self.rope_len} "
                 "positions; use a smaller cache window or a model with a longer RoPE table"
             )
-        return Context(None, None, pos[: len(ctx_t)], ctx_hw, pos[len(ctx_t) :])
+        found = self._layouts[key] = Layout(pos, self._current_pos)
+        return found
+
+    # ------------------------------------------------------------------ storage
+    def _sync(self, written: Segment | None = None) -> None:
+        """Bring the arena in line with the policy's segments: full-resolution recent segments resident
+        (the just-written block adopts the rows it was written to), the rest loose, removed ones gone."""
+        if self.arena is not None:
+            pos = dict(zip(self.current_frames.tolist(), self._current_pos.tolist())) if written is not None else {}
+            self.arena.sync(self.segments, written, pos)
 
 
 class RollingCache(KVCache):
@@ -229,14 +302,14 @@ class RollingCache(KVCache):
         sink_frames: the first frames of the video, kept for the whole run and never pruned.
     """
 
-    def __init__(self, num_layers: int, window_frames: int | None = None, sink_frames: int = 0, rope_len: int = 1024):
-        super().__init__(num_layers, rope_len)
+    def __init__(self, num_layers: int, window_frames: int | None = None, sink_frames: int = 0, rope_len: int = 1024,
+                 arena: bool = True):
+        super().__init__(num_layers, rope_len, arena)
         self.window_frames = window_frames
         self.sink_frames = sink_frames
 
     def admit(self, segment: Segment) -> None:
-        for part in split_sink(segment, self.sink_frames):
-            self.segments.append(part)
+        self.segments.extend(split_sink(segment, self.sink_frames))
         if self.window_frames is None:
             return
         recent = [s for s in self.segments if s.kind != "sink"]
@@ -248,23 +321,25 @@ class RollingCache(KVCache):
 
 
 def split_sink(segment: Segment, sink_frames: int) -> list[Segment]:
-    """Split a written block into its sink part (frames < ``sink_frames``) and the rest."""
+    """Split a freshly written (loose) block into its sink part (frames < ``sink_frames``) and the rest."""
     if sink_frames <= 0 or int(segment.t.min()) >= sink_frames:
         return [segment]
     in_sink = segment.t < sink_frames
+    if bool(in_sink.all()):
+        segment.kind = "sink"
+        return [segment]
     parts = []
     for mask, kind in ((in_sink, "sink"), (~in_sink, segment.kind)):
-        if bool(mask.any()):
-            idx = mask.nonzero().squeeze(1)
-            didx = idx.to(segment.keys[0].device)
-            parts.append(
-                Segment(
-                    t=segment.t[idx],
-                    hw=segment.hw[idx],
-                    keys=[k.index_select(1, didx) for k in segment.keys],
-                    values=[v.index_select(1, didx) for v in segment.values],
-                    kind=kind,
-                    frames=tuple(sorted(set(segment.t[idx].tolist()))),
-                )
+        idx = mask.nonzero().squeeze(1)
+        didx = idx.to(segment.keys[0].device)
+        parts.append(
+            Segment(
+                t=segment.t[idx],
+                hw=segment.hw[idx],
+                keys=[k.index_select(1, didx) for k in segment.keys],
+                values=[v.index_select(1, didx) for v in segment.values],
+                kind=kind,
+                frames=tuple(sorted(set(segment.t[idx].tolist()))),
             )
+        )
     return parts

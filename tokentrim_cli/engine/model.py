@@ -14,21 +14,18 @@ from diffusers import WanTransformer3DModel
 
 from .attention import CachedSelfAttention, ForwardState, PromptCrossAttention
 from .cache import KVCache
+from .rope import Rope
 
 
 class CausalWan(torch.nn.Module):
     def __init__(self, transformer: WanTransformer3DModel):
         super().__init__()
         self.transformer = transformer
-        self.state = ForwardState(rope_at=self._rope_at)
+        self.state = ForwardState()
         for i, block in enumerate(transformer.blocks):
             block.attn1.set_processor(CachedSelfAttention(i, self.state))
             block.attn2.set_processor(PromptCrossAttention(i, self.state))
-        rope = transformer.rope
-        sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
-        self._cos = [c.float() for c in rope.freqs_cos.split(sizes, dim=1)]
-        self._sin = [s.float() for s in rope.freqs_sin.split(sizes, dim=1)]
-        self._grid_w = 1
+        self.rope = Rope(transformer.rope).to(self.device)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -53,9 +50,7 @@ class CausalWan(torch.nn.Module):
 
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
-        dev = self.device
-        self._cos = [c.to(dev) for c in self._cos]
-        self._sin = [s.to(dev) for s in self._sin]
+        self.rope.to(self.device)
         return self
 
     # ------------------------------------------------------------------ prompt
@@ -71,15 +66,6 @@ class CausalWan(torch.nn.Module):
             v = a.to_v(ctx).unflatten(2, (a.heads, -1))
             kv.append((k, v))
         self.state.prompt_kv = kv
-
-    # ------------------------------------------------------------------ rope
-    def _rope_at(self, t_pos: torch.Tensor, hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = self.device
-        t_pos, hw = t_pos.to(dev), hw.to(dev)
-        h, w = hw // self._grid_w, hw % self._grid_w
-        cos = torch.cat([self._cos[0][t_pos], self._cos[1][h], self._cos[2][w]], dim=1)
-        sin = torch.cat([self._sin[0][t_pos], self._sin[1][h], self._sin[2][w]], dim=1)
-        return cos, sin
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -109,7 +95,7 @@ class CausalWan(torch.nn.Module):
         gh, gw = hh // ph, ww // pw
         n = gh * gw
         frames = torch.as_tensor(frames).long()
-        self._grid_w = gw
+        self.rope.grid_w = gw
 
         x = t.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2)
 
@@ -125,7 +111,7 @@ class CausalWan(torch.nn.Module):
         st = self.state
         st.cache = cache
         if cache is not None:
-            cache.begin(frames, (gh, gw), write=write, first_step=first_step)
+            cache.begin(frames, (gh, gw), write=write, first_step=first_step, rope=self.rope)
             st.mask, cur_t = None, cache.current_positions  # positions come from the cache's layout
         else:
             st.mask = _block_causal_mask(f, n, block_frames, x.device) if block_frames else None
@@ -133,7 +119,7 @@ class CausalWan(torch.nn.Module):
         completed = False
         try:
             hw = torch.arange(n).repeat(f)
-            st.rope = self._rope_at(cur_t.repeat_interleave(n), hw)
+            st.rope = self.rope.tables(cur_t.repeat_interleave(n), hw)
             ctx = x.new_zeros(b, 0, x.shape[-1])  # cross-attention K/V come from set_prompt
             for block in t.blocks:
                 x = block(x, ctx, tproj, None)

@@ -1,4 +1,12 @@
-"""Bounded cache policies beyond the rolling window: three-partition (PackForcing) and deep sink (Deep Forcing).
+"""Bounded cache policies beyond the plain rolling window: Rolling Forcing's reference context, three-partition
+(PackForcing) and deep sink (Deep Forcing), and the factory that builds the policy a preset names.
+
+Rolling Forcing (TencentARC/RollingForcing, read for its rules): one attention call spans at most
+``span_frames`` (21) latent frames. A denoising window attends to the sink (the first block, re-aligned right
+before the rest) plus as many of the newest clean frames as the span leaves room for: one block beside a full
+5-block window, then 2, 3, 4 and 5 blocks as the window shrinks while the last blocks are flushed. A context
+(write) pass attends to the newest ``span_frames`` cached frames including itself, sink or not: once the video
+is longer than the span, that is the last 18 clean frames and no sink.
 
 Three-partition (arXiv 2603.25730): sink frames at full resolution, never evicted, compressed or pruned; recent
 frames at full resolution; blocks that age out of recent are compressed (training-free pooling here; the paper's
@@ -112,8 +120,9 @@ class ThreePartitionCache(KVCache):
         selection: str = "per_layer",
         query_samples: int = 256,
         rope_len: int = 1024,
+        arena: bool = True,
     ):
-        super().__init__(num_layers, rope_len)
+        super().__init__(num_layers, rope_len, arena)
         if selection not in ("shared", "per_layer"):
             raise ValueError("selection must be 'shared' or 'per_layer'")
         self.sink_frames, self.recent_frames = sink_frames, recent_frames
@@ -134,8 +143,8 @@ class ThreePartitionCache(KVCache):
     def recent(self) -> list[Segment]:
         return [s for s in self.segments if s.kind == "recent"]
 
-    def begin(self, frames, grid, write, first_step=False):
-        super().begin(frames, grid, write, first_step)
+    def begin(self, frames, grid, write, first_step=False, rope=None):
+        super().begin(frames, grid, write, first_step, rope)
         if first_step:
             self._chosen = {}
 
@@ -169,6 +178,44 @@ class ThreePartitionCache(KVCache):
         return [mid[i] for i in sorted(top)]
 
 
+class RollingForcingCache(KVCache):
+    """Rolling Forcing's reference context (see the module docstring); keeps the sink and the clean frames the
+    next write pass needs (``span_frames`` minus one block).
+
+    Args:
+        sink_frames: the first frames of the video (Rolling Forcing: its first block), never evicted or pruned.
+        span_frames: the most latent frames one attention call spans, current frames included (21).
+    """
+
+    def __init__(self, num_layers, sink_frames=3, span_frames=21, rope_len=1024, arena=True):
+        super().__init__(num_layers, rope_len, arena)
+        self.sink_frames, self.span_frames = sink_frames, span_frames
+
+    def admit(self, segment: Segment) -> None:
+        self.segments.extend(split_sink(segment, self.sink_frames))
+        block = len(segment.frames)
+        oldest_kept = max(segment.frames) + 1 + block - self.span_frames  # the next write pass's first context frame
+        for seg in self.segments:
+            if seg.kind != "sink":
+                seg.keep(seg.t >= oldest_kept)
+        self.segments = [s for s in self.segments if s.num_tokens > 0]
+
+    def select(self, layer: int, query: torch.Tensor) -> list[Segment]:
+        current = self.current_frames
+        if self.writing:
+            first = int(current.min()) + len(current) - self.span_frames
+            return [s for s in self.segments if s.distinct_frames[-1] >= first]
+        sink = [s for s in self.segments if s.kind == "sink"]
+        room = self.span_frames - len(current) - sum(len(s.distinct_frames) for s in sink)
+        clean = []
+        for seg in reversed([s for s in self.segments if s.kind != "sink"]):  # newest first
+            room -= len(seg.distinct_frames)
+            if room < 0:
+                break
+            clean.insert(0, seg)
+        return sink + clean
+
+
 class DeepSinkCache(RollingCache):
     """Deep Forcing style: a deep sink (~10 frames) plus recent frames, and a token budget in between.
 
@@ -177,8 +224,9 @@ class DeepSinkCache(RollingCache):
     the rest are dropped. Positions are re-aligned by the shared layout (the sink sits right before the rest).
     """
 
-    def __init__(self, num_layers, sink_frames=10, recent_frames=4, budget_frames=16, query_samples=256, rope_len=1024):
-        super().__init__(num_layers, window_frames=None, sink_frames=sink_frames, rope_len=rope_len)
+    def __init__(self, num_layers, sink_frames=10, recent_frames=4, budget_frames=16, query_samples=256, rope_len=1024,
+                 arena=True):
+        super().__init__(num_layers, window_frames=None, sink_frames=sink_frames, rope_len=rope_len, arena=arena)
         self.recent_frames, self.budget_frames, self.query_samples = recent_frames, budget_frames, query_samples
 
     def admit(self, segment: Segment) -> None:
@@ -186,8 +234,8 @@ class DeepSinkCache(RollingCache):
         for seg in aged_out([s for s in self.segments if s.kind == "recent"], self.recent_frames):
             seg.kind = "mid"
 
-    def begin(self, frames, grid, write, first_step=False):
-        super().begin(frames, grid, write, first_step)
+    def begin(self, frames, grid, write, first_step=False, rope=None):
+        super().begin(frames, grid, write, first_step, rope)
         self._first = first_step
 
     def select(self, layer: int, query: torch.Tensor) -> list[Segment]:
@@ -214,10 +262,15 @@ class DeepSinkCache(RollingCache):
         self.segments = [s for s in self.segments if s.num_tokens > 0]
 
 
-def make(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
+def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
+    """The KV-cache policy a preset's ``cache:`` section selects."""
     policy = cfg["policy"]
-    if policy == "sink_window":
+    if policy == "full":
+        return KVCache(num_layers, rope_len)
+    if policy in ("rolling", "sink_window"):
         return RollingCache(num_layers, cfg["window_frames"], cfg["sink_frames"], rope_len)
+    if policy == "rolling_forcing":
+        return RollingForcingCache(num_layers, cfg["sink_frames"], cfg["span_frames"], rope_len)
     if policy == "deep_sink":
         return DeepSinkCache(num_layers, cfg["sink_frames"], cfg["recent_frames"], cfg["budget_frames"], cfg["query_samples"], rope_len)
     if policy == "three_partition":

@@ -140,7 +140,8 @@ def rolling_forcing(
             x = torch.cat([w["x"] for w in window], dim=2)
             level = torch.cat([sigmas[w["step"]].repeat(block_frames) for w in window])
             v = model(x, level * 1000.0, frames, cache=cache, first_step=True)
-            x0s = _to_x0(x, v, level.view(1, 1, -1, 1, 1)).split(block_frames, dim=2)
+            level = level.view(1, 1, -1, 1, 1).to(x.device)  # the timesteps stay on the CPU (Guided reads them)
+            x0s = _to_x0(x, v, level).split(block_frames, dim=2)
             # the reviewer sees a block either at its first step (newest) or when final (oldest)
             if reviewer is None:
                 break
@@ -153,7 +154,7 @@ def rolling_forcing(
             cand["attempt"] += 1
             if reviewer.measure_at == "first_step":
                 cand["x"] = noise.draw(cand["block"], 0, cand["attempt"])
-        implied = (_implied_noise(x, v, level.view(1, 1, -1, 1, 1)).split(block_frames, dim=2) if solver == "euler"
+        implied = (_implied_noise(x, v, level).split(block_frames, dim=2) if solver == "euler"
                    else [None] * len(window))  # renoise draws fresh noise below
         for w, x0, eps in zip(window, x0s, implied):
             w["x0"], w["eps"] = x0, eps

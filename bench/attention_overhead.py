@@ -1,0 +1,109 @@
+"""The non-matmul work of one full-size self-attention layer per forward: RoPE, cache gathering, casts.
+
+Drives one layer of the 1.3B model's shapes (12 heads x 128, 30x52 tokens per latent frame, bf16) through each
+cache policy with random keys/values, exactly as the model does (``begin`` -> ``attend`` -> ``end``, Self Forcing's
+4 denoising forwards + 1 write pass per block, Rolling Forcing's window + write pass), and times everything the
+processor does besides the projections and scaled-dot-product attention: the RoPE tables and rotations and
+``KVCache.attend``. Both paths of the same cache run side by side: the reference (un-rotated segments,
+concatenated and rotated on every call: what ``main`` did before the fast path) and the fast path (rotated keys in
+preallocated buffers). Medians over forwards after the cache is full.
+
+    python bench/attention_overhead.py [--blocks 14] [--out bench/results/attention_overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed  # noqa: E402
+
+from tokentrim_cli.engine.cache import RollingCache  # noqa: E402
+from tokentrim_cli.engine.policies import RollingForcingCache, ThreePartitionCache  # noqa: E402
+from tokentrim_cli.engine.rope import Rope, rotate  # noqa: E402
+
+HEADS, DIM, GRID, BLOCK = 12, 128, (30, 52), 3
+
+CASES = {
+    "self-forcing: rolling 18 (28,080 cached tokens)": (lambda a: RollingCache(1, 18, 0, arena=a), "sf"),
+    "self-forcing-packed: three-partition 6/32x16/3": (
+        lambda a: ThreePartitionCache(1, 6, 3, 32, 16, arena=a), "sf"),
+    "rolling-forcing: sink 3 + span 21": (lambda a: RollingForcingCache(1, 3, 21, arena=a), "rf"),
+}
+
+
+def forwards(kind: str, blocks: int):
+    """(frames, write) of every forward, in order, as the samplers issue them."""
+    if kind == "sf":
+        for b in range(blocks):
+            frames = torch.arange(BLOCK * b, BLOCK * (b + 1))
+            for step in range(4):
+                yield frames, False, step == 0
+            yield frames, True, False
+        return
+    for w in range(blocks + 4):  # Rolling Forcing: windows of up to 5 blocks, the oldest written after each
+        start, end = max(0, w - 4), min(blocks - 1, w)
+        yield torch.arange(BLOCK * start, BLOCK * (end + 1)), False, True
+        if w >= 4:
+            yield torch.arange(BLOCK * start, BLOCK * (start + 1)), True, False
+
+
+def run(make, kind: str, arena: bool, blocks: int, dtype) -> list[float]:
+    cache = make(arena)
+    rope = Rope(WanRotaryPosEmbed(DIM, (1, 2, 2), 1024))
+    rope.grid_w = GRID[1]
+    n = GRID[0] * GRID[1]
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for frames, write, first in forwards(kind, blocks):
+        tokens = len(frames) * n
+        q = torch.randn(1, tokens, HEADS, DIM, generator=gen).to(dtype)
+        k = torch.randn(1, tokens, HEADS, DIM, generator=gen).to(dtype)
+        v = torch.randn(1, tokens, HEADS, DIM, generator=gen).to(dtype)
+        t0 = time.perf_counter()
+        cache.begin(frames, GRID, write=write, first_step=first, rope=rope)
+        cos, sin = rope.tables(cache.current_positions.repeat_interleave(n), torch.arange(n).repeat(len(frames)))
+        q_rot, k_rot = rotate(q, cos, sin), rotate(k, cos, sin)
+        keys, values = cache.attend(0, q, k, k_rot, v)
+        times.append(time.perf_counter() - t0)
+        cache.end()
+        assert keys.shape[1] >= tokens and q_rot.shape == q.shape
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--blocks", type=int, default=14)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_overhead.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    dtype = torch.bfloat16
+    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+                         f"{torch.__version__}", "dtype": str(dtype), "blocks": args.blocks, "cases": {}}
+    print(f"one full-size self-attention layer, non-matmul work per forward (ms, median after warm-up), {result['machine']}")
+    print(f"{'cache':50s} {'reference':>10s} {'fast path':>10s} {'cut':>6s}")
+    for name, (make, kind) in CASES.items():
+        med = {}
+        for arena in (False, True):
+            times = run(make, kind, arena, args.blocks, dtype)
+            steady = times[len(times) // 2 :]  # the cache is full by then
+            med["fast" if arena else "reference"] = statistics.median(steady)
+        cut = med["reference"] / med["fast"]
+        print(f"{name:50s} {1e3 * med['reference']:10.1f} {1e3 * med['fast']:10.1f} {cut:5.1f}x")
+        result["cases"][name] = {"reference_ms": 1e3 * med["reference"], "fast_ms": 1e3 * med["fast"], "cut": cut}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

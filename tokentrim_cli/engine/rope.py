@@ -1,0 +1,74 @@
+"""Wan's 3-D rotary position embedding at arbitrary (frame, spatial) positions, and moving keys already rotated.
+
+A head's channels are split into a temporal, a height and a width part (44/42/42 for head_dim 128), each rotated
+in interleaved pairs by its own position. The cache stores keys *rotated*; when its layout moves a key to another
+temporal position only the temporal channels turn, by the difference of the two positions (rotations compose:
+R(p) R(d) = R(p + d)), so no key is ever rotated from scratch twice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of x (B, n, heads, d) by angles given as cos/sin of shape (n, d).
+
+    Computed in float32 and returned in x's dtype (one rounding, as the reference implementations do)."""
+    cos = cos[None, :, None, 0::2]
+    sin = sin[None, :, None, 1::2]
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+def positions(t: torch.Tensor, frame_pos: dict[int, int]) -> torch.Tensor:
+    """(n,) positions of tokens in frames ``t`` given each frame's position."""
+    frames = sorted(frame_pos)
+    lut = torch.full((frames[-1] - frames[0] + 1,), -1, dtype=torch.long)
+    lut[torch.tensor(frames) - frames[0]] = torch.tensor([frame_pos[f] for f in frames])
+    return lut[t - frames[0]]
+
+
+class Rope:
+    """The model's RoPE tables on its device, split into their temporal / height / width parts.
+
+    Args:
+        rope: diffusers' ``WanRotaryPosEmbed`` (tables of ``max_seq_len`` positions).
+    """
+
+    def __init__(self, rope):
+        sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
+        self.t_dim = rope.t_dim
+        self.cos = [c.float() for c in rope.freqs_cos.split(sizes, dim=1)]
+        self.sin = [s.float() for s in rope.freqs_sin.split(sizes, dim=1)]
+        self.grid_w = 1  # width of the token grid of the current forward (spatial index -> h, w)
+
+    def to(self, device) -> "Rope":
+        self.cos = [c.to(device) for c in self.cos]
+        self.sin = [s.to(device) for s in self.sin]
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.cos[0].device
+
+    def tables(self, t_pos: torch.Tensor, hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (n, head_dim) for tokens at temporal positions ``t_pos`` and spatial indices ``hw``."""
+        t_pos, hw = t_pos.to(self.device), hw.to(self.device)
+        h, w = hw // self.grid_w, hw % self.grid_w
+        cos = torch.cat([self.cos[0][t_pos], self.cos[1][h], self.cos[2][w]], dim=1)
+        sin = torch.cat([self.sin[0][t_pos], self.sin[1][h], self.sin[2][w]], dim=1)
+        return cos, sin
+
+    def move(self, x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        """In place: keys x (B, n, heads, d) rotated at temporal positions ``old`` (n,) now sit at ``new``.
+
+        Only the temporal channels turn, by new - old; cos/sin of the difference come from the tables by the
+        angle-difference identities, so every position stays inside the table.
+        """
+        old, new = old.to(self.device), new.to(self.device)
+        c0, s0, c1, s1 = self.cos[0][old], self.sin[0][old], self.cos[0][new], self.sin[0][new]
+        cos, sin = c1 * c0 + s1 * s0, s1 * c0 - c1 * s0
+        td = self.t_dim
+        x[..., :td] = rotate(x[..., :td], cos, sin)
