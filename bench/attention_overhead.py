@@ -4,9 +4,10 @@ Drives one layer of the 1.3B model's shapes (12 heads x 128, 30x52 tokens per la
 cache policy with random keys/values, exactly as the model does (``begin`` -> ``attend`` -> ``end``, Self Forcing's
 4 denoising forwards + 1 write pass per block, Rolling Forcing's window + write pass), and times everything the
 processor does besides the projections and scaled-dot-product attention: the RoPE tables and rotations and
-``KVCache.attend``. Both paths of the same cache run side by side: the reference (un-rotated segments,
-concatenated and rotated on every call: what ``main`` did before the fast path) and the fast path (rotated keys in
-preallocated buffers). Medians over forwards after the cache is full.
+``KVCache.attend``. Three variants of the same cache run side by side: "before" (what ``main`` did before the fast
+path: un-rotated segments concatenated and rotated on every call, RoPE as separate real multiplies), the reference
+path (the same algorithm, RoPE as one complex multiply) and the fast path (rotated keys in preallocated buffers).
+Medians over forwards after the cache is full.
 
     python bench/attention_overhead.py [--blocks 14] [--out bench/results/attention_overhead.json]
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed  # noqa: E402
 
+from tokentrim_cli.engine import cache as cache_module  # noqa: E402
 from tokentrim_cli.engine.cache import RollingCache  # noqa: E402
 from tokentrim_cli.engine.policies import RollingForcingCache, ThreePartitionCache  # noqa: E402
 from tokentrim_cli.engine.rope import Rope, rotate  # noqa: E402
@@ -39,6 +41,13 @@ CASES = {
         lambda a: ThreePartitionCache(1, 6, 3, 32, 16, arena=a), "sf"),
     "rolling-forcing: sink 3 + span 21": (lambda a: RollingForcingCache(1, 3, 21, arena=a), "rf"),
 }
+
+
+def rotate_before(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """RoPE as main computed it before the fast path: real multiplies on unbound channel pairs, then a stack."""
+    cos, sin = freqs.real[None, :, None], freqs.imag[None, :, None]
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
 
 
 def forwards(kind: str, blocks: int):
@@ -57,8 +66,10 @@ def forwards(kind: str, blocks: int):
             yield torch.arange(BLOCK * start, BLOCK * (start + 1)), True, False
 
 
-def run(make, kind: str, arena: bool, blocks: int, dtype) -> list[float]:
-    cache = make(arena)
+def run(make, kind: str, variant: str, blocks: int, dtype) -> list[float]:
+    cache = make(variant == "fast")
+    rot = rotate_before if variant == "before" else rotate
+    cache_module.rotate = rot
     rope = Rope(WanRotaryPosEmbed(DIM, (1, 2, 2), 1024))
     rope.grid_w = GRID[1]
     n = GRID[0] * GRID[1]
@@ -71,12 +82,13 @@ def run(make, kind: str, arena: bool, blocks: int, dtype) -> list[float]:
         v = torch.randn(1, tokens, HEADS, DIM, generator=gen).to(dtype)
         t0 = time.perf_counter()
         cache.begin(frames, GRID, write=write, first_step=first, rope=rope)
-        cos, sin = rope.tables(cache.current_positions.repeat_interleave(n), torch.arange(n).repeat(len(frames)))
-        q_rot, k_rot = rotate(q, cos, sin), rotate(k, cos, sin)
+        freqs = rope.tables(cache.current_positions.repeat_interleave(n), torch.arange(n).repeat(len(frames)))
+        q_rot, k_rot = rot(q, freqs), rot(k, freqs)
         keys, values = cache.attend(0, q, k, k_rot, v)
         times.append(time.perf_counter() - t0)
         cache.end()
         assert keys.shape[1] >= tokens and q_rot.shape == q.shape
+    cache_module.rotate = rotate
     return times
 
 
@@ -90,16 +102,15 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
                          f"{torch.__version__}", "dtype": str(dtype), "blocks": args.blocks, "cases": {}}
     print(f"one full-size self-attention layer, non-matmul work per forward (ms, median after warm-up), {result['machine']}")
-    print(f"{'cache':50s} {'reference':>10s} {'fast path':>10s} {'cut':>6s}")
+    print(f"{'cache':50s} {'before':>8s} {'reference':>10s} {'fast path':>10s} {'cut':>6s}")
     for name, (make, kind) in CASES.items():
         med = {}
-        for arena in (False, True):
-            times = run(make, kind, arena, args.blocks, dtype)
-            steady = times[len(times) // 2 :]  # the cache is full by then
-            med["fast" if arena else "reference"] = statistics.median(steady)
-        cut = med["reference"] / med["fast"]
-        print(f"{name:50s} {1e3 * med['reference']:10.1f} {1e3 * med['fast']:10.1f} {cut:5.1f}x")
-        result["cases"][name] = {"reference_ms": 1e3 * med["reference"], "fast_ms": 1e3 * med["fast"], "cut": cut}
+        for variant in ("before", "reference", "fast"):
+            times = run(make, kind, variant, args.blocks, dtype)
+            med[variant] = statistics.median(times[len(times) // 2 :])  # the cache is full by then
+        cut = med["before"] / med["fast"]
+        print(f"{name:50s} {1e3 * med['before']:8.1f} {1e3 * med['reference']:10.1f} {1e3 * med['fast']:10.1f} {cut:5.1f}x")
+        result["cases"][name] = {f"{k}_ms": 1e3 * v for k, v in med.items()} | {"cut_before_to_fast": cut}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

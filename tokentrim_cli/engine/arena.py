@@ -38,7 +38,7 @@ class Arena:
         self.n_current = 0
         self._below = 0  # rows the current forward needs under r0 (current + loose segments)
         self._staged: list[tuple | None] = [None] * num_layers
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple, torch.Tensor] = {}
         self._rope: Rope | None = None
 
     # ------------------------------------------------------------------ per forward
@@ -86,7 +86,7 @@ class Arena:
                     rope.move(src, positions(seg.t, seg.rot[layer]), new)
                     K[:, row : row + n], V[:, row : row + n] = src, V[:, seg.rows]
                 else:
-                    K[:, row : row + n] = rotate(seg.keys[layer], *self._table(seg, layout, new, rope))
+                    K[:, row : row + n] = rotate(seg.keys[layer], self._table(seg, layout, new, rope))
                     V[:, row : row + n] = seg.values[layer]
                 row += n
             self._staged[layer] = key
@@ -119,9 +119,9 @@ class Arena:
                 if self.r0 < n:
                     self._relocate(n, keep_current=False)
                 pos = torch.tensor([current_pos[int(f)] for f in seg.t.tolist()])
-                cos, sin = rope.tables(pos, seg.hw)
+                freqs = rope.tables(pos, seg.hw)
                 for layer in range(self.num_layers):
-                    self.k[layer][:, self.r0 - n : self.r0] = rotate(seg.keys[layer], cos, sin)
+                    self.k[layer][:, self.r0 - n : self.r0] = rotate(seg.keys[layer], freqs)
                     self.v[layer][:, self.r0 - n : self.r0] = seg.values[layer]
                 self._adopt(seg, n)
             seg.rot = [{f: current_pos[f] for f in seg.distinct_frames} for _ in range(self.num_layers)]
@@ -170,8 +170,7 @@ class Arena:
         """Copies of a resident segment's keys, un-rotated (for compression, scoring, detaching)."""
         out = []
         for layer in range(self.num_layers):
-            cos, sin = self._rope_of(seg, layer)
-            out.append(rotate(self.k[layer][:, seg.rows], cos, -sin))
+            out.append(rotate(self.k[layer][:, seg.rows], self._rope_of(seg, layer).conj()))
         return out
 
     def values(self, seg) -> list[torch.Tensor]:

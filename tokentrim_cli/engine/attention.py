@@ -21,7 +21,7 @@ from .rope import rotate
 @dataclass
 class ForwardState:
     cache: KVCache | None = None
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # current tokens: cos, sin of shape (n, head_dim)
+    rope: torch.Tensor | None = None  # current tokens' rotations, complex (n, head_dim / 2)
     mask: torch.Tensor | None = None  # (n_query, n_key) bool, True = may attend; only without a cache
     prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
@@ -46,13 +46,13 @@ class CachedSelfAttention:
         k = attn.norm_k(k).unflatten(2, (attn.heads, -1))
         v = v.unflatten(2, (attn.heads, -1))
 
-        cos, sin = st.rope
-        k_rot = rotate(k, cos, sin)
+        freqs = st.rope
+        k_rot = rotate(k, freqs)
         if st.cache is None:
             keys, values = k_rot, v
         else:
             keys, values = st.cache.attend(self.layer, q, k, k_rot, v)
-        out = attend(rotate(q, cos, sin), keys, values, st.mask).flatten(2, 3).type_as(q)
+        out = attend(rotate(q, freqs), keys, values, st.mask).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 

@@ -187,7 +187,7 @@ class KVCache:
         if self.arena is not None:
             return self.arena.attend(layer, segs, layout, k_rot, v, self._rope)
         b = k_rot.shape[0]
-        keys = [rotate(s.keys[layer][:b], *self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
+        keys = [rotate(s.keys[layer][:b], self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
         values = [s.values[layer][:b] for s in segs]
         return torch.cat(keys + [k_rot], 1), torch.cat(values + [v], 1)
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import torch
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of x (B, n, heads, d) by angles given as cos/sin of shape (n, d).
+def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of x (B, n, heads, d) by unit complex numbers ``freqs`` of shape (n, d/2).
 
-    Computed in float32 and returned in x's dtype (one rounding, as the reference implementations do)."""
-    cos = cos[None, :, None, 0::2]
-    sin = sin[None, :, None, 1::2]
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
+    One complex multiply in float32, returned in x's dtype (one rounding, as the reference implementations do)."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs[None, :, None]).flatten(-2).type_as(x)
 
 
 def positions(t: torch.Tensor, frame_pos: dict[int, int]) -> torch.Tensor:
@@ -53,22 +50,22 @@ class Rope:
     def device(self) -> torch.device:
         return self.cos[0].device
 
-    def tables(self, t_pos: torch.Tensor, hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (n, head_dim) for tokens at temporal positions ``t_pos`` and spatial indices ``hw``."""
+    def tables(self, t_pos: torch.Tensor, hw: torch.Tensor) -> torch.Tensor:
+        """(n, head_dim / 2) complex rotations for tokens at temporal positions ``t_pos`` and spatial indices ``hw``."""
         t_pos, hw = t_pos.to(self.device), hw.to(self.device)
         h, w = hw // self.grid_w, hw % self.grid_w
         cos = torch.cat([self.cos[0][t_pos], self.cos[1][h], self.cos[2][w]], dim=1)
         sin = torch.cat([self.sin[0][t_pos], self.sin[1][h], self.sin[2][w]], dim=1)
-        return cos, sin
+        return torch.complex(cos[:, 0::2], sin[:, 1::2])
 
     def move(self, x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
         """In place: keys x (B, n, heads, d) rotated at temporal positions ``old`` (n,) now sit at ``new``.
 
-        Only the temporal channels turn, by new - old; cos/sin of the difference come from the tables by the
-        angle-difference identities, so every position stays inside the table.
+        Only the temporal channels turn, by new - old (the table's rotation at ``new`` times the conjugate of
+        the one at ``old``), so every position stays inside the table.
         """
         old, new = old.to(self.device), new.to(self.device)
-        c0, s0, c1, s1 = self.cos[0][old], self.sin[0][old], self.cos[0][new], self.sin[0][new]
-        cos, sin = c1 * c0 + s1 * s0, s1 * c0 - c1 * s0
-        td = self.t_dim
-        x[..., :td] = rotate(x[..., :td], cos, sin)
+        t = self.t_dim
+        delta = torch.complex(self.cos[0][new][:, 0::2], self.sin[0][new][:, 1::2])
+        delta = delta * torch.complex(self.cos[0][old][:, 0::2], -self.sin[0][old][:, 1::2])
+        x[..., :t] = rotate(x[..., :t], delta)
