@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: install test demo bench toy-model drift clean
+.PHONY: install test demo bench gpu-check toy-model drift clean
 
 install:            ## install tokentrim and its test dependencies (CPU torch on machines without CUDA)
 	$(PY) -m pip install -q torch==2.13.0
@@ -14,8 +14,12 @@ demo: install       ## generate a short clip with the embedded default preset
 
 bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/engine_speed.py
+	$(PY) bench/attention_overhead.py
 	$(PY) bench/cache_memory.py
 	$(PY) bench/pruning_cost.py
+
+gpu-check:          ## every real preset on one CUDA GPU, random weights of the real shapes (< 8 min, no download)
+	$(PY) bench/gpu_check.py
 
 toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, 99 min on 2 CPU cores)
 	$(PY) -m tokentrim_cli.toy.train --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35 --bf16

@@ -10,7 +10,7 @@ selection, and how often the two pick the same mid blocks.
 
     python bench/cache_memory.py [--out bench/results/cache_memory.json]
 
-A GPU run of the full-size model (peak memory at 30 s vs 120 s) is bench/engine_speed.py --full --seconds ...
+A GPU run of the full-size model (peak memory at 30 s vs 120 s) is bench/gpu_check.py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ the pipelined one is tested against).
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from typing import Callable
 
@@ -46,20 +47,20 @@ class BlockWriter:
             self._thread.start()
 
     def put(self, block: Block) -> None:
-        """Queue a finished block (or write it now, unthreaded). Raises the worker's error, if it had one."""
+        """Queue a finished block (or write it now, unthreaded). Raises the worker's error, if it had one.
+
+        A Ctrl-C / SIGTERM arriving meanwhile is held until the block is queued (or written), then raised."""
         self._raise()
-        if self._thread is None:
-            self._write(block)
-            return
         event = None
-        if block.latents.is_cuda:  # the worker's stream waits for the latents to be computed
+        if self._thread is not None and block.latents.is_cuda:  # the worker's stream waits for the latents
             event = torch.cuda.Event()
             event.record()
-        with HeldSignals() as held:  # a Ctrl-C while waiting for room must not lose this block
-            self._queue.put((block, event))
+        with HeldSignals() as held:
+            if self._thread is None:
+                self._write(block)
+            else:
+                self._queue.put((block, event))
         if held.received:
-            import signal
-
             signal.raise_signal(held.received)
 
     def close(self) -> None:

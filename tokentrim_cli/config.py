@@ -132,6 +132,10 @@ SCHEMA: dict = {
         "dtype": _choice("bfloat16", "float16", "float32"),
         "vae_dtype": Rule(lambda v: v in (None, "bfloat16", "float16", "float32"), "null, bfloat16, float16 or float32", default=None),
         "offload_text_encoder": Rule(lambda v: isinstance(v, bool), "true or false", default=True),
+        "overlap_decode": Rule(lambda v: isinstance(v, bool), "true or false (decode and encode on a worker thread, "
+                               "overlapping the next block's generation)", default=True),
+        "compile": Rule(lambda v: isinstance(v, bool), "true or false (torch.compile the transformer blocks)",
+                        default=False),
     },
 }
 # choices default to their first option

@@ -1,6 +1,7 @@
 """One video from one prompt: blocks -> streaming decoder -> MP4 writer, with sidecar and display events.
 
-Whatever happens (success, Ctrl-C / SIGTERM, an error), the frames already produced end up in a playable MP4
+Decoding and encoding overlap the generation of the next block (``block_writer.py``; ``runtime.overlap_decode``).
+Whatever happens (success, Ctrl-C / SIGTERM, an error), every block already generated ends up in a playable MP4
 and the sidecar records the outcome. ``generate`` and every item of ``batch`` go through :func:`run_job`.
 """
 
@@ -17,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .block_writer import BlockWriter
 from .config import Preset
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
@@ -24,10 +26,9 @@ from .errors import TokentrimError
 from .pipeline import Plan, generate_blocks
 from .progress import Display
 from .sidecar import Sidecar
-from .signals import HeldSignals
 from .video import Mp4Writer
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 @dataclass
@@ -84,17 +85,6 @@ def terminate_as_interrupt():
 
 
 @contextlib.contextmanager
-def signals_held():
-    """A Ctrl-C / SIGTERM arriving inside the block is re-raised when the block ends: a block's frames reach the
-    MP4 whole, with their sidecar record, so ``frames_written`` counts exactly what the file holds (an interrupt
-    in the middle of a write once left the sidecar 10 frames short of the video)."""
-    with HeldSignals() as held:
-        yield
-    if held.received:
-        signal.raise_signal(held.received)  # now the usual handler runs: KeyboardInterrupt, or Interrupted for SIGTERM
-
-
-@contextlib.contextmanager
 def signals_deferred():
     """Finishing the outputs must not be cut short by a second Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
@@ -132,26 +122,33 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     info = {"preset": preset.name, "seed": job.seed, "video": str(job.output), **plan.as_dict()}
     display.start(info)
     writer = Mp4Writer(job.output, vid["width"], vid["height"], vid["fps"], vid["crf"], vid["preset"])
-    status, error, code, written = "ok", None, EXIT_OK, 0
+    status, error, code = "ok", None, EXIT_OK
     timings = {}
+    blocks = None
+
+    def written(block, frames):  # a block is in the file: its record goes to the sidecar and the display
+        rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": frames}
+        rec["seconds"] = round(rec["seconds"], 4)
+        sidecar.add_batch(rec)
+        display.batch(rec, frames)
+
     try:
         with terminate_as_interrupt():
             comps = components()
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
+            cuda = comps.device.type == "cuda"
+            if cuda:  # the peak while generating (text encoding included), not while loading
+                torch.cuda.reset_peak_memory_stats(comps.device)
             decoder = StreamingDecoder(comps.vae)
             decoder.reset()
+            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg["runtime"]["overlap_decode"])
             t1 = time.perf_counter()
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan):
-                frames = decoder.frames(block.latents)
-                keep = frames[: max(0, plan.frames - written)]
-                with signals_held():  # the block's frames and its sidecar record land together
-                    writer.write(keep)
-                    written = writer.frames
-                    rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": written}
-                    rec["seconds"] = round(rec["seconds"], 4)
-                    sidecar.add_batch(rec)
-                display.batch(rec, written)
+                blocks.put(block)
+            blocks.close()
             timings["generate_seconds"] = round(time.perf_counter() - t1, 3)
+            if cuda:
+                timings["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(comps.device)
     except KeyboardInterrupt as exc:
         status, code = "interrupted", EXIT_INTERRUPTED
         error = str(exc) or "interrupted"
@@ -163,13 +160,19 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
         status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
     finally:
         with signals_deferred():
+            if blocks is not None:
+                try:  # every block already generated goes into the file
+                    blocks.close()
+                except Exception as exc:  # noqa: BLE001 - the first error is the one reported
+                    if status == "ok":
+                        status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
             timings["total_seconds"] = round(time.perf_counter() - t0, 3)
-            sidecar.data.update(status=status, error=error, frames_written=written, timings=timings)
+            sidecar.data.update(status=status, error=error, frames_written=writer.frames, timings=timings)
             video = writer.close(comment=sidecar.short(), partial=status != "ok")
             sidecar.update(
                 video=str(video) if video else None,
                 finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             )
-            result = Result(status, video, sidecar.path, error, written, time.perf_counter() - t0, code)
+            result = Result(status, video, sidecar.path, error, writer.frames, time.perf_counter() - t0, code)
             display.finish(result.as_dict())
     return result

@@ -17,7 +17,8 @@ Layout of every layer's buffer (rows are tokens; all layers share the row number
   to all resident segments (every shipped one), or to the newest few (Rolling Forcing), needs no gather.
   Anything else it selects is staged too.
 - The region slides down as blocks arrive; when it reaches row 0 it moves back to the top of the buffer (one
-  copy every few blocks), and the buffer grows by a quarter when the cache needs more rows.
+  copy of the resident rows every block or two: a few ms a block at full size), and the buffer grows by an
+  eighth when the cache needs more rows.
 """
 
 from __future__ import annotations
@@ -36,15 +37,25 @@ class Arena:
         self.order: list = []  # resident segments, newest first, rows contiguous from r0
         self.token_bytes = 0  # keys + values of one token over all layers and batch items
         self.n_current = 0
-        self._below = 0  # rows the current forward needs under r0 (current + loose segments)
+        self._below = 0  # rows the current forward needs under r0 (current + staging)
+        self._staging_seen = 0  # the most staging rows a layer needed in this forward
+        self._write_rows = 0  # current rows of the last write pass
         self._staged: list[tuple | None] = [None] * num_layers
         self._tables: dict[tuple, torch.Tensor] = {}
         self._rope: Rope | None = None
 
     # ------------------------------------------------------------------ per forward
-    def begin(self, n_current: int, loose_tokens: int, rope: Rope) -> None:
-        self.n_current = n_current
-        self._below = n_current + loose_tokens
+    def begin(self, n_current: int, write: bool, rope: Rope) -> None:
+        """Make room for this forward's current rows and as much staging as the last forward needed (a layer
+        that needs more makes room when it gets there)."""
+        if write:
+            self._write_rows = n_current
+        # current rows live in the buffer on write passes and on forwards no larger (Self Forcing's steps); a
+        # larger denoising window (Rolling Forcing's 15 frames) is appended to the context view instead, so
+        # 30 layers of its rows are never held at once
+        self.n_current = n_current if n_current <= self._write_rows else 0
+        self._below = self.n_current + self._staging_seen
+        self._staging_seen = 0
         self._tables = {}
         self._rope = rope
         if self.k is not None and self.r0 < self._below:
@@ -52,7 +63,7 @@ class Arena:
 
     def attend(self, layer: int, segs: list, layout, k_rot: torch.Tensor, v: torch.Tensor, rope: Rope):
         """Write the current tokens below r0, stage what the layer needs, return the (keys, values) view."""
-        b, n_cur = k_rot.shape[0], k_rot.shape[1]
+        b, n_cur = k_rot.shape[0], self.n_current
         if self.k is None:
             self._allocate(k_rot, v)
         K = self.k[layer]
@@ -70,6 +81,7 @@ class Arena:
         in_prefix = {id(s) for s in prefix}
         staged = [s for s in segs if id(s) not in in_prefix]
         n_stage = sum(s.num_tokens for s in staged)
+        self._staging_seen = max(self._staging_seen, n_stage)
         if self.r0 - n_cur - n_stage < 0:
             self._relocate(n_cur + n_stage, keep_current=True)
         K, V = self.k[layer], self.v[layer]
@@ -90,9 +102,11 @@ class Arena:
                     V[:, row : row + n] = seg.values[layer]
                 row += n
             self._staged[layer] = key
+        hi = self.r0 + sum(s.num_tokens for s in prefix)
+        if not n_cur:
+            return torch.cat([K[:b, lo:hi], k_rot], 1), torch.cat([V[:b, lo:hi], v], 1)
         K[:b, top : self.r0] = k_rot
         V[:b, top : self.r0] = v
-        hi = self.r0 + sum(s.num_tokens for s in prefix)
         return K[:b, lo:hi], V[:b, lo:hi]
 
     # ------------------------------------------------------------------ after a write pass or pruning
@@ -200,7 +214,7 @@ class Arena:
 
     @staticmethod
     def _grown(rows: int) -> int:
-        return rows + rows // 4 + 1
+        return rows + rows // 8 + 1
 
     def _relocate(self, below: int, keep_current: bool) -> None:
         """Make ``below`` rows free under r0, keeping the resident rows (and, in the middle of a forward, the

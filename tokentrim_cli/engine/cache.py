@@ -170,8 +170,7 @@ class KVCache:
         start = max(0, min(int(distinct[0]), self.rope_len - len(distinct)))
         self._current_pos = inverse + start
         if self.arena is not None:
-            loose = sum(s.num_tokens for s in self.segments if s.arena is None)
-            self.arena.begin(len(frames) * grid[0] * grid[1], loose, rope)
+            self.arena.begin(len(frames) * grid[0] * grid[1], write, rope)
 
     def attend(self, layer: int, query: torch.Tensor, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
         """Keys (rotated) and values ``layer``'s current tokens attend to: [context ; themselves].

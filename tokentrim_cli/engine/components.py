@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from .text import encode_prompts
 from .tokenizer import word_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Random weights built in the run's dtype: a fp32 copy first would double the memory it needs."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -38,7 +50,7 @@ def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu
     config = dict(spec.get("config") or {})
     if isinstance(ref, int):
         torch.manual_seed(ref)
-        with torch.device(device):
+        with torch.device(device), default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32):
             model = WanTransformer3DModel(**config)
     elif ref.is_dir():
         sub = ref / "transformer" if (ref / "transformer" / "config.json").exists() else ref
@@ -79,13 +91,16 @@ def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype
     return cast(vae.to(device), dtype).eval().requires_grad_(False)
 
 
-def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torch.float32):
+def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torch.float32, device="cpu"):
+    """The UMT5 encoder; random weights are drawn on ``device`` (a full-size random UMT5-XXL is initialised in
+    seconds on a GPU, minutes on a CPU), real ones load on the CPU and visit the device to encode."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     ref = W.resolve(spec["weights"], weights_dir, preset)
     if isinstance(ref, int):
         torch.manual_seed(ref)
-        enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
+        with torch.device(device), default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32):
+            enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
     elif ref.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -109,6 +124,14 @@ def build_tokenizer(spec, weights_dir=None, preset="PRESET"):
     path = Path(ref)
     sub = path / "tokenizer" if (path / "tokenizer").is_dir() else path
     return AutoTokenizer.from_pretrained(sub)
+
+
+def compile_blocks(model: CausalWan, backend: str = "inductor") -> CausalWan:
+    """torch.compile each transformer block in place (``runtime.compile``). Shapes vary with the context length,
+    so dynamic shapes; the cache's bookkeeping inside attention runs eagerly between the compiled parts."""
+    for block in model.transformer.blocks:
+        block.compile(dynamic=True, backend=backend)
+    return model
 
 
 @dataclass
@@ -141,9 +164,12 @@ def load_components(model_cfg: dict, runtime: dict, weights_dir=None, preset="PR
     if device.type == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision on CPU is slow and not what the tests pin
     tokenizer = build_tokenizer(model_cfg["tokenizer"], weights_dir, preset)
-    text_encoder = build_text_encoder(model_cfg["text_encoder"], weights_dir, preset, dtype)
+    text_encoder = build_text_encoder(model_cfg["text_encoder"], weights_dir, preset, dtype, device)
     model = build_transformer(model_cfg["transformer"], weights_dir, preset, device, dtype)
-    vae = build_vae(model_cfg["vae"], weights_dir, preset, device, runtime.get("vae_dtype") and DTYPES[runtime["vae_dtype"]] or dtype)
+    if runtime.get("compile"):
+        compile_blocks(model)
+    vae_dtype = DTYPES[runtime["vae_dtype"]] if runtime.get("vae_dtype") and device.type != "cpu" else dtype
+    vae = build_vae(model_cfg["vae"], weights_dir, preset, device, vae_dtype)
     return Components(
         model=model,
         vae=vae,

@@ -1,0 +1,307 @@
+"""GPU check: every real preset on one CUDA GPU, with random weights of the real shapes (no download).
+
+For each preset (self-forcing, self-forcing-packed, rolling-forcing, rolling-forcing-packed), with a preset that
+extends it with seeded random weights: the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text
+encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and is then offloaded, as in a real run):
+
+1. loop: the command's own components and ``generate_blocks`` (TokenTrim as the preset has it), blocks only,
+   synchronised per block: median s/block over blocks 3.., KV bytes, peak GPU memory; then the streaming decode
+   of the same blocks in the preset's VAE dtype and in float32 (s/block, PSNR of the frames between the two);
+2. command: ``tokentrim generate`` for a few seconds in a subprocess: exit code, the MP4 read back (frames, fps,
+   size agree with the sidecar), status ok; command FPS (frames / generate seconds) and peak GPU memory from the
+   sidecar.
+Plus self-forcing-packed for 120 s: the loop (peak memory at 30 s vs 120 s) and the whole command with TokenTrim on.
+
+Every step runs in its own subprocess under its own timeout and a global deadline; results go to the JSON after
+each step, so a crash or a hang costs one cell, not the run. MP4s are deleted after they are checked (frames from
+random weights are noise: x264 runs with ``--set video.preset=veryfast`` so that encoding noise does not dominate).
+
+    python bench/gpu_check.py [--out bench/results/gpu_check.json] [--budget 470] [--presets self-forcing ...]
+    make gpu-check
+    python bench/gpu_check.py --smoke --out /tmp/smoke.json   # the same steps on the CPU with the tiny presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PRESETS = ["self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed"]
+UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+            "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "layer_norm_epsilon": 1e-6}
+PROMPT = "a corgi running on a beach at sunset, waves rolling in"
+ENCODE = ["--set", "video.preset=veryfast"]
+
+
+def random_preset(name: str, folder: Path, smoke: bool = False) -> Path:
+    """A preset that extends ``name`` with random weights of the real shapes (``smoke``: the preset as it is)."""
+    import yaml
+
+    base = ROOT / "presets" / f"{name}.yaml"
+    if smoke:
+        return base
+    data = {
+        "description": f"{name} with seeded random weights of the real shapes (bench/gpu_check.py)",
+        "extends": str(base),
+        "model": {"transformer": {"weights": "random:0"}, "vae": {"config": {}, "weights": "random:1"},
+                  "text_encoder": {"config": UMT5_XXL, "weights": "random:2"}, "tokenizer": {"kind": "words"}},
+    }
+    path = folder / f"{name}-random.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------- workers (run in their own process)
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_bytes() -> int | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def worker_loop(preset_path: str, seconds: float, out: str) -> None:
+    import torch
+
+    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.engine.components import load_components
+    from tokentrim_cli.engine.vae import StreamingDecoder
+    from tokentrim_cli.pipeline import Plan, generate_blocks
+
+    preset = load_preset(preset_path)
+    cfg = preset.config
+    t0 = time.perf_counter()
+    comps = load_components(cfg["model"], cfg["runtime"])
+    load_s = time.perf_counter() - t0
+    plan = Plan.for_preset(seconds, cfg)
+    fps = cfg["video"]["fps"]
+    sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times, records, kept, peak_30 = [], [], [], None
+    t = time.perf_counter()
+    for blk in generate_blocks(comps, cfg, PROMPT, 0, plan):
+        sync()
+        now = time.perf_counter()
+        times.append(now - t)
+        t = now
+        records.append(blk.record)
+        if len(kept) < 6:
+            kept.append(blk.latents.clone())
+        if peak_30 is None and (blk.frames[-1] + 1) * 4 >= 30 * fps:
+            peak_30 = peak_bytes()
+    steady = times[2:] or times
+    per_block_frames = plan.block_frames * 4
+    res = {
+        "load_seconds": round(load_s, 2), "blocks": len(times), "median_block_s": statistics.median(steady),
+        "loop_fps": per_block_frames / statistics.median(steady), "first_block_s": times[0],
+        "kv_bytes": records[-1]["cache_bytes"], "cache_tokens": records[-1]["cache_tokens"],
+        "regenerations": sum(r["regenerations"] for r in records),
+        "peak_gpu_bytes": peak_bytes(), "peak_gpu_bytes_at_30s": peak_30,
+    }
+    Path(out).write_text(json.dumps(res))  # the loop's numbers are safe before the decode starts
+    res.update(decode(comps.vae, kept, StreamingDecoder))
+    Path(out).write_text(json.dumps(res))
+
+
+def decode(vae, latents: list, decoder_cls) -> dict:
+    """Streaming decode of the kept blocks in the VAE's dtype and in float32: s/block and PSNR between them."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    out = {"vae_dtype": str(next(vae.parameters()).dtype)}
+    frames = {}
+    for label, model in (("preset", vae), ("float32", copy.deepcopy(vae).float())):
+        dec = decoder_cls(model)
+        dec.reset()
+        times, px = [], []
+        for z in latents:
+            sync()
+            t = time.perf_counter()
+            px.append(dec.frames(z))
+            times.append(time.perf_counter() - t)
+        frames[label] = np.concatenate(px).astype(np.float64)
+        out[f"decode_block_s_{label}"] = statistics.median(times[1:] or times)
+        del dec, model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    mse = float(((frames["preset"] - frames["float32"]) ** 2).mean())
+    out["decode_psnr_db_vs_float32"] = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return out
+
+
+# ---------------------------------------------------------------------- orchestrator
+class Run:
+    def __init__(self, out: Path, budget: float):
+        self.out, self.deadline = out, time.monotonic() + budget
+        self.results: dict = {"machine": None, "presets": {}, "notes": []}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def save(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.results, indent=1, default=str))
+
+    def cell(self, preset: str) -> dict:
+        return self.results["presets"].setdefault(preset, {})
+
+    def step(self, preset: str, key: str, timeout: float, fn) -> None:
+        """Run one step with a timeout (capped by what the deadline leaves); record its result or its error."""
+        timeout = min(timeout, self.left() - 5)
+        if timeout < 30:
+            self.cell(preset)[key] = {"error": "skipped: the run's time budget is spent"}
+            self.save()
+            return
+        t = time.monotonic()
+        try:
+            self.cell(preset)[key] = fn(timeout)
+        except subprocess.TimeoutExpired:
+            self.cell(preset)[key] = {"error": f"timed out after {timeout:.0f} s"}
+        except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
+            self.cell(preset)[key] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        self.cell(preset)[key]["step_seconds"] = round(time.monotonic() - t, 1)
+        print(f"  {preset:24s} {key:14s} {json.dumps(self.cell(preset)[key], default=str)[:300]}", flush=True)
+        self.save()
+
+
+def run_loop(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> dict:
+    res_file = tmp / f"{preset_path.stem}-{seconds:g}.loop.json"
+    res_file.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--worker-loop", str(preset_path), str(seconds), str(res_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    res = json.loads(res_file.read_text()) if res_file.exists() else {}
+    if proc.returncode != 0:
+        res["error"] = f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"
+    return res
+
+
+def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> dict:
+    from tokentrim_cli.video import probe
+
+    video = tmp / f"{preset_path.stem}-{seconds:g}s.mp4"
+    cmd = [sys.executable, "-m", "tokentrim_cli", "generate", "--preset", str(preset_path), "--prompt", PROMPT,
+           "--seconds", str(seconds), "--seed", "0", "--output", str(video), "--log-format", "jsonl", *ENCODE]
+    t = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    wall = time.monotonic() - t
+    res = {"exit_code": proc.returncode, "wall_seconds": round(wall, 2)}
+    side = video.with_suffix(".json")
+    if side.exists():
+        data = json.loads(side.read_text())
+        tm = data.get("timings", {})
+        res.update(status=data["status"], error=data.get("error"), frames=data.get("frames_written"),
+                   load_seconds=tm.get("load_seconds"), generate_seconds=tm.get("generate_seconds"),
+                   peak_gpu_bytes=tm.get("peak_gpu_bytes"), regenerations=sum(b["regenerations"] for b in data["batches"]))
+        if tm.get("generate_seconds"):
+            res["command_fps"] = data["frames_written"] / tm["generate_seconds"]
+            res["command_fps_with_load"] = data["frames_written"] / wall
+        if data.get("video") and Path(data["video"]).exists():
+            info = probe(Path(data["video"]))
+            vid = data["config"]["video"]
+            res["mp4_ok"] = (info["frames"] == data["frames_written"] and info["fps"] == vid["fps"]
+                             and (info["width"], info["height"]) == (vid["width"], vid["height"]))
+            res["mp4"] = {k: info[k] for k in ("frames", "fps", "width", "height")}
+            res["mp4_bytes"] = Path(data["video"]).stat().st_size
+            Path(data["video"]).unlink()
+    if proc.returncode != 0:
+        res["stderr"] = proc.stderr.strip()[-1500:]
+    return res
+
+
+def table(results: dict) -> str:
+    gib = lambda b: f"{b / 2**30:.2f}" if isinstance(b, (int, float)) else "-"  # noqa: E731
+    num = lambda v, f="{:.3f}": f.format(v) if isinstance(v, (int, float)) else "-"  # noqa: E731
+    head = (f"{'preset':24s} {'loop s/blk':>10s} {'loop FPS':>8s} {'decode s/blk':>12s} {'PSNR dB':>8s} "
+            f"{'cmd FPS':>8s} {'peak GiB':>8s} {'KV GiB':>7s} {'mp4':>4s}")
+    lines = [head]
+    for name, cell in results["presets"].items():
+        loop, cmd = cell.get("loop", {}), cell.get("command", {})
+        lines.append(f"{name:24s} {num(loop.get('median_block_s')):>10s} {num(loop.get('loop_fps'), '{:.1f}'):>8s} "
+                     f"{num(loop.get('decode_block_s_preset')):>12s} {num(loop.get('decode_psnr_db_vs_float32'), '{:.1f}'):>8s} "
+                     f"{num(cmd.get('command_fps'), '{:.1f}'):>8s} {gib(cmd.get('peak_gpu_bytes') or loop.get('peak_gpu_bytes')):>8s} "
+                     f"{gib(loop.get('kv_bytes')):>7s} {('ok' if cmd.get('mp4_ok') else '-'):>4s}")
+        for key in ("loop", "command", "loop_120s", "command_120s"):
+            if cell.get(key, {}).get("error"):
+                lines.append(f"    {key}: {str(cell[key]['error'])[:200]}")
+    long = results["presets"].get("self-forcing-packed", {})
+    lp, lc = long.get("loop_120s", {}), long.get("command_120s", {})
+    if lp.get("peak_gpu_bytes_at_30s"):
+        ratio = lp["peak_gpu_bytes"] / lp["peak_gpu_bytes_at_30s"]
+        lines.append(f"self-forcing-packed 120 s: peak {gib(lp['peak_gpu_bytes'])} GiB vs {gib(lp['peak_gpu_bytes_at_30s'])} "
+                     f"GiB at 30 s (x{ratio:.3f}); loop {num(lp.get('median_block_s'))} s/block")
+    if lc.get("command_fps"):
+        lines.append(f"self-forcing-packed 120 s command, TokenTrim on: {lc['command_fps']:.1f} FPS "
+                     f"({lc.get('regenerations')} regenerations), peak {gib(lc.get('peak_gpu_bytes'))} GiB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check.json"))
+    ap.add_argument("--budget", type=float, default=470, help="seconds for the whole check (default fits 8 min)")
+    ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--seconds", type=float, default=3.0, help="video length of the command step")
+    ap.add_argument("--loop-seconds", type=float, default=10.0, help="video length of the loop step (14 blocks)")
+    ap.add_argument("--no-long", action="store_true", help="skip the 120 s self-forcing-packed steps")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny presets: check the script itself")
+    ap.add_argument("--worker-loop", nargs=3, metavar=("PRESET", "SECONDS", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker_loop:
+        worker_loop(args.worker_loop[0], float(args.worker_loop[1]), args.worker_loop[2])
+        return
+    import torch
+
+    if args.smoke:
+        args.presets = [p for p in args.presets if p.startswith("tiny")] or ["tiny", "tiny-rolling"]
+        args.no_long = True
+    elif not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device here; run it on a GPU machine (see ../shared/docs/gpu.md), or --smoke")
+    run = Run(Path(args.out), args.budget)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+    run.results["machine"] = {"gpu": name, "memory_gib": total, "torch": torch.__version__, "cuda": torch.version.cuda}
+    run.results["notes"] = ["random weights of the real shapes; UMT5-XXL-shaped encoder", "x264 preset veryfast",
+                            f"loop: {args.loop_seconds} s of video, median over blocks 3..; command: {args.seconds} s"]
+    print(f"gpu_check on {name}, budget {args.budget:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as d:
+        tmp = Path(d)
+        paths = {p: random_preset(p, tmp, args.smoke) for p in args.presets}
+        long = "self-forcing-packed" in paths and not args.no_long
+        for p, path in paths.items():  # loops first: the speed numbers matter most
+            seconds = 120.0 if (long and p == "self-forcing-packed") else args.loop_seconds
+            run.step(p, "loop_120s" if seconds == 120 else "loop", 240 if seconds == 120 else 150,
+                     lambda t, path=path, s=seconds: run_loop(path, s, tmp, t))
+            if seconds == 120:  # its loop figures: the median over the whole 120 s
+                run.cell(p)["loop"] = run.cell(p)["loop_120s"]
+        for p, path in paths.items():
+            run.step(p, "command", 150, lambda t, path=path: run_command(path, args.seconds, tmp, t))
+        if long:
+            run.step("self-forcing-packed", "command_120s", 300,
+                     lambda t: run_command(paths["self-forcing-packed"], 120.0, tmp, t))
+    print()
+    print(table(run.results))
+    print(f"wrote {run.out}")
+
+
+if __name__ == "__main__":
+    main()
