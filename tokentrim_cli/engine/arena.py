@@ -2,23 +2,25 @@
 
 Layout of every layer's buffer (rows are tokens; all layers share the row numbers):
 
-    [ free | staging | current | resident segments, newest first | free ]
-                               r0                                r1
+    [ free | staging | resident segments, oldest first | current | free ]
+                     r0                                r1
 
 - Resident segments (full-resolution "recent" blocks) are stored with their keys rotated. A write pass's block
-  is adopted where it was computed (the current rows just below r0 become the newest resident segment), so
-  writing costs no copy; a rolling window drops its oldest segment at r1 for free.
+  is adopted where it was computed (the current rows at r1 become the newest resident segment), so writing costs
+  no copy; a rolling window drops its oldest segment at r0 for free.
 - When the layout moves a resident segment, only its temporal channels are turned by the difference
   (``Rope.move``); below the 1024-frame table and without gaps that never happens.
 - Sink and compressed mid segments stay un-rotated in their own tensors (their positions change every block) and
-  are copied, rotated, into the staging rows right below the current rows when the layer's selection or their
-  positions change: once per block, not per forward.
-- Attention reads ``[staging | current | the newest resident segments]`` as one view, so a policy that attends
-  to all resident segments (every shipped one), or to the newest few (Rolling Forcing), needs no gather.
-  Anything else it selects is staged too.
-- The region slides down as blocks arrive; when it reaches row 0 it moves back to the top of the buffer (one
-  copy of the resident rows every block or two: a few ms a block at full size), and the buffer grows by an
-  eighth when the cache needs more rows.
+  are copied, rotated, into the staging rows right below r0 when the layer's selection or their positions change:
+  once per block, not per forward.
+- Attention reads ``[staging | resident | current]`` as one view when it attends to every resident segment (every
+  shipped policy but Rolling Forcing's), in the order the plain path concatenates them, so the two give the same
+  numbers. Attending to the newest few (Rolling Forcing's denoising windows) joins the staging rows to them with
+  one copy; anything else a policy selects is staged too.
+- A denoising forward larger than the write passes (Rolling Forcing's 15-frame window) is appended to the view
+  rather than held in the buffer, so 30 layers of its rows are never allocated at once.
+- The region slides up as blocks arrive; when it reaches the top it moves back down (one copy of the resident
+  rows every block or two: a few ms a block at full size), and the buffer grows by an eighth when it must.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ class Arena:
         self.k: list[torch.Tensor] | None = None
         self.v: list[torch.Tensor] | None = None
         self.cap = self.r0 = self.r1 = 0
-        self.order: list = []  # resident segments, newest first, rows contiguous from r0
+        self.order: list = []  # resident segments, oldest first, rows contiguous from r0 to r1
         self.token_bytes = 0  # keys + values of one token over all layers and batch items
-        self.n_current = 0
-        self._below = 0  # rows the current forward needs under r0 (current + staging)
-        self._staging_seen = 0  # the most staging rows a layer needed in this forward
+        self.n_current = 0  # current rows this forward keeps in the buffer (0: appended to the view instead)
         self._write_rows = 0  # current rows of the last write pass
+        self._staging_seen = 0  # the most staging rows a layer needed in this forward
+        self._staging_room = 0  # staging rows to leave below r0 when the region moves
         self._staged: list[tuple | None] = [None] * num_layers
         self._tables: dict[tuple, torch.Tensor] = {}
         self._rope: Rope | None = None
@@ -50,50 +52,47 @@ class Arena:
         that needs more makes room when it gets there)."""
         if write:
             self._write_rows = n_current
-        # current rows live in the buffer on write passes and on forwards no larger (Self Forcing's steps); a
-        # larger denoising window (Rolling Forcing's 15 frames) is appended to the context view instead, so
-        # 30 layers of its rows are never held at once
         self.n_current = n_current if n_current <= self._write_rows else 0
-        self._below = self.n_current + self._staging_seen
+        self._staging_room = self._staging_seen
         self._staging_seen = 0
         self._tables = {}
         self._rope = rope
-        if self.k is not None and self.r0 < self._below:
-            self._relocate(self._below, keep_current=False)
+        if self.k is not None and (self.r0 < self._staging_room or self.r1 + self.n_current > self.cap):
+            self._relocate(keep_current=False)
 
     def attend(self, layer: int, segs: list, layout, k_rot: torch.Tensor, v: torch.Tensor, rope: Rope):
-        """Write the current tokens below r0, stage what the layer needs, return the (keys, values) view."""
+        """Write the current tokens at r1, stage what the layer needs below r0, return (keys, values)."""
         b, n_cur = k_rot.shape[0], self.n_current
         if self.k is None:
             self._allocate(k_rot, v)
-        K = self.k[layer]
         chosen = {id(s) for s in segs if s.arena is self}
-        j = 0
-        while j < len(self.order) and id(self.order[j]) in chosen:
-            j += 1
-        prefix = self.order[:j]
-        for seg in prefix:
+        j = len(self.order)
+        while j > 0 and id(self.order[j - 1]) in chosen:
+            j -= 1
+        suffix = self.order[j:]  # the newest resident segments, attended where they are
+        K = self.k[layer]
+        for seg in suffix:
             want = {f: layout.pos[f] for f in seg.distinct_frames}
-            if seg.rot[layer] != want:
+            if any(seg.rot[layer][f] != p for f, p in want.items()):
                 lo, n = int(seg.rows[0]), seg.num_tokens
                 rope.move(K[:, lo : lo + n], positions(seg.t, seg.rot[layer]), layout.tokens(seg))
                 seg.rot[layer] = want
-        in_prefix = {id(s) for s in prefix}
-        staged = [s for s in segs if id(s) not in in_prefix]
+        in_suffix = {id(s) for s in suffix}
+        staged = [s for s in segs if id(s) not in in_suffix]
         n_stage = sum(s.num_tokens for s in staged)
         self._staging_seen = max(self._staging_seen, n_stage)
-        if self.r0 - n_cur - n_stage < 0:
-            self._relocate(n_cur + n_stage, keep_current=True)
+        if self.r0 < n_stage:
+            self._staging_room = n_stage
+            self._relocate(keep_current=True)
         K, V = self.k[layer], self.v[layer]
-        top = self.r0 - n_cur
-        lo = top - n_stage
-        key = (lo, top, tuple((id(s), s.version, tuple(layout.pos[f] for f in s.distinct_frames)) for s in staged))
+        lo = self.r0 - n_stage
+        key = (lo, tuple((id(s), s.version, tuple(layout.pos[f] for f in s.distinct_frames)) for s in staged))
         if self._staged[layer] != key:
             row = lo
             for seg in staged:
                 n = seg.num_tokens
                 new = layout.tokens(seg)
-                if seg.arena is self:  # resident but not in the attended prefix: copy it, turned to its place
+                if seg.arena is self:  # resident but not among the newest attended: copy it, turned to its place
                     src = K[:, seg.rows]
                     rope.move(src, positions(seg.t, seg.rot[layer]), new)
                     K[:, row : row + n], V[:, row : row + n] = src, V[:, seg.rows]
@@ -102,18 +101,29 @@ class Arena:
                     V[:, row : row + n] = seg.values[layer]
                 row += n
             self._staged[layer] = key
-        hi = self.r0 + sum(s.num_tokens for s in prefix)
+        if n_cur:
+            K[:b, self.r1 : self.r1 + n_cur] = k_rot
+            V[:b, self.r1 : self.r1 + n_cur] = v
+        start = int(suffix[0].rows[0]) if suffix else self.r1
+        hi = self.r1 + n_cur
+        if start == self.r0:  # staging, resident and current rows are one block of rows
+            keys, values = [K[:b, lo:hi]], [V[:b, lo:hi]]
+        else:
+            keys, values = [K[:b, lo : self.r0], K[:b, start:hi]], [V[:b, lo : self.r0], V[:b, start:hi]]
         if not n_cur:
-            return torch.cat([K[:b, lo:hi], k_rot], 1), torch.cat([V[:b, lo:hi], v], 1)
-        K[:b, top : self.r0] = k_rot
-        V[:b, top : self.r0] = v
-        return K[:b, lo:hi], V[:b, lo:hi]
+            keys, values = keys + [k_rot], values + [v]
+        if len(keys) == 1:
+            return keys[0], values[0]
+        return torch.cat(keys, 1), torch.cat(values, 1)
 
     # ------------------------------------------------------------------ after a write pass or pruning
     def sync(self, segments: list, written, current_pos: dict[int, int]) -> None:
         """Match the resident set to the policy's segments (see ``KVCache._sync``)."""
         rope = self._rope
         live = {id(s) for s in segments}
+        if (written is not None and id(written) in live and self._residable(written, current_pos)
+                and written.num_tokens == self.n_current):
+            self._adopt(written, current_pos)  # the write pass's rows at r1 already hold it, rotated
         for seg in list(self.order):
             if id(seg) not in live:
                 self._drop(seg)
@@ -121,31 +131,32 @@ class Arena:
                 keys, values = self.unrotated(seg), self.values(seg)
                 self._drop(seg)
                 seg.keys, seg.values = keys, values
-        for seg in segments:
-            if seg.arena is not None or seg.kind != "recent" or seg.cover is not None:
-                continue
-            if self.k is None or not set(seg.distinct_frames) <= set(current_pos):
-                continue  # not from this write pass: stays loose (staged like a sink)
-            if seg is written and seg.num_tokens == self.n_current:
-                self._adopt(seg, self.n_current)
-            else:  # part of the written block (the rest went to the sink): copy it in, rotated
-                n = seg.num_tokens
-                if self.r0 < n:
-                    self._relocate(n, keep_current=False)
-                pos = torch.tensor([current_pos[int(f)] for f in seg.t.tolist()])
-                freqs = rope.tables(pos, seg.hw)
-                for layer in range(self.num_layers):
-                    self.k[layer][:, self.r0 - n : self.r0] = rotate(seg.keys[layer], freqs)
-                    self.v[layer][:, self.r0 - n : self.r0] = seg.values[layer]
-                self._adopt(seg, n)
-            seg.rot = [{f: current_pos[f] for f in seg.distinct_frames} for _ in range(self.num_layers)]
         self._compact()
+        for seg in segments:
+            if not self._residable(seg, current_pos):
+                continue
+            n = seg.num_tokens  # part of the written block (the rest went to the sink): copy it in, rotated
+            if self.r1 + n > self.cap:
+                self.n_current = n
+                self._relocate(keep_current=False)
+            freqs = rope.tables(positions(seg.t, current_pos), seg.hw)
+            for layer in range(self.num_layers):
+                self.k[layer][:, self.r1 : self.r1 + n] = rotate(seg.keys[layer], freqs)
+                self.v[layer][:, self.r1 : self.r1 + n] = seg.values[layer]
+            self._adopt(seg, current_pos)
 
-    def _adopt(self, seg, n: int) -> None:
-        self.r0 -= n
-        seg.rows = torch.arange(self.r0, self.r0 + n)
+    def _residable(self, seg, current_pos: dict[int, int]) -> bool:
+        """A loose full-resolution recent segment from this write pass (others stay loose: staged like a sink)."""
+        return (seg.arena is None and seg.kind == "recent" and seg.cover is None and self.k is not None
+                and set(seg.distinct_frames) <= set(current_pos))
+
+    def _adopt(self, seg, current_pos: dict[int, int]) -> None:
+        n = seg.num_tokens
+        seg.rows = torch.arange(self.r1, self.r1 + n)
         seg.arena, seg.keys, seg.values = self, None, None
-        self.order.insert(0, seg)
+        seg.rot = [{f: current_pos[f] for f in seg.distinct_frames} for _ in range(self.num_layers)]
+        self.order.append(seg)
+        self.r1 += n
 
     def _drop(self, seg) -> None:
         self.order.remove(seg)
@@ -154,7 +165,7 @@ class Arena:
     def _compact(self) -> None:
         """Close the gaps removals left; removals at either end only move r0 / r1."""
         if not self.order:
-            self.r0 = self.r1 = self.cap
+            self.r0 = self.r1 = self._staging_room
             return
         start = row = int(self.order[0].rows[0])
         contiguous = True
@@ -167,16 +178,15 @@ class Arena:
         if contiguous:
             self.r0, self.r1 = start, row
             return
-        src = torch.cat([s.rows for s in self.order])
-        dst = self.cap - len(src)
-        idx = src.to(self.k[0].device)
+        src = torch.cat([s.rows for s in self.order]).to(self.k[0].device)
+        dst = self._staging_room
         for buf in self.k + self.v:
-            buf[:, dst : self.cap] = buf.index_select(1, idx)
+            buf[:, dst : dst + len(src)] = buf.index_select(1, src)
         row = dst
         for seg in self.order:
             seg.rows = torch.arange(row, row + seg.num_tokens)
             row += seg.num_tokens
-        self.r0, self.r1 = dst, self.cap
+        self.r0, self.r1 = dst, row
         self._staged = [None] * self.num_layers
 
     # ------------------------------------------------------------------ reading resident segments back
@@ -184,7 +194,8 @@ class Arena:
         """Copies of a resident segment's keys, un-rotated (for compression, scoring, detaching)."""
         out = []
         for layer in range(self.num_layers):
-            out.append(rotate(self.k[layer][:, seg.rows], self._rope_of(seg, layer).conj()))
+            freqs = self._rope.tables(positions(seg.t, seg.rot[layer]), seg.hw)
+            out.append(rotate(self.k[layer][:, seg.rows], freqs.conj()))
         return out
 
     def values(self, seg) -> list[torch.Tensor]:
@@ -195,9 +206,6 @@ class Arena:
         return 0 if self.k is None else sum(b.numel() * b.element_size() for b in self.k + self.v)
 
     # ------------------------------------------------------------------ internals
-    def _rope_of(self, seg, layer):
-        return self._rope.tables(positions(seg.t, seg.rot[layer]), seg.hw)
-
     def _table(self, seg, layout, positions, rope):
         key = (id(seg), seg.version, tuple(layout.pos[f] for f in seg.distinct_frames))
         if key not in self._tables:
@@ -205,8 +213,8 @@ class Arena:
         return self._tables[key]
 
     def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.cap = self._grown(self._below)
-        self.r0 = self.r1 = self.cap
+        self.cap = self._grown(self._staging_room + self.n_current)
+        self.r0 = self.r1 = self._staging_room
         b, _, h, d = k.shape
         self.k = [k.new_empty(b, self.cap, h, d) for _ in range(self.num_layers)]
         self.v = [v.new_empty(b, self.cap, h, d) for _ in range(self.num_layers)]
@@ -216,24 +224,24 @@ class Arena:
     def _grown(rows: int) -> int:
         return rows + rows // 8 + 1
 
-    def _relocate(self, below: int, keep_current: bool) -> None:
-        """Make ``below`` rows free under r0, keeping the resident rows (and, in the middle of a forward, the
-        current rows earlier layers wrote); grows the buffers when they are too small."""
+    def _relocate(self, keep_current: bool) -> None:
+        """Move the resident rows (and, in the middle of a forward, the current rows earlier layers wrote) down
+        to leave ``_staging_room`` rows below them and room for the current rows above; grow when too small."""
         n_res = self.r1 - self.r0
-        keep_lo = self.r0 - (self.n_current if keep_current else 0)
-        need = n_res + below
+        n_keep = n_res + (self.n_current if keep_current else 0)
+        need = self._staging_room + n_res + self.n_current
         cap = self._grown(need) if need > self.cap else self.cap
-        new_r0 = cap - n_res
-        shift = new_r0 - self.r0
+        dst = self._staging_room
         for bufs in (self.k, self.v):
             for i, buf in enumerate(bufs):
                 if cap != self.cap:
                     new = buf.new_empty(buf.shape[0], cap, *buf.shape[2:])
-                    new[:, keep_lo + shift : cap] = buf[:, keep_lo : self.r1]
+                    new[:, dst : dst + n_keep] = buf[:, self.r0 : self.r0 + n_keep]
                     bufs[i] = new
-                else:
-                    buf[:, keep_lo + shift : cap] = buf[:, keep_lo : self.r1].clone()
-        self.cap, self.r0, self.r1 = cap, new_r0, cap
+                elif dst != self.r0:
+                    buf[:, dst : dst + n_keep] = buf[:, self.r0 : self.r0 + n_keep].clone()
+        shift = dst - self.r0
+        self.cap, self.r0, self.r1 = cap, dst, self.r1 + shift
         for seg in self.order:
             seg.rows = seg.rows + shift
         self._staged = [None] * self.num_layers
