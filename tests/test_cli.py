@@ -51,6 +51,18 @@ def test_generate_writes_mp4_and_sidecar(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left
 
 
+@pytest.mark.parametrize("args", [
+    ["generate", "-p", "x", "--seconds", "abc"], ["generate", "-p", "x", "--fps", "12.5"],
+    ["generate", "-p", "x", "--seed", "abc"], ["generate", "-p", "x", "--no-such-flag"], ["generate", "-p"],
+    ["generate", "--seconds", "2"], ["nosuchcmd"], ["batch"], ["presets", "show"],
+])
+def test_parse_errors_are_one_line_and_exit_2(capsys, args):
+    """typer >= 0.2x raises its vendored click's exceptions (typer._click), not click's: both are caught."""
+    code, out, err = run_main(capsys, *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tokentrim: error: "), err
+
+
 def test_random_seed_is_printed_and_recorded(tmp_path):
     out = tmp_path / "s.mp4"
     r = tokentrim("generate", "--prompt", "a cat", "--seconds", "0.5", "--output", str(out))

@@ -296,15 +296,39 @@ def evaluate(
     print(f"wrote {out} and {png}")
 
 
+def _click_errors() -> tuple[tuple, tuple, tuple]:
+    """(usage errors, no-args help, aborts) from click and from the copy of click that recent typer vendors
+    (``typer._click``), whose classes are not click's: a parse error must be one line whichever raised it."""
+    mods = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.2x
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+    usage = tuple(m.UsageError for m in mods)
+    help_ = tuple(m.NoArgsIsHelpError for m in mods if hasattr(m, "NoArgsIsHelpError"))
+    abort = tuple(getattr(m, "Abort", click.exceptions.Abort) for m in mods)
+    return usage, help_, abort
+
+
+USAGE_ERRORS, NO_ARGS_HELP, ABORTS = _click_errors()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every error becomes one line on stderr and a distinct exit code."""
     try:
         code = app(args=argv, prog_name="tokentrim", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-        print(f"tokentrim: error: {exc.format_message()}{hint}", file=sys.stderr)
+    except NO_ARGS_HELP as exc:  # bare `tokentrim` or `tokentrim presets`: the help, as click would show it
+        print(exc.format_message(), file=sys.stderr)
         code = 2
-    except click.exceptions.Abort:
+    except USAGE_ERRORS as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        print(f"tokentrim: error: {message}{hint}", file=sys.stderr)
+        code = 2
+    except ABORTS:
         print("tokentrim: interrupted", file=sys.stderr)
         code = 130
     except KeyboardInterrupt:
