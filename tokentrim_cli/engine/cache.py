@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from .arena import Arena
 from .rope import Rope, positions, rotate
 
 
@@ -138,8 +139,6 @@ class KVCache:
     """
 
     def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True):
-        from .arena import Arena
-
         self.num_layers = num_layers
         self.rope_len = rope_len
         self.segments: list[Segment] = []
