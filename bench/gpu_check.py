@@ -19,6 +19,11 @@ random weights are noise: x264 runs with ``--set video.preset=veryfast`` so that
     python bench/gpu_check.py [--out bench/results/gpu_check.json] [--budget 470] [--presets self-forcing ...]
     make gpu-check
     python bench/gpu_check.py --smoke --out /tmp/smoke.json   # the same steps on the CPU with the tiny presets
+
+On the project's lent machine (no diffusers, no imageio-ffmpeg, no network: ../shared/docs/gpu.md), carry the two
+wheels and run, in one call with a timeout of ~560 s:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --out $OUT/gpu_check.json
 """
 
 from __future__ import annotations
