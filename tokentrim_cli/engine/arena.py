@@ -60,9 +60,9 @@ class Arena:
         if self.k is not None and (self.r0 < self._staging_room or self.r1 + self.n_current > self.cap):
             self._relocate(keep_current=False)
 
-    def attend(self, layer: int, segs: list, layout, k_rot: torch.Tensor, v: torch.Tensor, rope: Rope):
+    def attend(self, layer: int, segs: list, layout, k_rot: torch.Tensor, v: torch.Tensor):
         """Write the current tokens at r1, stage what the layer needs below r0, return (keys, values)."""
-        b, n_cur = k_rot.shape[0], self.n_current
+        b, n_cur, rope = k_rot.shape[0], self.n_current, self._rope
         if self.k is None:
             self._allocate(k_rot, v)
         chosen = {id(s) for s in segs if s.arena is self}
@@ -91,13 +91,12 @@ class Arena:
             row = lo
             for seg in staged:
                 n = seg.num_tokens
-                new = layout.tokens(seg)
                 if seg.arena is self:  # resident but not among the newest attended: copy it, turned to its place
                     src = K[:, seg.rows]
-                    rope.move(src, positions(seg.t, seg.rot[layer]), new)
+                    rope.move(src, positions(seg.t, seg.rot[layer]), layout.tokens(seg))
                     K[:, row : row + n], V[:, row : row + n] = src, V[:, seg.rows]
                 else:
-                    K[:, row : row + n] = rotate(seg.keys[layer], self._table(seg, layout, new, rope))
+                    K[:, row : row + n] = rotate(seg.keys[layer], self._table(seg, layout))
                     V[:, row : row + n] = seg.values[layer]
                 row += n
             self._staged[layer] = key
@@ -206,10 +205,11 @@ class Arena:
         return 0 if self.k is None else sum(b.numel() * b.element_size() for b in self.k + self.v)
 
     # ------------------------------------------------------------------ internals
-    def _table(self, seg, layout, positions, rope):
+    def _table(self, seg, layout):
+        """A loose segment's rotations at its place in ``layout``, computed once per forward for all layers."""
         key = (id(seg), seg.version, tuple(layout.pos[f] for f in seg.distinct_frames))
         if key not in self._tables:
-            self._tables[key] = rope.tables(positions, seg.hw)
+            self._tables[key] = self._rope.tables(layout.tokens(seg), seg.hw)
         return self._tables[key]
 
     def _allocate(self, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -50,8 +50,8 @@ class Segment:
         self.kind = kind  # "sink" (never pruned/evicted), "recent", or "mid" (compressed)
         self.frames = tuple(frames)
         self.cover = cover  # compressed tokens: (n, c) spatial indices each one stands for, -1 padded
-        self.arena = None  # the Arena holding it while resident (rows: its rows there, newest segment first)
-        self.rows: torch.Tensor | None = None
+        self.arena = None  # the Arena holding it while resident
+        self.rows: torch.Tensor | None = None  # its rows there
         self.rot: list[dict[int, int]] | None = None  # per layer: frame -> position its stored keys are rotated at
         self.version = 0  # bumped whenever tokens go, so copies of it are rebuilt
         self._distinct: tuple[int, tuple[int, ...]] | None = None
@@ -183,7 +183,7 @@ class KVCache:
         segs = self.select(layer, query)
         layout = self.layout(segs)
         if self.arena is not None:
-            return self.arena.attend(layer, segs, layout, k_rot, v, self._rope)
+            return self.arena.attend(layer, segs, layout, k_rot, v)
         b = k_rot.shape[0]
         keys = [rotate(s.keys[layer][:b], self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
         values = [s.values[layer][:b] for s in segs]

@@ -19,12 +19,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 @contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """Random weights built in the run's dtype: a fp32 copy first would double the memory it needs."""
+def random_init(seed: int, device, dtype: torch.dtype):
+    """Seeded random weights drawn where and in the dtype they will run (a fp32 copy first would double the
+    memory; a full-size UMT5-XXL initialises in seconds on a GPU, minutes on a CPU). On a CPU: float32."""
+    torch.manual_seed(seed)
     old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32)
     try:
-        yield
+        with torch.device(device):
+            yield
     finally:
         torch.set_default_dtype(old)
 
@@ -49,8 +52,7 @@ def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu
     ref = W.resolve(spec["weights"], weights_dir, preset)
     config = dict(spec.get("config") or {})
     if isinstance(ref, int):
-        torch.manual_seed(ref)
-        with torch.device(device), default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32):
+        with random_init(ref, device, dtype):
             model = WanTransformer3DModel(**config)
     elif ref.is_dir():
         sub = ref / "transformer" if (ref / "transformer" / "config.json").exists() else ref
@@ -92,14 +94,13 @@ def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype
 
 
 def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torch.float32, device="cpu"):
-    """The UMT5 encoder; random weights are drawn on ``device`` (a full-size random UMT5-XXL is initialised in
-    seconds on a GPU, minutes on a CPU), real ones load on the CPU and visit the device to encode."""
+    """The UMT5 encoder; random weights are drawn on ``device``, real ones load on the CPU and visit the device to
+    encode."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     ref = W.resolve(spec["weights"], weights_dir, preset)
     if isinstance(ref, int):
-        torch.manual_seed(ref)
-        with torch.device(device), default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32):
+        with random_init(ref, device, dtype):
             enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
     elif ref.suffix == ".safetensors":
         from safetensors.torch import load_file

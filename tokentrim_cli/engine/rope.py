@@ -3,7 +3,7 @@
 A head's channels are split into a temporal, a height and a width part (44/42/42 for head_dim 128), each rotated
 in interleaved pairs by its own position. The cache stores keys *rotated*; when its layout moves a key to another
 temporal position only the temporal channels turn, by the difference of the two positions (rotations compose:
-R(p) R(d) = R(p + d)), so no key is ever rotated from scratch twice.
+R(p) R(d) = R(p + d)) rather than being rotated again from an un-rotated copy.
 """
 
 from __future__ import annotations
