@@ -34,7 +34,7 @@ FULL = dict(layers=30, heads=12, head_dim=128, grid=(30, 52), fps=16, block=3)
 
 
 def full_policies(layers):
-    sf = load_preset("self-forcing-packed").config["cache"]
+    sf = load_preset("self-forcing-packed").config.cache
     return {
         "full (no eviction)": lambda: KVCache(layers, 10**6),
         "rolling 18 (Self Forcing)": lambda: RollingCache(layers, 18, 0),
@@ -101,8 +101,8 @@ def tiny_run(policy_cfg: dict, seconds: float, selection: str | None = None) -> 
         sets.append(f"cache.selection={selection}")
     preset = load_preset("tiny", sets)
     comps = tiny_run.components = getattr(tiny_run, "components", None) or load_components(
-        preset.config["model"], preset.config["runtime"])
-    plan = Plan.for_seconds(seconds, preset.config["video"]["fps"], 3)
+        preset.config.model, preset.config.runtime)
+    plan = Plan.for_seconds(seconds, preset.config.video.fps, 3)
     timers = {"compress": 0.0, "select": 0.0}
     choices = []
     orig_c, orig_s = P.PoolingCompressor.__call__, P.ThreePartitionCache._score

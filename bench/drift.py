@@ -49,7 +49,7 @@ def run(comps, cfg, prompt: str, seed: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     video, records = generate_video(comps, cfg, prompt, seed, seconds)
     wall = time.perf_counter() - t0
-    res = evaluate_video(video, cfg["video"]["fps"], caption=prompt)["summary"]
+    res = evaluate_video(video, cfg.video.fps, caption=prompt)["summary"]
     res["wall_s"] = wall
     res["regeneration_rate"] = sum(r["regenerated"] for r in records) / len(records)
     res["pruned_tokens"] = sum(r["pruned_tokens"] for r in records)
@@ -66,8 +66,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "drift.json"))
     args = ap.parse_args()
     base = load_preset("toy")
-    comps = load_components(base.config["model"], base.config["runtime"])
-    horizon = 4 * base.config["sampler"]["block_frames"] / base.config["video"]["fps"]
+    comps = load_components(base.config.model, base.config.runtime)
+    horizon = 4 * base.config.sampler.block_frames / base.config.video.fps
     print(f"toy model, {args.seconds:g} s videos ({args.seconds / horizon:.0f}x the {horizon:.2f} s training horizon), "
           f"{args.prompts} prompts per split x {args.seeds} seeds")
     rows = {}

@@ -10,6 +10,7 @@ the first (warm-up); absolute times are machine-dependent, compare ratios within
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -41,21 +42,21 @@ def main() -> None:
     if args.full and device.type != "cuda":
         sys.exit("--full needs a CUDA GPU (a 1.3B forward over 21 latent frames takes minutes on a CPU)")
     dtype = torch.bfloat16 if args.full else torch.float32
-    spec = dict(cfg["model"]["transformer"], weights="random:0")
+    spec = dataclasses.replace(cfg.model.transformer, weights="random:0")
     t0 = time.perf_counter()
     model = build_transformer(spec, device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     text_dim = model.config.text_dim
     model.set_prompt(torch.randn(1, 512, text_dim, generator=torch.Generator().manual_seed(0)).to(device, dtype) * 0.1)
-    h, w = cfg["video"]["height"] // 8, cfg["video"]["width"] // 8
-    cache = make_cache(cfg["cache"], model.num_layers, model.rope_len)
+    h, w = cfg.video.height // 8, cfg.video.width // 8
+    cache = make_cache(cfg.cache, model.num_layers, model.rope_len)
     noise = NoiseSource(0, (1, 16, 3, h, w), device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
     times, cache_bytes = [], []
     t = time.perf_counter()
-    for blk in self_forcing(model, cache, noise, args.blocks, warp_steps(cfg["sampler"]["steps"])):
+    for blk in self_forcing(model, cache, noise, args.blocks, warp_steps(cfg.sampler.steps)):
         if device.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()
@@ -67,8 +68,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "architecture": "Wan2.1-1.3B" if args.full else "tiny",
         "dtype": str(dtype),
-        "resolution": [cfg["video"]["height"], cfg["video"]["width"]],
-        "cache_policy": cfg["cache"]["policy"],
+        "resolution": [cfg.video.height, cfg.video.width],
+        "cache_policy": cfg.cache.policy,
         "build_seconds": round(build_s, 2),
         "blocks": args.blocks,
         "median_block_seconds": statistics.median(times[1:] or times),

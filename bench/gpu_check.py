@@ -93,10 +93,10 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
     preset = load_preset(preset_path)
     cfg = preset.config
     t0 = time.perf_counter()
-    comps = load_components(cfg["model"], cfg["runtime"])
+    comps = load_components(cfg.model, cfg.runtime)
     load_s = time.perf_counter() - t0
     plan = Plan.for_preset(seconds, cfg)
-    fps = cfg["video"]["fps"]
+    fps = cfg.video.fps
     sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -216,7 +216,7 @@ def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) ->
         tm = data.get("timings", {})
         res.update(status=data["status"], error=data.get("error"), frames=data.get("frames_written"),
                    load_seconds=tm.get("load_seconds"), generate_seconds=tm.get("generate_seconds"),
-                   peak_gpu_bytes=tm.get("peak_gpu_bytes"), regenerations=sum(b["regenerations"] for b in data["batches"]))
+                   peak_gpu_bytes=tm.get("peak_gpu_bytes"), regenerations=sum(b["regenerations"] for b in data["blocks"]))
         if tm.get("generate_seconds"):
             res["command_fps"] = data["frames_written"] / tm["generate_seconds"]
             res["command_fps_with_load"] = data["frames_written"] / wall

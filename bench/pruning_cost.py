@@ -42,7 +42,7 @@ def score_once(ctrl: pruning.TokenTrim, shape, n=50) -> float:
 
 def main() -> None:
     preset = load_preset("tiny", ["pruning.lambda=1000"])  # scoring on every batch, never a regeneration
-    comps = load_components(preset.config["model"], preset.config["runtime"])
+    comps = load_components(preset.config.model, preset.config.runtime)
     plan = Plan.for_seconds(30, 16, 3)
     spent = []
     orig = pruning.TokenTrim.review

@@ -28,8 +28,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the 64x64 frames")
     args = ap.parse_args()
     preset = load_preset("toy")
-    comps = load_components(preset.config["model"], preset.config["runtime"])
-    fps = preset.config["video"]["fps"]
+    comps = load_components(preset.config.model, preset.config.runtime)
+    fps = preset.config.video.fps
     times = np.arange(0, args.seconds, 5.0)
     rows = []
     for prompt in PROMPTS:

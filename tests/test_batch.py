@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tokentrim_cli import batch as B
+from tokentrim_cli.batch import names as batch_names
 from tokentrim_cli.cli import main
 from tokentrim_cli.video import probe
 
@@ -143,7 +144,7 @@ def test_names_are_safe_and_unique():
         assert len({n.lower() for n in names}) == len(names), (template, names)
         for n in names:
             assert SAFE.match(n) and len(n) <= B.NAME_LIMIT and not n.endswith("."), n
-            assert n.split(".")[0].upper() not in B._RESERVED and not n.lower().endswith(".partial"), n
+            assert n.split(".")[0].upper() not in batch_names._RESERVED and not n.lower().endswith(".partial"), n
     names = B.assign_names(items, "{slug}", "tiny")
     assert names[:3] == ["a-cat", "a-cat-2", "a-cat-3"]  # duplicates numbered in index order
     assert names[-1] == "a-cat-2-2"  # a name that looks like a numbered duplicate does not steal one
@@ -282,7 +283,7 @@ def test_interrupt_finalises_current_item_and_stops(tmp_path):
         time.sleep(0.3)
         for p in out.glob("0001-*.json"):
             try:
-                if len(json.loads(p.read_text())["batches"]) >= 2:
+                if len(json.loads(p.read_text())["blocks"]) >= 2:
                     side = p
             except (json.JSONDecodeError, KeyError):
                 pass

@@ -31,7 +31,7 @@ def test_pipelined_writer_gives_the_serial_video(tmp_path, capsys):
     assert _generate(capsys, pipelined)[0] == 0
     a, b = iio.imread(serial), iio.imread(pipelined)
     assert a.shape == b.shape and a.shape[0] == 48 and np.array_equal(a, b)
-    ra, rb = (json.loads(p.with_suffix(".json").read_text())["batches"] for p in (serial, pipelined))
+    ra, rb = (json.loads(p.with_suffix(".json").read_text())["blocks"] for p in (serial, pipelined))
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(ra) == strip(rb) and sum(r["regenerations"] for r in ra) > 0
 
@@ -56,7 +56,7 @@ def test_a_write_error_fails_the_run_and_keeps_what_was_written(tmp_path, capsys
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["status"] == "failed" and "No space left" in data["error"]
     assert data["frames_written"] == 21 == probe(tmp_path / "full.partial.mp4")["frames"]
-    assert [b["frames_written"] for b in data["batches"]] == [9, 21]
+    assert [b["frames_written"] for b in data["blocks"]] == [9, 21]
 
 
 def test_compiled_blocks_give_the_same_latents(causal_model):

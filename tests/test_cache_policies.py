@@ -161,7 +161,7 @@ def test_guidance_runs_through_every_policy_and_pruning(policy):
         preset = load_preset("tiny", [f"cache.policy={policy}", "cache.sink_frames=3", "cache.recent_frames=3",
                                       "cache.mid_capacity=2", "cache.mid_top_k=1", "cache.budget_frames=3",
                                       "pruning.lambda=0", *sets])
-        comps = load_components(preset.config["model"], preset.config["runtime"])
+        comps = load_components(preset.config.model, preset.config.runtime)
         return list(generate_blocks(comps, preset.config, "a red circle", 0, Plan.for_preset(4, preset.config)))
 
     plain, guided = run(), run("sampler.guidance_scale=3", "sampler.negative_prompt=blurry")

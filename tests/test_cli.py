@@ -15,7 +15,7 @@ from tokentrim_cli.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-BATCH_KEYS = {"index", "latent_frames", "severity", "threshold", "regenerated", "pruned_tokens", "cache_bytes", "seconds"}
+BLOCK_KEYS = {"index", "latent_frames", "severity", "threshold", "regenerated", "pruned_tokens", "cache_bytes", "seconds"}
 
 
 def tokentrim(*args, timeout=120, **kw):
@@ -44,10 +44,10 @@ def test_generate_writes_mp4_and_sidecar(tmp_path):
     assert side["status"] == "ok" and side["seed"] == 5 and side["fps"] == 12 and side["frames"] == 18
     assert side["prompt"] == "a red circle" and side["preset"] == "tiny" and side["config"]["video"]["fps"] == 12
     # 18 frames -> 6 latent frames -> 2 blocks of 3
-    assert len(side["batches"]) == side["plan"]["blocks"] == 2
-    for rec in side["batches"]:
-        assert BATCH_KEYS <= set(rec), BATCH_KEYS - set(rec)
-    assert side["batches"][-1]["frames_written"] == 18
+    assert len(side["blocks"]) == side["plan"]["blocks"] == 2
+    for rec in side["blocks"]:
+        assert BLOCK_KEYS <= set(rec), BLOCK_KEYS - set(rec)
+    assert side["blocks"][-1]["frames_written"] == 18
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left
 
 
@@ -133,7 +133,7 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, sig):
     while time.time() < deadline:
         time.sleep(0.3)
         try:
-            if len(json.loads(side.read_text())["batches"]) >= 3:
+            if len(json.loads(side.read_text())["blocks"]) >= 3:
                 break
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             pass
@@ -171,7 +171,7 @@ def test_interrupt_during_a_write_leaves_sidecar_and_video_equal(tmp_path, monke
                             "--output", str(out))
     assert code == 130, err
     data = json.loads(out.with_suffix(".json").read_text())
-    written = [b["frames_written"] for b in data["batches"]]
+    written = [b["frames_written"] for b in data["blocks"]]
     # the signalled block is written whole; blocks generated before the signal reached the loop follow it
     assert data["status"] == "interrupted" and written[:2] == [9, 21] and written == list(range(9, 12 * len(written), 12))
     assert probe(tmp_path / "cut.partial.mp4")["frames"] == data["frames_written"] == written[-1] < 81
@@ -184,8 +184,8 @@ def test_jsonl_log_lines_parse(tmp_path):
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
-    batches = [e for e in events if e["event"] == "batch"]
-    assert len(batches) == 2 and all(BATCH_KEYS <= set(b) for b in batches)
+    blocks = [e for e in events if e["event"] == "block"]
+    assert len(blocks) == 2 and all(BLOCK_KEYS <= set(b) for b in blocks)
     assert events[-1]["video"] == str(out)
 
 

@@ -130,12 +130,11 @@ def test_no_cpu_tensor_meets_a_device_tensor(sampler, steps, cache, guided):
     """On the meta device a CPU tensor mixed into the math raises just as it would on CUDA; every sampler, cache
     policy and the guided model run a few blocks there (pruning needs values, so it is off). Budgets are large
     enough that no policy needs to read values (top-K, token budgets) in these few blocks."""
-    from tokentrim_cli.config import SCHEMA
     from tokentrim_cli.engine.policies import make_cache
+    from tokentrim_cli.settings import Cache
 
-    defaults = {k: rule.default for k, rule in SCHEMA["cache"].items()}
-    cfg = {**defaults, "policy": cache, "window_frames": 9, "sink_frames": 3, "recent_frames": 3, "mid_capacity": 8,
-           "mid_top_k": 8, "budget_frames": 64}
+    cfg = Cache(policy=cache, window_frames=9, sink_frames=3, recent_frames=3, mid_capacity=8, mid_top_k=8,
+                budget_frames=64)
     model = _meta_model()
     if guided:
         model = Guided(model, 3.0, min_timestep=900)

@@ -215,7 +215,7 @@ def test_generate_sidecar_records_pruning(tmp_path):
             cmd += ["--set", s]
         r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
         assert r.returncode == 0, r.stderr
-        return json.loads(out.with_suffix(".json").read_text())["batches"]
+        return json.loads(out.with_suffix(".json").read_text())["blocks"]
 
     forced = run("forced", "pruning.lambda=0")
     assert sum(b["regenerations"] for b in forced) > 0 and sum(b["pruned_tokens"] for b in forced) > 0

@@ -8,6 +8,7 @@ import torch
 from conftest import TINY_TRANSFORMER, tiny_transformer
 from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.errors import MissingWeights, WeightsError
+from tokentrim_cli.settings import Weights
 
 _TO_ORIGINAL = [
     ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
@@ -51,7 +52,7 @@ def test_self_forcing_checkpoint_loads_exactly(tmp_path):
     src = tiny_transformer(seed=9)
     path = tmp_path / "self_forcing_dmd.pt"
     torch.save(fake_checkpoint(src), path)
-    spec = {"config": {**TINY_TRANSFORMER, "patch_size": [1, 2, 2]}, "weights": str(path)}
+    spec = Weights(config={**TINY_TRANSFORMER, "patch_size": [1, 2, 2]}, weights=str(path))
     model = build_transformer(spec)
     got, want = model.transformer.state_dict(), src.state_dict()
     assert set(got) == set(want)  # zero missing, zero unexpected
@@ -66,7 +67,7 @@ def test_safetensors_in_diffusers_names(tmp_path):
     src = tiny_transformer(seed=4)
     path = tmp_path / "t.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
-    model = build_transformer({"config": dict(TINY_TRANSFORMER), "weights": str(path)})
+    model = build_transformer(Weights(config=dict(TINY_TRANSFORMER), weights=str(path)))
     assert torch.equal(model.transformer.proj_out.weight, src.proj_out.weight)
 
 
@@ -75,16 +76,25 @@ def test_wrong_shape_names_first_mismatching_key(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save(fake_checkpoint(src), path)
     with pytest.raises(WeightsError, match=r"blocks\.0\.ffn\.net\.0\.proj\.weight has shape \(48, 24\)"):
-        build_transformer({"config": dict(TINY_TRANSFORMER), "weights": str(path)})
+        build_transformer(Weights(config=dict(TINY_TRANSFORMER), weights=str(path)))
 
 
 def test_missing_files_say_what_to_run(tmp_path, monkeypatch):
+    """The engine names the missing file; the layer that knows the preset adds the command that fetches it."""
+    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.loading import components_loader
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("TOKENTRIM_WEIGHTS_DIR", raising=False)
-    with pytest.raises(MissingWeights, match=r"hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt.*tokentrim download self-forcing"):
-        build_transformer({"config": {}, "weights": "hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt"}, preset="self-forcing")
-    with pytest.raises(MissingWeights, match="nope.pt does not exist"):
-        build_transformer({"config": {}, "weights": str(tmp_path / "nope.pt")})
+    hub = "hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt"
+    with pytest.raises(MissingWeights, match=r"self_forcing_dmd.pt are not on this machine$") as exc:
+        build_transformer(Weights(weights=hub))
+    assert exc.value.downloadable
+    with pytest.raises(MissingWeights, match=r"self_forcing_dmd.pt.*; run: tokentrim download self-forcing$"):
+        components_loader(load_preset("self-forcing"), None)
+    with pytest.raises(MissingWeights, match="nope.pt does not exist") as exc:
+        build_transformer(Weights(weights=str(tmp_path / "nope.pt")))
+    assert not exc.value.downloadable
 
 
 def test_local_weights_dir_override(tmp_path, monkeypatch):
@@ -93,7 +103,8 @@ def test_local_weights_dir_override(tmp_path, monkeypatch):
     target.mkdir(parents=True)
     torch.save(fake_checkpoint(src, fsdp=False), target / "self_forcing_dmd.pt")
     monkeypatch.setenv("TOKENTRIM_WEIGHTS_DIR", str(tmp_path / "mirror"))
-    model = build_transformer({"config": dict(TINY_TRANSFORMER), "weights": "hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt"})
+    model = build_transformer(Weights(config=dict(TINY_TRANSFORMER),
+                                      weights="hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt"))
     assert torch.equal(model.transformer.proj_out.bias, src.proj_out.bias)
 
 

@@ -5,7 +5,6 @@ Exit codes: 0 ok; 1 runtime failure (partial output kept); 2 usage or configurat
 
 from __future__ import annotations
 
-import re
 import secrets
 import sys
 from pathlib import Path
@@ -46,12 +45,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-def slugify(text: str, limit: int = 48) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "video"
-
-
 def default_output(prompt: str, seed: int) -> Path:
+    from .batch.names import slugify
+
     return Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
 
 
@@ -62,36 +58,6 @@ def _load(preset: str | None, overrides: list[str] | None, fps: int | None = Non
     if fps is not None:
         sets.append(f"video.fps={fps}")
     return load_preset(preset, sets)
-
-
-def _check_seconds(seconds: float) -> None:
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-        raise ConfigError(f"--seconds must be a positive number, got {seconds:g}")
-
-
-def weights_refs(model: dict) -> list[str]:
-    """Every weights reference a preset's ``model`` section names."""
-    refs = [model[k]["weights"] for k in ("transformer", "vae", "text_encoder")]
-    return refs + ([model["tokenizer"]] if isinstance(model["tokenizer"], str) else [])
-
-
-def components_loader(preset, weights_dir):
-    """Check every weights reference resolves now (cheap), load on first call (expensive), then reuse."""
-    from .engine import weights as W
-
-    model = preset.config["model"]
-    for ref in weights_refs(model):
-        W.resolve(ref, weights_dir, preset.name)
-    cache = {}
-
-    def load():
-        if "c" not in cache:
-            from .engine.components import load_components
-
-            cache["c"] = load_components(model, preset.config["runtime"], weights_dir, preset.name)
-        return cache["c"]
-
-    return load
 
 
 @app.command()
@@ -108,14 +74,15 @@ def generate(
     log_format: str = typer.Option("text", "--log-format", help="Progress format when not on a terminal: text or jsonl."),
 ):
     """Generate one video from a text prompt, streaming frames into an MP4 with a JSON sidecar."""
+    from .checks import require_log_format, require_seconds, require_seed
     from .job import Job, run_job
+    from .loading import components_loader
     from .progress import make_display
 
-    if log_format not in ("text", "jsonl"):
-        raise ConfigError(f"--log-format must be text or jsonl, got {log_format!r}")
-    _check_seconds(seconds)
-    if seed is not None and not 0 <= seed < 2**63:
-        raise ConfigError(f"--seed must be between 0 and 2^63-1, got {seed}")
+    require_log_format(log_format)
+    require_seconds(seconds)
+    if seed is not None:
+        require_seed(seed)
     if not prompt.strip():
         raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
     if output is not None and output.suffix.lower() != ".mp4":
@@ -130,6 +97,8 @@ def generate(
     result = run_job(Job(prompt, seconds, seed, out), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
+    if result.held_signal:  # Ctrl-C while the files were being finished: they are, and now we stop
+        raise KeyboardInterrupt
     raise typer.Exit(result.exit_code)
 
 
@@ -140,7 +109,7 @@ def presets_list():
 
     for name, path in list_presets().items():
         try:
-            desc = " ".join(load_preset(name).config["description"].split())
+            desc = " ".join(load_preset(name).config.description.split())
         except TokentrimError as exc:
             desc = f"(invalid: {exc})"
         print(f"{name:18s} {desc[:100]}")
@@ -166,9 +135,10 @@ def download(
 ):
     """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""
     from .engine import weights as W
+    from .loading import weights_refs
 
     p = _load(name, None)
-    refs = weights_refs(p.config["model"])
+    refs = weights_refs(p.config.model)
     hub = [r for r in refs if r.startswith("hf://")]
     if not hub:
         print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
@@ -194,7 +164,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
     import torch
 
     from .config import list_presets, load_preset
-    from .engine import weights as W
+    from .loading import missing_weights
 
     print(f"tokentrim {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
     if torch.cuda.is_available():
@@ -213,12 +183,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
         except TokentrimError as exc:
             print(f"preset {name}: invalid ({exc})")
             continue
-        missing = []
-        for ref in weights_refs(p.config["model"]):
-            try:
-                W.resolve(ref, str(weights_dir) if weights_dir else None, name)
-            except TokentrimError:
-                missing.append(ref)
+        missing = missing_weights(p, str(weights_dir) if weights_dir else None)
         state = "ready" if not missing else f"missing {len(missing)} (run: tokentrim download {name})"
         print(f"preset {name}: {state}")
 

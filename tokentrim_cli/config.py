@@ -8,8 +8,8 @@ line naming the file (or ``--set``), the key and what is allowed, before any mod
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .settings import Config, section_type, yaml_key
 
 PRESETS_ENV = "TOKENTRIM_PRESETS"  # extra folders to search, os.pathsep-separated
 DEFAULT_ENV = "TOKENTRIM_PRESET"  # the preset used when --preset is not given
@@ -25,129 +26,6 @@ DEFAULT_ENV = "TOKENTRIM_PRESET"  # the preset used when --preset is not given
 def default_preset() -> str:
     """``$TOKENTRIM_PRESET``, else the shipped toy model."""
     return os.environ.get(DEFAULT_ENV) or "toy"
-
-
-# ---------------------------------------------------------------------- schema
-class Rule:
-    def __init__(self, check, allowed: str, default=None):
-        self.check, self.allowed, self.default = check, allowed, default
-
-
-def _int(lo=None, hi=None, extra=None):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int):
-            return False
-        return (lo is None or v >= lo) and (hi is None or v <= hi) and (extra is None or extra(v))
-
-    return check
-
-
-def _num(lo=None, hi=None, lo_open=False):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return False
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return False
-        return hi is None or v <= hi
-
-    return check
-
-
-def _choice(*options):
-    return Rule(lambda v: v in options, "one of " + ", ".join(map(str, options)))
-
-
-def _steps(v):
-    return isinstance(v, list) and len(v) > 0 and all(_int(1, 1000)(s) for s in v) and v == sorted(v, reverse=True)
-
-
-def _optional(check):
-    return lambda v: v is None or check(v)
-
-
-_WEIGHTS = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a path, hf://OWNER/REPO[/PATH], or random[:SEED]")
-_ARCH = Rule(lambda v: isinstance(v, dict), "a mapping of constructor arguments", default={})
-
-SCHEMA: dict = {
-    "description": Rule(lambda v: isinstance(v, str), "a string", default=""),
-    "extends": Rule(lambda v: isinstance(v, str), "a preset name or path", default=None),
-    "model": {
-        "transformer": {"config": _ARCH, "weights": _WEIGHTS},
-        "vae": {"kind": _choice("wan", "patch"), "config": _ARCH, "weights": _WEIGHTS},
-        "text_encoder": {"config": _ARCH, "weights": _WEIGHTS},
-        "tokenizer": Rule(
-            lambda v: (isinstance(v, str) and v.strip() != "") or (isinstance(v, dict) and v.get("kind") == "words"),
-            "a weights reference or {kind: words, vocab: [...]}",
-        ),
-        "max_text_length": Rule(_int(1, 4096), "an integer from 1 to 4096", default=512),
-    },
-    "sampler": {
-        "kind": _choice("self_forcing", "rolling_forcing"),
-        "steps": Rule(_steps, "a decreasing list of integers in 1..1000, e.g. [1000, 750, 500, 250]"),
-        "shift": Rule(_num(0, lo_open=True), "a number > 0", default=5.0),
-        "block_frames": Rule(_int(1, 64), "an integer from 1 to 64", default=3),
-        "context_noise": Rule(_num(0, 1000), "a timestep from 0 to 1000", default=0),
-        "guidance_scale": Rule(_num(1), "a number >= 1 (1: no classifier-free guidance; > 1 doubles the cost)", default=1.0),
-        "guidance_min_timestep": Rule(_num(0, 1000), "a timestep from 0 to 1000 (frames below it are not guided)", default=0),
-        "negative_prompt": Rule(lambda v: isinstance(v, str), "a string (the guidance's unconditional prompt)", default=""),
-        "solver": Rule(_choice("renoise", "euler").check, "renoise (distilled few-step models) or euler (flow-matching "
-                       "models: an ODE step that keeps the noise the model sees)", default="renoise"),
-    },
-    "cache": {
-        "policy": _choice("full", "rolling", "rolling_forcing", "sink_window", "deep_sink", "three_partition"),
-        "window_frames": Rule(_optional(_int(1)), "a positive integer or null (no limit)", default=None),
-        "sink_frames": Rule(_int(0), "an integer >= 0", default=0),
-        "span_frames": Rule(_int(1), "a positive integer (latent frames one attention call spans, current included)",
-                            default=21),
-        "recent_frames": Rule(_int(0), "an integer >= 0", default=4),
-        "mid_capacity": Rule(_int(0), "an integer >= 0 (compressed blocks kept)", default=64),
-        "mid_top_k": Rule(_int(0), "an integer >= 0 (mid blocks attended per block)", default=16),
-        "budget_frames": Rule(_int(1), "a positive integer", default=16),
-        "compression": Rule(
-            lambda v: isinstance(v, list) and len(v) == 3 and all(_int(1)(x) for x in v),
-            "three pooling factors [time, height, width], e.g. [2, 4, 4]",
-            default=[2, 4, 4],
-        ),
-        "selection": _choice("per_layer", "shared"),
-        "query_samples": Rule(_int(1), "a positive integer", default=256),
-    },
-    "pruning": {
-        "enabled": Rule(lambda v: isinstance(v, bool), "true or false", default=False),
-        "p": Rule(_num(0, 1, lo_open=True), "a fraction in (0, 1]", default=0.1),
-        "lambda": Rule(_num(0), "a number >= 0", default=2.0),
-        "warmup": Rule(_int(0), "an integer >= 0", default=2),
-        "max_regenerations": Rule(_int(0, 16), "an integer from 0 to 16", default=1),
-        "measure_at": _choice("final", "first_step"),
-        "noise": _choice("same", "fresh"),
-    },
-    "video": {
-        "height": Rule(_int(16, extra=lambda v: v % 16 == 0), "a positive multiple of 16"),
-        "width": Rule(_int(16, extra=lambda v: v % 16 == 0), "a positive multiple of 16"),
-        "fps": Rule(_int(1, 240), "an integer from 1 to 240", default=16),
-        "crf": Rule(_int(1, 51), "an integer from 1 to 51 (0 is lossless and unplayable in yuv420p)", default=18),
-        "preset": _choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"),
-    },
-    "runtime": {
-        "device": Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")), "auto, cpu or cuda[:N]", default="auto"),
-        "dtype": _choice("bfloat16", "float16", "float32"),
-        "vae_dtype": Rule(lambda v: v in (None, "bfloat16", "float16", "float32"), "null, bfloat16, float16 or float32", default=None),
-        "offload_text_encoder": Rule(lambda v: isinstance(v, bool), "true or false", default=True),
-        "overlap_decode": Rule(lambda v: isinstance(v, bool), "true or false (decode and encode on a worker thread, "
-                               "overlapping the next block's generation)", default=True),
-        "compile": Rule(lambda v: isinstance(v, bool), "true or false (torch.compile the transformer blocks)",
-                        default=False),
-    },
-}
-# choices default to their first option
-for _section in SCHEMA.values():
-    if isinstance(_section, dict):
-        for _rule in _section.values():
-            if isinstance(_rule, Rule) and _rule.default is None and _rule.allowed.startswith("one of "):
-                _rule.default = _rule.allowed[len("one of ") :].split(", ")[0]
-SCHEMA["sampler"]["kind"].default = None  # a preset must say which sampler
-SCHEMA["cache"]["policy"].default = "rolling"
-REQUIRED = {("model", "transformer", "weights"), ("model", "vae", "weights"), ("model", "text_encoder", "weights"),
-            ("model", "tokenizer"), ("sampler", "kind"), ("sampler", "steps"), ("video", "height"), ("video", "width")}
 
 
 # ---------------------------------------------------------------------- finding presets
@@ -167,9 +45,19 @@ def list_presets() -> dict[str, Path]:
     return found
 
 
+def looks_like_path(ref: str) -> bool:
+    """The one rule for "is this preset reference a file?": a YAML suffix or a folder separator."""
+    return Path(ref).suffix in (".yaml", ".yml") or "/" in ref or os.sep in ref
+
+
+def preset_label(ref: str) -> str:
+    """How a preset reference is named in file names and records: a file's stem, else the name itself."""
+    return Path(ref).stem if looks_like_path(ref) else ref
+
+
 def find_preset(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+    if looks_like_path(name_or_path):
         if not p.is_file():
             raise ConfigError(f"preset file {p} does not exist")
         return p
@@ -184,7 +72,7 @@ def find_preset(name_or_path: str) -> Path:
 class Preset:
     name: str
     path: Path
-    config: dict  # fully resolved: defaults filled, extends merged, overrides applied
+    config: Config  # fully resolved: defaults filled, extends merged, overrides applied
 
 
 def _read_yaml(path: Path) -> dict:
@@ -219,7 +107,14 @@ def _load_raw(path: Path, seen: tuple = ()) -> dict:
     data = _read_yaml(path)
     parent = data.get("extends")
     if parent:
-        base_path = (path.parent / parent) if str(parent).endswith((".yaml", ".yml")) else find_preset(parent)
+        if not isinstance(parent, str):
+            raise ConfigError(f"{path}: extends must be a preset name or path, got {parent!r}")
+        try:
+            base_path = (path.parent / parent) if parent.endswith((".yaml", ".yml")) else find_preset(parent)
+            if not base_path.is_file():
+                raise ConfigError(f"preset file {base_path} does not exist")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: extends: {exc}") from None
         data = _merge(_load_raw(base_path, seen + (path,)), {k: v for k, v in data.items() if k != "extends"})
     return data
 
@@ -239,79 +134,97 @@ def parse_override(text: str) -> tuple[list[str], object]:
 
 
 def apply_override(cfg: dict, keys: list[str], value, source: str) -> None:
-    node, schema = cfg, SCHEMA
-    for i, k in enumerate(keys[:-1]):
-        sub = schema.get(k) if isinstance(schema, dict) else None
-        if isinstance(schema, dict) and sub is None and not _free_form(schema):
-            raise ConfigError(f"{source}: unknown key {'.'.join(keys[: i + 1])}; allowed: {', '.join(schema)}")
-        if not isinstance(node.get(k), dict):
-            node[k] = {}
-        node, schema = node[k], sub if isinstance(sub, dict) else {}
-    last = keys[-1]
-    if isinstance(schema, dict) and schema and last not in schema and not _free_form(schema):
-        raise ConfigError(f"{source}: unknown key {'.'.join(keys)}; allowed: {', '.join(schema)}")
-    node[last] = value
+    """Set ``keys`` in the raw YAML mapping; a key the schema does not know is an error, except below a free-form
+    mapping (``model.*.config``) or a leaf (validation then checks the leaf's value)."""
+    node, schema = cfg, Config
+    for i, k in enumerate(keys):
+        if schema is not None:
+            fields = _fields(schema)
+            if k not in fields:
+                raise ConfigError(f"{source}: unknown key {'.'.join(keys[: i + 1])}; allowed: {', '.join(fields)}")
+            schema = section_type(schema, fields[k])
+        if i == len(keys) - 1:
+            node[k] = value
+        else:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
 
 
-def _free_form(schema) -> bool:
-    return schema is _ARCH or schema == {}
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    """A section's fields by YAML key (the top level also allows ``extends``, read before validation)."""
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
+    return {"description": fields.pop("description"), "extends": _EXTENDS, **fields} if cls is Config else fields
 
 
-def validate(cfg: dict, source: str) -> dict:
-    """Check every key against SCHEMA, fill defaults, return a new dict; one ConfigError for the first problem."""
-    out = {}
-    for key in cfg:
-        if key not in SCHEMA:
-            raise ConfigError(f"{source}: unknown key {key}; allowed: {', '.join(SCHEMA)}")
-    for key, rule in SCHEMA.items():
-        out[key] = _validate_node(cfg.get(key), rule, key, source)
-    out.pop("extends", None)
-    _check_architecture(out, source)
-    return out
+_EXTENDS = dataclasses.field(metadata={"check": lambda v: isinstance(v, str), "allowed": "a preset name or path"})
+_EXTENDS.name = "extends"
 
 
-def _validate_node(value, rule, path: str, source: str):
-    if isinstance(rule, Rule):
-        if value is None:
-            if tuple(path.split(".")) in REQUIRED:
-                raise ConfigError(f"{source}: {path} is required ({rule.allowed})")
-            return copy.deepcopy(rule.default)
-        if rule is _ARCH and not isinstance(value, dict):
-            raise ConfigError(f"{source}: {path} must be {rule.allowed}, got {value!r}")
-        if not rule.check(value):
-            raise ConfigError(f"{source}: {path} must be {rule.allowed}, got {value!r}")
-        return copy.deepcopy(value)
+def validate(cfg: dict, source: str) -> Config:
+    """Check every key against the schema (``settings.py``), fill defaults, return the typed :class:`Config`;
+    one ConfigError for the first problem."""
+    config = _build(Config, {k: v for k, v in cfg.items() if k != "extends"} if "extends" in cfg else cfg, "", source)
+    _check_architecture(config, source)
+    return config
+
+
+def _build(cls, value, path: str, source: str):
+    fields = _fields(cls)
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{source}: {path} must be a mapping with keys {', '.join(rule)}, got {value!r}")
+        raise ConfigError(f"{source}: {path} must be a mapping with keys {', '.join(fields)}, got {value!r}")
     for k in value:
-        if k not in rule:
-            raise ConfigError(f"{source}: unknown key {path}.{k}; allowed: {', '.join(rule)}")
-    return {k: _validate_node(value.get(k), sub, f"{path}.{k}", source) for k, sub in rule.items()}
+        if k not in fields:
+            where = f"{path}.{k}" if path else k
+            raise ConfigError(f"{source}: unknown key {where}; allowed: {', '.join(fields)}")
+    kwargs = {}
+    for key, f in fields.items():
+        if f is _EXTENDS:
+            continue
+        where = f"{path}.{key}" if path else key
+        sub = section_type(cls, f)
+        kwargs[f.name] = _build(sub, value.get(key), where, source) if sub else _leaf(f, value.get(key), where, source)
+    return cls(**kwargs)
 
 
-def _check_architecture(cfg: dict, source: str) -> None:
+def _leaf(f: dataclasses.Field, value, path: str, source: str):
+    allowed = f.metadata["allowed"]
+    if value is None:
+        if f.default is not dataclasses.MISSING:
+            return copy.deepcopy(f.default)
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        raise ConfigError(f"{source}: {path} is required ({allowed})")
+    if not f.metadata["check"](value):
+        raise ConfigError(f"{source}: {path} must be {allowed}, got {value!r}")
+    convert = f.metadata["convert"]
+    return convert(value) if convert else copy.deepcopy(value)
+
+
+def _check_architecture(cfg: Config, source: str) -> None:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config
 
     from .engine.patch_codec import PatchCodec
 
-    vae_cls = PatchCodec if cfg["model"]["vae"]["kind"] == "patch" else AutoencoderKLWan
-    for key, cls in (("transformer", WanTransformer3DModel), ("vae", vae_cls)):
+    model = cfg.model
+    vae_cls = PatchCodec if model.vae.kind == "patch" else AutoencoderKLWan
+    for key, cls, spec in (("transformer", WanTransformer3DModel, model.transformer), ("vae", vae_cls, model.vae)):
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        for arg in cfg["model"][key]["config"]:
+        for arg in spec.config:
             if arg not in allowed:
                 raise ConfigError(f"{source}: unknown key model.{key}.config.{arg}; allowed: {', '.join(sorted(allowed))}")
-    enc = cfg["model"]["text_encoder"]["config"]
+    enc = model.text_encoder.config
     for arg in enc:
         if not hasattr(UMT5Config(), arg):
             raise ConfigError(f"{source}: unknown key model.text_encoder.config.{arg} (not a UMT5Config field)")
-    t, e = cfg["model"]["transformer"]["config"], enc
-    if "text_dim" in t and "d_model" in e and t["text_dim"] != e["d_model"]:
+    t = model.transformer.config
+    if "text_dim" in t and "d_model" in enc and t["text_dim"] != enc["d_model"]:
         raise ConfigError(
             f"{source}: model.transformer.config.text_dim ({t['text_dim']}) must equal "
-            f"model.text_encoder.config.d_model ({e['d_model']})"
+            f"model.text_encoder.config.d_model ({enc['d_model']})"
         )
 
 
@@ -325,5 +238,7 @@ def load_preset(name_or_path: str | None = None, overrides: list[str] | None = N
     return Preset(name=path.stem, path=path, config=validate(raw, source))
 
 
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=120)
+def dump(cfg: Config | dict) -> str:
+    """Resolved YAML, in the schema's order."""
+    data = cfg.as_dict() if isinstance(cfg, Config) else cfg
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)

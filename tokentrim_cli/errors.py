@@ -16,4 +16,9 @@ class WeightsError(ConfigError):
 
 
 class MissingWeights(WeightsError):
-    """Weights that are not on this machine; the message names the file and the command that fetches it."""
+    """Weights that are not on this machine; the message names the file. ``downloadable``: hub weights that
+    ``tokentrim download`` can fetch (the command says so, naming the preset)."""
+
+    def __init__(self, message: str, downloadable: bool = False):
+        super().__init__(message)
+        self.downloadable = downloadable

@@ -7,10 +7,7 @@ and the sidecar records the outcome. ``generate`` and every item of ``batch`` go
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from .errors import TokentrimError
 from .pipeline import Plan, generate_blocks
 from .progress import Display
 from .sidecar import Sidecar
+from .signals import HeldSignals, terminate_as_interrupt
 from .video import Mp4Writer
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -48,6 +46,7 @@ class Result:
     frames_written: int
     seconds: float
     exit_code: int
+    held_signal: int = 0  # a Ctrl-C / SIGTERM that came while the outputs were being finished: the caller's to act on
 
     def as_dict(self) -> dict:
         return {
@@ -64,43 +63,9 @@ def sidecar_path(video: Path) -> Path:
     return Path(video).with_suffix(".json")
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised from the SIGTERM handler so that termination and Ctrl-C take the same path."""
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(f"received signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Finishing the outputs must not be cut short by a second Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     cfg = preset.config
-    vid = cfg["video"]
+    vid = cfg.video
     plan = Plan.for_preset(job.seconds, cfg)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -110,18 +75,18 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
         preset_path=str(preset.path),
         prompt=job.prompt,
         seed=job.seed,
-        fps=vid["fps"],
+        fps=vid.fps,
         frames=plan.frames,
         seconds_requested=job.seconds,
         plan=plan.as_dict(),
         started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         video=None,
-        config=cfg,
+        config=cfg.as_dict(),
         **(extra or {}),
     )
     info = {"preset": preset.name, "seed": job.seed, "video": str(job.output), **plan.as_dict()}
     display.start(info)
-    writer = Mp4Writer(job.output, vid["width"], vid["height"], vid["fps"], vid["crf"], vid["preset"])
+    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
@@ -129,8 +94,8 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     def written(block, frames):  # a block is in the file: its record goes to the sidecar and the display
         rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": frames}
         rec["seconds"] = round(rec["seconds"], 4)
-        sidecar.add_batch(rec)
-        display.batch(rec, frames)
+        sidecar.add_block(rec)
+        display.block(rec, frames)
 
     try:
         with terminate_as_interrupt():
@@ -141,7 +106,7 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
                 torch.cuda.reset_peak_memory_stats(comps.device)
             decoder = StreamingDecoder(comps.vae)
             decoder.reset()
-            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg["runtime"]["overlap_decode"])
+            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
             t1 = time.perf_counter()
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan):
                 blocks.put(block)
@@ -159,7 +124,7 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     except Exception as exc:  # noqa: BLE001 - recorded, reported on one line, partial output kept
         status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
     finally:
-        with signals_deferred():
+        with HeldSignals() as held:
             if blocks is not None:
                 try:  # every block already generated goes into the file
                     blocks.close()
@@ -173,6 +138,7 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
                 video=str(video) if video else None,
                 finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             )
-            result = Result(status, video, sidecar.path, error, writer.frames, time.perf_counter() - t0, code)
+            result = Result(status, video, sidecar.path, error, writer.frames, time.perf_counter() - t0, code,
+                            held.received)
             display.finish(result.as_dict())
     return result

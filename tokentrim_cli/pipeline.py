@@ -10,15 +10,16 @@ from typing import Iterator
 
 import numpy as np
 
+from .checks import require_seconds
 from .engine.components import Components
 from .engine.guidance import Guided
 from .engine.noise import NoiseSource
 from .engine.policies import make_cache
 from .engine.samplers import SAMPLERS, Block
 from .engine.schedule import warp_steps
-from .engine.vae import StreamingDecoder, pixel_frames
-from .errors import ConfigError
-from .pruning import make_controller
+from .engine.vae import StreamingDecoder
+from .pruning import make_reviewer
+from .settings import Config, Sampler
 
 
 @dataclass(frozen=True)
@@ -36,61 +37,47 @@ class Plan:
 
     @classmethod
     def for_seconds(cls, seconds: float, fps: int, block_frames: int, temporal_ratio: int = 4) -> "Plan":
-        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-            raise ConfigError(f"--seconds must be a positive number, got {seconds}")
+        require_seconds(seconds, "seconds")
         if fps <= 0:
-            raise ConfigError(f"fps must be a positive integer, got {fps}")
+            raise ValueError(f"fps must be a positive integer, got {fps}")
         frames = max(1, round(seconds * fps))
         latent = 1 + math.ceil((frames - 1) / temporal_ratio)
         blocks = math.ceil(latent / block_frames)
         return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames, temporal_ratio)
 
     @classmethod
-    def for_preset(cls, seconds: float, cfg: dict) -> "Plan":
-        return cls.for_seconds(seconds, cfg["video"]["fps"], cfg["sampler"]["block_frames"], codec_temporal_ratio(cfg["model"]))
-
-    @property
-    def decoded_frames(self) -> int:
-        return pixel_frames(self.latent_frames, self.temporal_ratio)
+    def for_preset(cls, seconds: float, cfg: Config) -> "Plan":
+        return cls.for_seconds(seconds, cfg.video.fps, cfg.sampler.block_frames, cfg.model.vae.temporal_ratio)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def codec_temporal_ratio(model_cfg: dict) -> int:
-    """Pixel frames per latent frame of the preset's codec, known before anything loads."""
-    vae = model_cfg["vae"]
-    if vae.get("kind") == "patch":
-        return 1
-    return 2 ** sum(bool(x) for x in vae["config"].get("temperal_downsample", [False, True, True]))
-
-
-def prompted_model(components: Components, samp: dict, prompt: str):
+def prompted_model(components: Components, samp: Sampler, prompt: str):
     """The transformer set to ``prompt``, behind classifier-free guidance where the sampler settings ask for it."""
-    if samp["guidance_scale"] > 1:
-        model = Guided(components.model, samp["guidance_scale"], samp["guidance_min_timestep"])
-        model.set_prompt(*components.encode([prompt, samp["negative_prompt"]]).chunk(2))
+    if samp.guidance_scale > 1:
+        model = Guided(components.model, samp.guidance_scale, samp.guidance_min_timestep)
+        model.set_prompt(*components.encode([prompt, samp.negative_prompt]).chunk(2))
     else:
         model = components.model
         model.set_prompt(components.encode([prompt]))
     return model
 
 
-def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, plan: Plan) -> Iterator[Block]:
+def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt; each block's record gains cache size and timing."""
-    vid, samp = cfg["video"], cfg["sampler"]
+    samp = cfg.sampler
     model = prompted_model(components, samp, prompt)
     scale = components.vae.spatial_compression_ratio
-    shape = (1, model.config.in_channels, plan.block_frames, vid["height"] // scale, vid["width"] // scale)
-    pruning = cfg["pruning"]
-    noise = NoiseSource(seed, shape, device=model.device, fresh_on_retry=pruning.get("noise") == "fresh")
-    cache = make_cache(cfg["cache"], model.num_layers, model.rope_len)
-    controller = make_controller(pruning)
-    sampler = SAMPLERS[samp["kind"]]
-    sigmas = warp_steps(samp["steps"], samp["shift"])
+    shape = (1, model.config.in_channels, plan.block_frames, cfg.video.height // scale, cfg.video.width // scale)
+    noise = NoiseSource(seed, shape, device=model.device, fresh_on_retry=cfg.pruning.noise == "fresh")
+    cache = make_cache(cfg.cache, model.num_layers, model.rope_len)
+    reviewer = make_reviewer(cfg.pruning)
+    sampler = SAMPLERS[samp.kind]
+    sigmas = warp_steps(samp.steps, samp.shift)
     started = time.perf_counter()
-    for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp["context_noise"], controller,
-                         solver=samp["solver"]):
+    for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
+                         solver=samp.solver):
         now = time.perf_counter()
         block.record = {
             "severity": None, "threshold": None, "regenerated": False, "regenerations": 0, "pruned_tokens": 0,
@@ -105,7 +92,7 @@ def generate_blocks(components: Components, cfg: dict, prompt: str, seed: int, p
         yield block
 
 
-def generate_video(components: Components, cfg: dict, prompt: str, seed: int, seconds: float) -> tuple[np.ndarray, list[dict]]:
+def generate_video(components: Components, cfg: Config, prompt: str, seed: int, seconds: float) -> tuple[np.ndarray, list[dict]]:
     """A whole video in memory: (F, H, W, 3) uint8 frames trimmed to the plan, and every block's record.
     The command streams blocks to the MP4 instead (job.py); this is for tests and benchmarks."""
     plan = Plan.for_preset(seconds, cfg)

@@ -1,4 +1,4 @@
-"""What the user sees while a run goes: a live rich display on a terminal, one line per batch in logs,
+"""What the user sees while a run goes: a live rich display on a terminal, one line per block in logs,
 JSON lines for machines, or nothing (``--quiet``). Human output goes to stderr; stdout carries only results
 (the video path, or the JSON lines), so ``path=$(tokentrim generate ...)`` works.
 """
@@ -12,6 +12,11 @@ import time
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+
+def emit_json(event: str, **data) -> None:
+    """One machine-readable event: a JSON object on one stdout line (``--log-format jsonl``)."""
+    print(json.dumps({"event": event, **data}, ensure_ascii=False, default=str), flush=True)
 
 
 def _mb(n: int) -> str:
@@ -40,7 +45,7 @@ class Display:
         self.total_frames = info["frames"]
         self.t0 = time.perf_counter()
 
-    def batch(self, rec: dict, frames_done: int) -> None:
+    def block(self, rec: dict, frames_done: int) -> None:
         self.frames_done = frames_done
         self.regenerations += rec.get("regenerations", 0)
         self.pruned += rec.get("pruned_tokens", 0)
@@ -70,7 +75,7 @@ class QuietDisplay(Display):
 
 
 class TextDisplay(Display):
-    """One plain line per batch: for render-farm logs and pipes."""
+    """One plain line per block: for render-farm logs and pipes."""
 
     def __init__(self, stream=None):
         super().__init__()
@@ -86,15 +91,15 @@ class TextDisplay(Display):
             f"({info['latent_frames']} latent, {info['blocks']} blocks) -> {info['video']}"
         )
 
-    def batch(self, rec: dict, frames_done: int) -> None:
-        super().batch(rec, frames_done)
+    def block(self, rec: dict, frames_done: int) -> None:
+        super().block(rec, frames_done)
         regen = f" REGENERATED x{rec['regenerations']} (pruned {rec['pruned_tokens']} tokens)" if rec.get("regenerated") else ""
         eta = self.eta
         self.message(
-            f"batch {rec['index'] + 1}: frames {frames_done}/{self.total_frames}  {self.fps:.2f} fps  "
+            f"block {rec['index'] + 1}: frames {frames_done}/{self.total_frames}  {self.fps:.2f} fps  "
             f"eta {eta:.0f}s  {_drift(rec)}  cache {_mb(rec['cache_bytes'])}  {rec['seconds']:.2f}s{regen}"
             if eta is not None
-            else f"batch {rec['index'] + 1}: frames {frames_done}/{self.total_frames}"
+            else f"block {rec['index'] + 1}: frames {frames_done}/{self.total_frames}"
         )
 
     def finish(self, result: dict) -> None:
@@ -110,22 +115,19 @@ class TextDisplay(Display):
 class JsonlDisplay(Display):
     """Every event as one JSON object per line on stdout."""
 
-    def _emit(self, event: str, **data) -> None:
-        print(json.dumps({"event": event, **data}, default=str), flush=True)
-
     def start(self, info: dict) -> None:
         super().start(info)
-        self._emit("start", **info)
+        emit_json("start", **info)
 
-    def batch(self, rec: dict, frames_done: int) -> None:
-        super().batch(rec, frames_done)
-        self._emit("batch", frames_done=frames_done, total_frames=self.total_frames, fps=round(self.fps, 3), **rec)
+    def block(self, rec: dict, frames_done: int) -> None:
+        super().block(rec, frames_done)
+        emit_json("block", frames_done=frames_done, total_frames=self.total_frames, fps=round(self.fps, 3), **rec)
 
     def message(self, text: str) -> None:
-        self._emit("message", text=text)
+        emit_json("message", text=text)
 
     def finish(self, result: dict) -> None:
-        self._emit("done", **result)
+        emit_json("done", **result)
 
 
 class LiveDisplay(Display):
@@ -150,7 +152,7 @@ class LiveDisplay(Display):
         t.add_row("frames", f"{bar} {self.frames_done}/{self.total_frames}")
         t.add_row("speed", f"{self.fps:.2f} frames/s" + (f"   eta {eta:.0f}s" if eta is not None else ""))
         t.add_row("drift", _drift(self.last) if self.last else "-")
-        t.add_row("regenerated", f"{self.regenerations} batches, {self.pruned} tokens pruned")
+        t.add_row("regenerated", f"{self.regenerations} blocks, {self.pruned} tokens pruned")
         t.add_row("kv cache", _mb(self.last.get("cache_bytes", 0)) if self.last else "-")
         return t
 
@@ -163,8 +165,8 @@ class LiveDisplay(Display):
         self.live.start()
         self.live.update(self._render())
 
-    def batch(self, rec: dict, frames_done: int) -> None:
-        super().batch(rec, frames_done)
+    def block(self, rec: dict, frames_done: int) -> None:
+        super().block(rec, frames_done)
         self.live.update(self._render())
 
     def finish(self, result: dict) -> None:

@@ -1,24 +1,24 @@
 """TokenTrim (arXiv 2602.00268): drift-aware hard pruning of KV-cache tokens, with regeneration.
 
-After each candidate batch (a latent block) the controller compares its latent summary with the previous
-accepted batch's, token by token. When the batch's drift severity exceeds an adaptive threshold, the cache
-loses every token at the unstable spatial positions (all prunable frames; never the sink) and the sampler
-generates the batch again. Pruning persists.
+After each candidate block (the paper's "batch" of latent frames) the reviewer compares its latent summary with
+the previous accepted block's, token by token. When the block's drift severity exceeds an adaptive threshold,
+the cache loses every token at the unstable spatial positions (all prunable frames; never the sink) and the
+sampler generates the block again. Pruning persists. :class:`TokenTrim` is the samplers' ``Reviewer``.
 
 Choices where the paper is silent, and why:
 - Summary E(x): the latent patch vectors (C x patch_h x patch_w values per transformer token, 64 for Wan),
-  averaged over the batch's frames. Spatial tokens then line up one-to-one with the cache's spatial indices.
-- Warm-up counts *measured* batches: the first batch has nothing to compare with, so the first ``warmup``
-  batches that do have a severity are accepted unconditionally. The statistics then hold ``warmup`` values
+  averaged over the block's frames. Spatial tokens then line up one-to-one with the cache's spatial indices.
+- Warm-up counts *measured* blocks: the first block has nothing to compare with, so the first ``warmup``
+  blocks that do have a severity are accepted unconditionally. The statistics then hold ``warmup`` values
   before the first test (with warm-up 2, sigma is not trivially zero).
-- ``max_regenerations = 0`` still prunes on a trigger (future batches benefit) but keeps the batch.
-- Regeneration noise: ``same`` by default, so a regenerated batch differs from the rejected one only through
+- ``max_regenerations = 0`` still prunes on a trigger (future blocks benefit) but keeps the block.
+- Regeneration noise: ``same`` by default, so a regenerated block differs from the rejected one only through
   the pruned context, which is what the method claims to fix, and runs stay reproducible; ``fresh`` draws new
   noise per attempt.
 - A severity within 1e-6 (relative) of the threshold counts as below it: when drift is steady, sigma is ~0
   and float rounding alone would otherwise trigger regenerations.
-- ``measure_at: first_step`` compares first-step x0 estimates with the previous accepted batch's first-step
-  estimate (like with like: a one-step estimate is blurrier than a finished batch).
+- ``measure_at: first_step`` compares first-step x0 estimates with the previous accepted block's first-step
+  estimate (like with like: a one-step estimate is blurrier than a finished block).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import math
 import torch
 
 from .engine.cache import KVCache
+from .settings import Pruning
 
 
 def latent_summary(latents: torch.Tensor, patch: tuple[int, int] = (2, 2)) -> torch.Tensor:
@@ -69,7 +70,7 @@ class TokenTrim:
         self.max_regenerations = max_regenerations
         self.measure_at = measure_at
         self.patch = patch
-        self.accepted: list[float] = []  # severities of accepted batches, in order
+        self.accepted: list[float] = []  # severities of accepted blocks, in order
         self._prev: torch.Tensor | None = None
         self._records: dict[int, dict] = {}
         self.pruned_total = 0
@@ -118,14 +119,9 @@ class TokenTrim:
         self._records[block]["verdict"] = verdict
 
 
-def make_controller(cfg: dict) -> TokenTrim | None:
-    """The controller a preset's ``pruning:`` section asks for (None when disabled)."""
-    if not cfg.get("enabled"):
+def make_reviewer(cfg: Pruning) -> TokenTrim | None:
+    """The reviewer a preset's ``pruning:`` section asks for (None when disabled)."""
+    if not cfg.enabled:
         return None
-    return TokenTrim(
-        p=cfg["p"],
-        lam=cfg["lambda"],
-        warmup=cfg["warmup"],
-        max_regenerations=cfg["max_regenerations"],
-        measure_at=cfg["measure_at"],
-    )
+    return TokenTrim(p=cfg.p, lam=cfg.lam, warmup=cfg.warmup, max_regenerations=cfg.max_regenerations,
+                     measure_at=cfg.measure_at)

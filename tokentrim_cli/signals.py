@@ -1,9 +1,33 @@
-"""Ctrl-C and SIGTERM held back while work that must not be cut in half runs; the caller decides what a held
-signal means afterwards (a video job re-raises it once the block is written, toy training stops after its step)."""
+"""Ctrl-C and SIGTERM, in one place: SIGTERM taken the way Ctrl-C is, and both held back while work that must
+not be cut in half runs (the caller decides what a held signal means afterwards: a video job re-raises it once
+the block is written, toy training stops after its step)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised from the SIGTERM handler so that termination and Ctrl-C take the same path."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises :class:`Interrupted` inside (on the main thread; elsewhere Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(f"received signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class HeldSignals:
@@ -27,3 +51,13 @@ class HeldSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Finish the work inside (outputs, a manifest line) whatever arrives, then act on a signal that came
+    meanwhile, once, with the handlers of the surroundings."""
+    with HeldSignals() as held:
+        yield
+    if held.received:
+        signal.raise_signal(held.received)

@@ -19,7 +19,7 @@ keeps every segment un-rotated and concatenates + rotates per call: the plain re
 tested against.
 
 Interface used by the model (per forward): ``begin`` -> per layer ``attend`` -> ``end``. Interface used by
-samplers, the pruning controller and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``. Policies
+samplers, the reviewer (TokenTrim) and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``. Policies
 subclass :class:`KVCache` and override ``admit`` (what happens when a written block arrives) and optionally
 ``select`` (which segments join attention for a layer). ``select`` may look at ``writing`` and
 ``current_frames``: a policy can give a context (write) pass a different context from the denoising passes
@@ -219,7 +219,7 @@ class KVCache:
         """Policy hook: segments (in time order) that ``layer`` attends to in this forward."""
         return self.segments
 
-    # ------------------------------------------------------------------ controller / reporting side
+    # ------------------------------------------------------------------ reviewer / reporting side
     def prune(self, hw_indices: torch.Tensor) -> int:
         """Remove every cached token whose spatial index is in ``hw_indices`` from all prunable segments."""
         hw_indices = torch.as_tensor(hw_indices).long().cpu()

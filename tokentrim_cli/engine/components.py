@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from ..errors import WeightsError
+from ..settings import Codec, Model, Runtime, Weights
 from . import weights as W
 from .model import CausalWan
 from .text import encode_prompts
@@ -48,9 +49,9 @@ def cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
-def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32) -> CausalWan:
-    ref = W.resolve(spec["weights"], weights_dir, preset)
-    config = dict(spec.get("config") or {})
+def build_transformer(spec: Weights, weights_dir=None, device="cpu", dtype=torch.float32) -> CausalWan:
+    ref = W.resolve(spec.weights, weights_dir)
+    config = dict(spec.config)
     if isinstance(ref, int):
         with random_init(ref, device, dtype):
             model = WanTransformer3DModel(**config)
@@ -68,12 +69,12 @@ def build_transformer(spec: dict, weights_dir=None, preset="PRESET", device="cpu
     return CausalWan(cast(model.to(device), dtype).eval().requires_grad_(False)).to(device)
 
 
-def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype=torch.float32):
-    ref = W.resolve(spec["weights"], weights_dir, preset)
-    if spec.get("kind") == "patch":
+def build_vae(spec: Codec, weights_dir=None, device="cpu", dtype=torch.float32):
+    ref = W.resolve(spec.weights, weights_dir)
+    if spec.kind == "patch":
         from .patch_codec import PatchCodec
 
-        codec = PatchCodec(**(spec.get("config") or {}))
+        codec = PatchCodec(**spec.config)
         if not isinstance(ref, int):
             from safetensors.torch import load_file
 
@@ -81,11 +82,11 @@ def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype
         return codec.to(device).eval()
     if isinstance(ref, int):
         torch.manual_seed(ref)
-        vae = AutoencoderKLWan(**(spec.get("config") or {}))
+        vae = AutoencoderKLWan(**spec.config)
     elif ref.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        vae = AutoencoderKLWan(**(spec.get("config") or {}))
+        vae = AutoencoderKLWan(**spec.config)
         W.load_into(vae, load_file(str(ref)), str(ref))
     else:
         sub = ref / "vae" if (ref / "vae" / "config.json").exists() else ref
@@ -93,19 +94,19 @@ def build_vae(spec: dict, weights_dir=None, preset="PRESET", device="cpu", dtype
     return cast(vae.to(device), dtype).eval().requires_grad_(False)
 
 
-def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torch.float32, device="cpu"):
+def build_text_encoder(spec: Weights, weights_dir=None, dtype=torch.float32, device="cpu"):
     """The UMT5 encoder; random weights are drawn on ``device``, real ones load on the CPU and visit the device to
     encode."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    ref = W.resolve(spec["weights"], weights_dir, preset)
+    ref = W.resolve(spec.weights, weights_dir)
     if isinstance(ref, int):
         with random_init(ref, device, dtype):
-            enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
+            enc = UMT5EncoderModel(UMT5Config(**spec.config))
     elif ref.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
+        enc = UMT5EncoderModel(UMT5Config(**spec.config))
         sd = load_file(str(ref))
         if "shared.weight" in sd:  # the encoder's embedding is tied to it and saved once
             sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
@@ -116,12 +117,12 @@ def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torc
     return cast(enc, dtype).eval().requires_grad_(False)
 
 
-def build_tokenizer(spec, weights_dir=None, preset="PRESET"):
+def build_tokenizer(spec: str | dict, weights_dir=None):
     if isinstance(spec, dict) and spec.get("kind") == "words":
         return word_tokenizer(spec.get("vocab"))
     from transformers import AutoTokenizer
 
-    ref = W.resolve(spec if isinstance(spec, str) else spec["weights"], weights_dir, preset)
+    ref = W.resolve(spec, weights_dir)
     path = Path(ref)
     sub = path / "tokenizer" if (path / "tokenizer").is_dir() else path
     return AutoTokenizer.from_pretrained(sub)
@@ -159,24 +160,24 @@ class Components:
                 torch.cuda.empty_cache()
 
 
-def load_components(model_cfg: dict, runtime: dict, weights_dir=None, preset="PRESET") -> Components:
-    device = pick_device(runtime.get("device", "auto"))
-    dtype = DTYPES[runtime.get("dtype", "float32")]
+def load_components(model_cfg: Model, runtime: Runtime, weights_dir=None) -> Components:
+    device = pick_device(runtime.device)
+    dtype = DTYPES[runtime.dtype]
     if device.type == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision on CPU is slow and not what the tests pin
-    tokenizer = build_tokenizer(model_cfg["tokenizer"], weights_dir, preset)
-    text_encoder = build_text_encoder(model_cfg["text_encoder"], weights_dir, preset, dtype, device)
-    model = build_transformer(model_cfg["transformer"], weights_dir, preset, device, dtype)
-    if runtime.get("compile"):
+    tokenizer = build_tokenizer(model_cfg.tokenizer, weights_dir)
+    text_encoder = build_text_encoder(model_cfg.text_encoder, weights_dir, dtype, device)
+    model = build_transformer(model_cfg.transformer, weights_dir, device, dtype)
+    if runtime.compile:
         compile_blocks(model)
-    vae_dtype = DTYPES[runtime["vae_dtype"]] if runtime.get("vae_dtype") and device.type != "cpu" else dtype
-    vae = build_vae(model_cfg["vae"], weights_dir, preset, device, vae_dtype)
+    vae_dtype = DTYPES[runtime.vae_dtype] if runtime.vae_dtype and device.type != "cpu" else dtype
+    vae = build_vae(model_cfg.vae, weights_dir, device, vae_dtype)
     return Components(
         model=model,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         device=device,
-        offload_text_encoder=runtime.get("offload_text_encoder", True),
-        max_text_length=model_cfg.get("max_text_length", 512),
+        offload_text_encoder=runtime.offload_text_encoder,
+        max_text_length=model_cfg.max_text_length,
     )

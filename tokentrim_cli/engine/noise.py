@@ -2,7 +2,7 @@
 
 Drawing from one sequential generator would make block 7's noise depend on how many draws came before, so a
 regeneration (or any change in control flow) would shift every later block. Keyed draws keep a baseline run and
-a run with the pruning controller bit-identical wherever they make the same decisions. Noise is drawn on the
+a run with TokenTrim reviewing blocks bit-identical wherever they make the same decisions. Noise is drawn on the
 CPU in float32, so the same seed gives the same video on any device.
 """
 

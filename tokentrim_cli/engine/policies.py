@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from ..settings import Cache
 from .cache import KVCache, RollingCache, Segment, split_sink
 
 
@@ -262,27 +263,28 @@ class DeepSinkCache(RollingCache):
         self.segments = [s for s in self.segments if s.num_tokens > 0]
 
 
-def make_cache(cfg: dict, num_layers: int, rope_len: int) -> KVCache:
+def make_cache(cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
     """The KV-cache policy a preset's ``cache:`` section selects."""
-    policy = cfg["policy"]
+    policy = cfg.policy
     if policy == "full":
         return KVCache(num_layers, rope_len)
     if policy in ("rolling", "sink_window"):
-        return RollingCache(num_layers, cfg["window_frames"], cfg["sink_frames"], rope_len)
+        return RollingCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len)
     if policy == "rolling_forcing":
-        return RollingForcingCache(num_layers, cfg["sink_frames"], cfg["span_frames"], rope_len)
+        return RollingForcingCache(num_layers, cfg.sink_frames, cfg.span_frames, rope_len)
     if policy == "deep_sink":
-        return DeepSinkCache(num_layers, cfg["sink_frames"], cfg["recent_frames"], cfg["budget_frames"], cfg["query_samples"], rope_len)
+        return DeepSinkCache(num_layers, cfg.sink_frames, cfg.recent_frames, cfg.budget_frames, cfg.query_samples,
+                             rope_len)
     if policy == "three_partition":
         return ThreePartitionCache(
             num_layers,
-            sink_frames=cfg["sink_frames"],
-            recent_frames=cfg["recent_frames"],
-            mid_capacity=cfg["mid_capacity"],
-            mid_top_k=cfg["mid_top_k"],
-            compressor=PoolingCompressor(cfg["compression"]),
-            selection=cfg["selection"],
-            query_samples=cfg["query_samples"],
+            sink_frames=cfg.sink_frames,
+            recent_frames=cfg.recent_frames,
+            mid_capacity=cfg.mid_capacity,
+            mid_top_k=cfg.mid_top_k,
+            compressor=PoolingCompressor(cfg.compression),
+            selection=cfg.selection,
+            query_samples=cfg.query_samples,
             rope_len=rope_len,
         )
     raise ValueError(f"unknown cache policy {policy!r}")

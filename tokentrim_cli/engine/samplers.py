@@ -8,7 +8,7 @@ flow-matching Euler step: a model trained only by flow matching predicts the mea
 step would wash out whatever it has not committed to (small objects vanish). A finished block is written into
 the cache by a context forward at t = ``context_noise`` (0 by default).
 
-A ``reviewer`` (the TokenTrim controller, or None) may look at a candidate block, prune the cache and ask for
+A ``reviewer`` (TokenTrim, or None) may look at a candidate block, prune the cache and ask for
 the block to be generated again; the samplers only call it at the moments the method defines and otherwise
 know nothing about it.
 """

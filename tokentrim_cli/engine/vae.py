@@ -22,7 +22,6 @@ class StreamingDecoder:
             self._mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
             self._std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
         self._first = True
-        self.temporal_ratio = temporal_ratio(vae)
 
     def reset(self) -> None:
         if hasattr(self.vae, "clear_cache"):
@@ -52,15 +51,3 @@ class StreamingDecoder:
         px = self.decode(latents)[0].float()
         px = ((px + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return px.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def temporal_ratio(vae) -> int:
-    """Pixel frames per latent frame after the first (4 for Wan2.1's VAE, 1 for the patch codec)."""
-    if isinstance(vae, AutoencoderKLWan):
-        return 2 ** sum(bool(x) for x in vae.config.temperal_downsample)
-    return int(getattr(vae, "temporal_compression_ratio", 1))
-
-
-def pixel_frames(latent_frames: int, ratio: int = 4) -> int:
-    """Pixel frames produced by ``latent_frames`` latent frames of a causal codec: 1 + ratio (L - 1)."""
-    return 0 if latent_frames <= 0 else 1 + ratio * (latent_frames - 1)

@@ -47,8 +47,9 @@ def parse_ref(ref: str) -> HubRef | Path | int:
     return Path(os.path.expanduser(ref))
 
 
-def resolve(ref: str, weights_dir: str | None = None, preset: str = "PRESET") -> Path | int:
-    """Turn a reference into a local path (or a seed), without downloading anything."""
+def resolve(ref: str, weights_dir: str | None = None) -> Path | int:
+    """Turn a reference into a local path (or a seed), without downloading anything. Hub weights that are not
+    here raise :class:`MissingWeights` with ``downloadable`` set: the command adds how to fetch them."""
     parsed = parse_ref(ref)
     if isinstance(parsed, int):
         return parsed
@@ -66,7 +67,7 @@ def resolve(ref: str, weights_dir: str | None = None, preset: str = "PRESET") ->
     if found is not None:
         return found
     where = f" (also looked in {Path(weights_dir) / parsed.repo / parsed.path})" if weights_dir else ""
-    raise MissingWeights(f"weights {parsed} are not on this machine{where}; run: tokentrim download {preset}")
+    raise MissingWeights(f"weights {parsed} are not on this machine{where}", downloadable=True)
 
 
 def _from_hub_cache(ref: HubRef) -> Path | None:

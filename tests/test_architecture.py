@@ -1,0 +1,106 @@
+"""The package's shape, read from its source: layers only point down, no import cycle, small modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tokentrim_cli"
+
+# top to bottom; a module may import its own layer (without a cycle) and the layers below it
+LAYERS = [
+    ("command", ["cli", "__main__"]),
+    ("batch", ["batch"]),
+    ("job", ["job", "loading"]),
+    ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "metrics", "toy"]),
+    ("methods and presets", ["pruning", "config"]),
+    ("engine", ["engine"]),
+    ("leaves", ["settings", "checks", "errors", "signals", "__init__"]),
+]
+MAX_LINES = 400
+LONGER = {"toy/world.py"}  # the world generator reads best in one file
+
+
+def modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+
+
+def layer(module: str) -> int:
+    name = module.removesuffix(".__init__")
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} is in no layer of tests/test_architecture.py: add it")
+
+
+def imports(module: str, path: Path) -> set[str]:
+    """Modules of the package that ``module`` imports anywhere (deferred imports inside functions count)."""
+    package = module.split(".")[:-1]  # for a package's __init__, the package itself
+    known = modules()
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith("tokentrim_cli"):
+                target = node.module.removeprefix("tokentrim_cli").lstrip(".")
+            else:
+                continue
+            names = [f"{target}.{a.name}" if target else a.name for a in node.names]
+            hits = [n for n in names if n in known or f"{n}.__init__" in known]
+            found.update(hits or [target or "__init__"])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("tokentrim_cli."):
+                    found.add(a.name.removeprefix("tokentrim_cli."))
+    return {m if m in known else f"{m}.__init__" for m in found if m != module} & set(known)
+
+
+def graph() -> dict[str, set[str]]:
+    return {m: imports(m, p) for m, p in modules().items()}
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    return [f"{m} ({LAYERS[layer(m)][0]}) imports {t} ({LAYERS[layer(t)][0]})"
+            for m, targets in sorted(g.items()) for t in sorted(targets) if layer(t) < layer(m)]
+
+
+def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> list[str] | None:
+        state[m] = 1
+        for t in sorted(g.get(m, ())):
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [m, t] if t in stack else [m, t]
+            if t not in state and (found := visit(t, stack + [m])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(g):
+        if m not in state and (found := visit(m, [])):
+            return found
+    return None
+
+
+def test_layers_only_point_down():
+    assert not upward(graph())
+
+
+def test_no_import_cycle():
+    assert find_cycle(graph()) is None
+
+
+def test_the_checks_catch_what_they_are_for():
+    g = graph()
+    assert "job" in g["batch.run"] and "engine.cache" in g["pruning"]  # deferred and relative imports are read
+    assert upward({"batch.run": {"cli"}}) == ["batch.run (batch) imports cli (command)"]  # the cycle issue 22 fixed
+    assert find_cycle({"batch.run": {"cli"}, "cli": {"batch.run"}}) == ["batch.run", "cli", "batch.run"]
+
+
+def test_modules_stay_small():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(PACKAGE)) not in LONGER}
+    assert not long, long

@@ -1,0 +1,146 @@
+"""The prompts file of a batch: text (one prompt per line) or JSONL (one object per line), validated whole.
+
+Every problem of the file is reported at once, as one :class:`ConfigError` line (exit 2), before any model
+loads. An item's index is its position among the kept lines; it keys its seed, its name and the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checks import seconds_problem, seed_problem
+from ..errors import ConfigError
+
+FIELDS = ("prompt", "seconds", "seed", "preset", "output", "set")
+MAX_ERRORS = 5  # validation problems listed on the one error line
+SEED_SPACE = 2**31
+
+
+@dataclass
+class Item:
+    index: int  # position among the kept items of the file, 0-based
+    line: int  # 1-based line in the prompts file
+    prompt: str
+    seconds: float
+    seed: int | None  # None: derived from the batch seed (see item_seed)
+    preset: str | None = None  # per-item preset name or path (None: --preset)
+    output: str | None = None  # per-item name (None: --name-template)
+    sets: list[str] = field(default_factory=list)
+    name: str = ""  # final file stem, filled by assign_names
+
+
+def item_seed(batch_seed: int, index: int) -> int:
+    """The seed of an item that names none: the first 8 bytes of
+    sha256("tokentrim-batch/{batch_seed}/{index}") as a big-endian integer, modulo 2^31."""
+    digest = hashlib.sha256(f"tokentrim-batch/{batch_seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SEED_SPACE
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _check_object(obj: dict) -> list[str]:
+    """Problems of one JSONL object (empty when fine)."""
+    problems = []
+    unknown = [k for k in obj if k not in FIELDS]
+    for k in unknown:
+        problems.append(f"unknown field {k!r} (allowed: {', '.join(FIELDS)})")
+    if "prompt" not in obj:
+        problems.append("missing field 'prompt'")
+    elif not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
+        problems.append(f"prompt must be a non-empty string, got {obj['prompt']!r}")
+    for key, problem in (("seconds", seconds_problem), ("seed", seed_problem)):
+        if key in obj and problem(obj[key]):
+            problems.append(f"{key} {problem(obj[key])}")
+    if "preset" in obj and (not isinstance(obj["preset"], str) or not obj["preset"].strip()):
+        problems.append(f"preset must be a preset name or path, got {obj['preset']!r}")
+    if "output" in obj:
+        o = obj["output"]
+        if not isinstance(o, str) or not o.strip():
+            problems.append(f"output must be a non-empty file name, got {o!r}")
+        elif "/" in o or "\\" in o or o.strip() in (".", ".."):
+            problems.append(f"output must be a file name without folders, got {o!r}")
+    if "set" in obj:
+        s = obj["set"]
+        if not isinstance(s, list) or not all(isinstance(x, str) for x in s):
+            problems.append(f"set must be a list of dotted.key=value strings, got {s!r}")
+    return problems
+
+
+def _is_jsonl(path: Path, lines: list[str]) -> bool:
+    if path.suffix.lower() == ".jsonl":
+        return True
+    kept = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    return bool(kept) and all(ln.startswith("{") for ln in kept)
+
+
+def raise_problems(path: Path, problems: list[tuple[str, str]]) -> None:
+    """One ConfigError line listing (where, what) pairs, at most MAX_ERRORS of them."""
+    if not problems:
+        return
+    shown = "; ".join(f"{where}: {what}" for where, what in problems[:MAX_ERRORS])
+    more = f" (and {len(problems) - MAX_ERRORS} more)" if len(problems) > MAX_ERRORS else ""
+    raise ConfigError(f"{path}: {shown}{more}")
+
+
+def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
+    """Parse a prompts file; every problem of the whole file is raised as one ConfigError line (exit 2).
+
+    Text: one prompt per line. JSONL (``*.jsonl`` or every kept line starting with ``{``): one object per line
+    with ``prompt`` and optionally ``seconds``, ``seed``, ``preset``, ``output``, ``set``. In both, blank lines
+    and lines starting with ``#`` are skipped; an item's index is its position among the kept lines.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"prompts file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"prompts file {path} is a folder, expected a .txt or .jsonl file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in _decode(path, data).split("\n")]
+    jsonl = _is_jsonl(path, lines)
+    items: list[Item] = []
+    problems: list[tuple[str, str]] = []
+    for no, raw in enumerate(lines, 1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        index = len(items)  # position among the kept lines
+        if not jsonl:
+            items.append(Item(index, no, text, float(seconds), None))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append((f"line {no}", f"invalid JSON ({exc.msg} at column {exc.colno})"))
+            items.append(Item(index, no, "", float(seconds), None))  # keep indices stable in the error report
+            continue
+        if not isinstance(obj, dict):
+            problems.append((f"line {no}", 'expected a JSON object like {"prompt": "..."}, got ' + type(obj).__name__))
+            items.append(Item(index, no, "", float(seconds), None))
+            continue
+        found = _check_object(obj)
+        problems += [(f"line {no}", p) for p in found]
+        if found:
+            items.append(Item(index, no, "", float(seconds), None))
+            continue
+        out = obj.get("output")
+        if out is not None and out.lower().endswith(".mp4"):
+            out = out[:-4]
+        items.append(Item(index, no, obj["prompt"].strip(), float(obj.get("seconds", seconds)), obj.get("seed"),
+                          obj.get("preset"), out, list(obj.get("set", []))))
+    raise_problems(path, problems)
+    if not items:
+        raise ConfigError(f"{path}: no prompts found (blank lines and lines starting with # are skipped)")
+    return items
