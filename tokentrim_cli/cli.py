@@ -15,6 +15,7 @@ import typer
 
 from . import __version__
 from .errors import ConfigError, TokentrimError
+from .signals import pending
 
 app = typer.Typer(
     name="tokentrim",
@@ -97,9 +98,8 @@ def generate(
     result = run_job(Job(prompt, seconds, seed, out), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
-    if result.held_signal:  # Ctrl-C while the files were being finished: they are, and now we stop
-        raise KeyboardInterrupt
-    raise typer.Exit(result.exit_code)
+    raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files
+    # were being finished; they are, and now we stop
 
 
 @presets_app.command("list")
@@ -212,7 +212,7 @@ def batch(
     opts = Options(prompts=prompts, out_dir=out_dir, preset=preset, sets=list(set_ or []), seconds=seconds, seed=seed,
                    resume=resume, shard=shard, dry_run=dry_run, name_template=name_template,
                    weights_dir=str(weights_dir) if weights_dir else None, quiet=quiet, log_format=log_format)
-    raise typer.Exit(run_batch(opts))
+    raise _exit(run_batch(opts))
 
 
 @app.command()
@@ -293,13 +293,25 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(exc.format_message().split())
         print(f"tokentrim: error: {message}{hint}", file=sys.stderr)
         code = 2
-    except ABORTS:
-        print("tokentrim: interrupted", file=sys.stderr)
-        code = 130
-    except KeyboardInterrupt:
-        print("tokentrim: interrupted", file=sys.stderr)
-        code = 130
+    except (*ABORTS, KeyboardInterrupt):
+        code = EXIT_INTERRUPTED
     except TokentrimError as exc:
         print(f"tokentrim: error: {exc}", file=sys.stderr)
         code = exc.exit_code
+    except Exception:  # noqa: BLE001 - an import or a library cut short by Ctrl-C fails in its own way
+        if not pending():
+            raise
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED and not _reported:  # typer turns a Ctrl-C into exit 130 without a word
+        print("tokentrim: interrupted", file=sys.stderr)
     sys.exit(code or 0)
+
+
+EXIT_INTERRUPTED = 130
+_reported = False  # a command that ends interrupted says so itself (the job's last line, the batch summary)
+
+
+def _exit(code: int) -> typer.Exit:
+    global _reported
+    _reported = _reported or code == EXIT_INTERRUPTED
+    return typer.Exit(code)

@@ -23,7 +23,7 @@ from .errors import TokentrimError
 from .pipeline import Plan, generate_blocks
 from .progress import Display
 from .sidecar import Sidecar
-from .signals import HeldSignals, terminate_as_interrupt
+from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
 from .video import Mp4Writer
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -100,6 +100,7 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     try:
         with terminate_as_interrupt():
             comps = components()
+            raise_pending()  # a Ctrl-C that loading swallowed
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
             cuda = comps.device.type == "cuda"
             if cuda:  # the peak while generating (text encoding included), not while loading
@@ -110,6 +111,7 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
             t1 = time.perf_counter()
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan):
                 blocks.put(block)
+                raise_pending()
             blocks.close()
             timings["generate_seconds"] = round(time.perf_counter() - t1, 3)
             if cuda:
@@ -122,7 +124,10 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     except torch.OutOfMemoryError as exc:
         status, error, code = "failed", f"out of memory: {str(exc).splitlines()[0]}", EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - recorded, reported on one line, partial output kept
-        status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
+        if pending():  # a library cut short by Ctrl-C while loading fails in its own way
+            status, error, code = "interrupted", f"received signal {pending()}", EXIT_INTERRUPTED
+        else:
+            status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
     finally:
         with HeldSignals() as held:
             if blocks is not None:

@@ -13,6 +13,34 @@ class Interrupted(KeyboardInterrupt):
     """Raised from the SIGTERM handler so that termination and Ctrl-C take the same path."""
 
 
+_pending = 0  # the first SIGINT / SIGTERM since install_handlers, whether or not its exception got through
+
+
+def _on_signal(signum, frame):
+    global _pending
+    _pending = _pending or signum
+    raise (KeyboardInterrupt if signum == signal.SIGINT else Interrupted)(f"received signal {signum}")
+
+
+def install_handlers() -> None:
+    """From the command's first instruction: Ctrl-C and SIGTERM raise, and are remembered. An exception raised
+    where Python swallows it (in a ``__del__``, a callback of a C library) would otherwise be lost and the run
+    would go on; :func:`raise_pending` raises it again at the next safe point."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _on_signal)
+
+
+def pending() -> int:
+    """The signal received since :func:`install_handlers` (0: none)."""
+    return _pending
+
+
+def raise_pending() -> None:
+    """Raise :class:`Interrupted` if a signal came since :func:`install_handlers` (loading, each block)."""
+    if _pending:
+        raise Interrupted(f"received signal {_pending}")
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt():
     """SIGTERM raises :class:`Interrupted` inside (on the main thread; elsewhere Python cannot set handlers)."""

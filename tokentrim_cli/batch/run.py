@@ -13,7 +13,7 @@ from pathlib import Path
 from ..checks import require_log_format, require_seconds, require_seed
 from ..errors import ConfigError, TokentrimError
 from ..progress import emit_json
-from ..signals import deferred, terminate_as_interrupt
+from ..signals import deferred, raise_pending, terminate_as_interrupt
 from .manifest import MANIFEST, append_line, read_manifest, settings_hash
 from .names import DEFAULT_TEMPLATE, assign_names, check_template, item_preset_label
 from .presets import Presets
@@ -147,6 +147,7 @@ class BatchRun:
         try:
             with terminate_as_interrupt():
                 for pos, it in enumerate(mine):
+                    raise_pending()
                     status = self._run_item(it, done, where, f"[{pos + 1}/{len(mine)}]")
                     counts[status] += 1
                     if status == "interrupted":
