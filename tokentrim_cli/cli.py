@@ -143,6 +143,7 @@ def download(
     if not hub:
         print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
         return
+    _check_hub_reachable()
     for ref in hub:
         try:
             path = W.fetch(ref, str(local_dir) if local_dir else None)
@@ -155,6 +156,23 @@ def download(
                 f"a folder and pass --weights-dir"
             ) from None
         print(f"{ref} -> {path}")
+
+
+def _check_hub_reachable() -> None:
+    """Fail in one line now when the hub's name does not resolve (offline), instead of after the hub client's
+    five retries (30 s of log lines). Behind a proxy the proxy resolves it, so there is nothing to check here."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise TokentrimError(f"cannot reach {host} ({exc.strerror or exc}): check the network (or HF_ENDPOINT / "
+                             "HTTPS_PROXY), or copy the files into a folder and pass --weights-dir") from None
 
 
 @app.command()

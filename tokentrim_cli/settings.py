@@ -219,6 +219,8 @@ class Runtime(Section):
     overlap_decode: bool = setting(_boolean, "true or false (decode and encode on a worker thread, overlapping the "
                                    "next block's generation)", True)
     compile: bool = setting(_boolean, "true or false (torch.compile the transformer blocks)", False)
+    threads: int | None = setting(lambda v: v is None or integer(1, 1024)(v), "a positive integer or null (the CPUs "
+                                  "this process may use)", None)
 
 
 @dataclass(frozen=True, kw_only=True)

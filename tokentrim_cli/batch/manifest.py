@@ -60,6 +60,8 @@ def settings_hash(config: dict | None, prompt: str, seconds: float, seed: int, f
     """sha256 (first 16 hex digits) of the resolved config + prompt + seconds + seed. ``cuda:N`` counts as
     ``cuda`` so that resuming on another GPU layout does not redo finished work."""
     cfg = copy.deepcopy(config) if config is not None else {"unresolved": fallback}
+    if isinstance(cfg.get("runtime"), dict):
+        cfg["runtime"].pop("threads", None)  # how fast, not what: and hashes of batches begun before it stay valid
     dev = cfg.get("runtime", {}).get("device") if isinstance(cfg.get("runtime"), dict) else None
     if isinstance(dev, str) and re.fullmatch(r"cuda:\d+", dev):
         cfg["runtime"]["device"] = "cuda"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ..errors import WeightsError
 from ..settings import Codec, Model, Runtime, Weights
 from . import weights as W
 from .model import CausalWan
-from .text import encode_prompts
+from .text import encode_prompts, prompt_warnings
 from .tokenizer import word_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -148,6 +149,10 @@ class Components:
     offload_text_encoder: bool = True
     max_text_length: int = 512
 
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        """What of ``prompt`` the model will not see (too long, unknown words): for the user and the sidecar."""
+        return prompt_warnings(self.tokenizer, prompt, self.max_text_length)
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Encode on the run's device; with ``offload_text_encoder`` the encoder goes back to the CPU after."""
         self.text_encoder.to(self.device)
@@ -160,7 +165,17 @@ class Components:
                 torch.cuda.empty_cache()
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or a job scheduler's share), which on
+    a shared node is fewer than the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def load_components(model_cfg: Model, runtime: Runtime, weights_dir=None) -> Components:
+    torch.set_num_threads(runtime.threads or usable_cpus())
     device = pick_device(runtime.device)
     dtype = DTYPES[runtime.dtype]
     if device.type == "cpu" and dtype != torch.float32:

@@ -24,3 +24,25 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int 
     for i, n in enumerate(lengths.tolist()):
         out[i, :n] = hidden[i, :n]
     return out
+
+
+def prompt_warnings(tokenizer, prompt: str, max_length: int = 512) -> list[str]:
+    """What the text encoder will not see of ``prompt``: tokens past ``max_length`` and words outside the
+    vocabulary (a word-level tokenizer maps them to <unk>; UMT5's sentencepiece rarely does)."""
+    fast = getattr(tokenizer, "is_fast", False)  # offsets need a fast (Rust) tokenizer
+    tok = tokenizer(prompt, add_special_tokens=True, truncation=False, return_offsets_mapping=fast, verbose=False)
+    ids = tok["input_ids"]
+    offsets = tok["offset_mapping"] if fast else [(0, 0)] * len(ids)
+    found = []
+    if len(ids) > max_length:
+        kept = prompt[: offsets[max_length - 2][1]].split()[-3:] if max_length >= 2 and fast else []
+        after = f" after \"{' '.join(kept)}\"" if kept else ""
+        found.append(f"the prompt is {len(ids)} tokens; the text encoder reads the first {max_length}, so the text"
+                     f"{after} is ignored")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None:
+        words = list(dict.fromkeys(prompt[a:b] for i, (a, b) in zip(ids, offsets) if i == unk and b > a))
+        if words:
+            found.append(f"{len(words)} word(s) outside the model's vocabulary are ignored: {', '.join(words[:10])}"
+                         + (" ..." if len(words) > 10 else ""))
+    return found
