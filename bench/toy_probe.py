@@ -32,9 +32,9 @@ from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
 from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
 from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
-from tokentrim_cli.metrics import attribute_errors  # noqa: E402
 from tokentrim_cli.pipeline import prompted_model  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
+from tokentrim_cli.toy.scoring import attribute_errors  # noqa: E402
 from tokentrim_cli.toy.train import to_pixels  # noqa: E402
 
 SIGMAS = (1.0, 0.75, 0.5)

@@ -6,9 +6,9 @@ import torch
 
 from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.components import load_components
-from tokentrim_cli.metrics import attribute_errors
 from tokentrim_cli.pipeline import generate_video
 from tokentrim_cli.toy import train, world
+from tokentrim_cli.toy.scoring import attribute_errors
 
 
 @pytest.fixture(scope="module")
