@@ -12,7 +12,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from ..errors import WeightsError
 from . import weights as W
 from .model import CausalWan
-from .text import encode_prompts
+from .text import encode_prompts, restore_tied_embedding
 from .tokenizer import word_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,10 +106,7 @@ def build_text_encoder(spec: dict, weights_dir=None, preset="PRESET", dtype=torc
         from safetensors.torch import load_file
 
         enc = UMT5EncoderModel(UMT5Config(**(spec.get("config") or {})))
-        sd = load_file(str(ref))
-        if "shared.weight" in sd:  # the encoder's embedding is tied to it and saved once
-            sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
-        W.load_into(enc, sd, str(ref))
+        W.load_into(enc, restore_tied_embedding(load_file(str(ref))), str(ref))
     else:
         sub = ref / "text_encoder" if (ref / "text_encoder" / "config.json").exists() else ref
         enc = UMT5EncoderModel.from_pretrained(sub, torch_dtype=dtype)
