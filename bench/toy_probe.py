@@ -35,7 +35,7 @@ from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
 from tokentrim_cli.pipeline import prompted_model  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
 from tokentrim_cli.toy.scoring import attribute_errors  # noqa: E402
-from tokentrim_cli.toy.train import to_pixels  # noqa: E402
+from tokentrim_cli.toy.world import to_pixels  # noqa: E402
 
 SIGMAS = (1.0, 0.75, 0.5)
 
