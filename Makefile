@@ -22,12 +22,12 @@ gpu-check:          ## every real preset on one CUDA GPU, random weights of the 
 	$(PY) bench/gpu_check.py
 
 toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, 99 min on 2 CPU cores)
-	$(PY) -m tokentrim_cli.toy.train --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35 --bf16
-	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase1 --out build/toy-phase2 --seed 1 --steps 3200 \
+	$(PY) training/train_toy.py --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35 --bf16
+	$(PY) training/train_toy.py --init build/toy-phase1 --out build/toy-phase2 --seed 1 --steps 3200 \
 		--stop-at 2221 --lr 5e-4 --p-clean 0.5 --bf16
-	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase2 --out build/toy-phase3 --seed 2 --steps 3000 \
+	$(PY) training/train_toy.py --init build/toy-phase2 --out build/toy-phase3 --seed 2 --steps 3000 \
 		--lr 2e-4 --p-clean 0.5 --object-weight 4 --caption-dropout 0.1 --ema 0.998 --bf16
-	$(PY) -m tokentrim_cli.toy.train --init build/toy-phase3 --out tokentrim_cli/toy/weights --seed 3 --steps 2000 \
+	$(PY) training/train_toy.py --init build/toy-phase3 --out tokentrim_cli/toy/weights --seed 3 --steps 2000 \
 		--lr 2e-4 --p-clean 0.5 --object-weight 4 --caption-dropout 0.1 --ema 0.998 --bf16 \
 		--rollout 0.75 --rollout-steps 4
 	for i in 1 2 3; do cp build/toy-phase$$i/training.json tokentrim_cli/toy/weights/training-phase$$i.json; done

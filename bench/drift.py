@@ -1,8 +1,9 @@
 """Drift on the toy world: baseline rolling window vs TokenTrim vs three-partition cache vs both.
 
 Prompts x seeds, training-distribution and held-out combinations, generated at >= 10x the training horizon with
-the shipped toy model; metrics at the end of each video (tokentrim_cli.metrics). Prints a table (mean and spread
-over prompts x seeds), writes JSON, and records which tokens TokenTrim pruned and when.
+the shipped toy model; metrics at the end of each video (tokentrim_cli.metrics, with the toy world's attribute
+errors from tokentrim_cli.toy.scoring). Prints a table (mean and spread over prompts x seeds), writes JSON, and
+records which tokens TokenTrim pruned and when.
 
     python bench/drift.py [--seconds 12] [--seeds 2] [--prompts 2] [--out bench/results/drift.json]
 """
@@ -22,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokentrim_cli.config import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
-from tokentrim_cli.metrics import evaluate_video  # noqa: E402
+from tokentrim_cli.metrics import evaluate_video, merge_metrics  # noqa: E402
 from tokentrim_cli.pipeline import generate_video  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
+from tokentrim_cli.toy.scoring import toy_metrics  # noqa: E402
 
 CONFIGS = {  # (preset, overrides); toy-packed = toy with the three-partition cache
     "baseline (rolling 9)": ("toy", ["pruning.enabled=false"]),
@@ -49,7 +51,8 @@ def run(comps, cfg, prompt: str, seed: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     video, records = generate_video(comps, cfg, prompt, seed, seconds)
     wall = time.perf_counter() - t0
-    res = evaluate_video(video, cfg.video.fps, caption=prompt)["summary"]
+    fps = cfg.video.fps
+    res = merge_metrics(evaluate_video(video, fps), toy_metrics(video, fps, prompt))["summary"]
     res["wall_s"] = wall
     res["regeneration_rate"] = sum(r["regenerated"] for r in records) / len(records)
     res["pruned_tokens"] = sum(r["pruned_tokens"] for r in records)

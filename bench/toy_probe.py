@@ -32,10 +32,10 @@ from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
 from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
 from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
-from tokentrim_cli.metrics import attribute_errors  # noqa: E402
 from tokentrim_cli.pipeline import prompted_model  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
-from tokentrim_cli.toy.train import to_pixels  # noqa: E402
+from tokentrim_cli.toy.scoring import attribute_errors  # noqa: E402
+from tokentrim_cli.toy.world import to_pixels  # noqa: E402
 
 SIGMAS = (1.0, 0.75, 0.5)
 
@@ -79,15 +79,15 @@ def object_scores(latents: torch.Tensor, vae, caption: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def sampled_next_block(comps, samp: dict, caption: str, context: torch.Tensor, seed: int) -> torch.Tensor:
+def sampled_next_block(comps, samp, caption: str, context: torch.Tensor, seed: int) -> torch.Tensor:
     """The block after ``context`` (real latents), sampled as the preset samples."""
     model = prompted_model(comps, samp, caption)
     cache = KVCache(model.num_layers, model.rope_len)
-    ctx, block = context.shape[2], samp["block_frames"]
+    ctx, block = context.shape[2], samp.block_frames
     model(context, torch.zeros(ctx), torch.arange(ctx), cache=cache, write=True)
     noise = NoiseSource(seed, (*context.shape[:2], block, *context.shape[3:]))
-    blocks = self_forcing(model, cache, noise, 1, warp_steps(samp["steps"], samp["shift"]), block,
-                          start_frame=ctx, solver=samp["solver"])
+    blocks = self_forcing(model, cache, noise, 1, warp_steps(samp.steps, samp.shift), block,
+                          start_frame=ctx, solver=samp.solver)
     return next(iter(blocks)).latents
 
 
@@ -101,9 +101,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     cfg = load_preset(args.preset).config
-    comps = load_components(cfg["model"], cfg["runtime"])
-    model, block, ctx = comps.model, cfg["sampler"]["block_frames"], args.context_frames
-    size = cfg["video"]["height"]
+    comps = load_components(cfg.model, cfg.runtime)
+    model, block, ctx = comps.model, cfg.sampler.block_frames, args.context_frames
+    size = cfg.video.height
     rng = np.random.default_rng(args.seed)
     copy, est, attn, drawn, real = [], {s: [] for s in SIGMAS}, [], [], []
     for i in range(args.clips):
@@ -112,7 +112,7 @@ def main() -> None:
         lat = comps.vae.encode(to_pixels(px[None]))
         target, caption = lat[:, :, ctx:], world.caption(spec)
         real.append(object_scores(target, comps.vae, caption))
-        drawn.append(object_scores(sampled_next_block(comps, cfg["sampler"], caption, lat[:, :, :ctx], i),
+        drawn.append(object_scores(sampled_next_block(comps, cfg.sampler, caption, lat[:, :, :ctx], i),
                                    comps.vae, caption))
         model.set_prompt(comps.encode([caption]))
         copy.append(((lat[:, :, ctx - 1 : ctx] - target) ** 2).mean(dim=(0, 1, 3, 4)))

@@ -1,10 +1,32 @@
-"""Drift metrics on constructed videos whose answers are known."""
+"""Drift metrics on constructed videos whose answers are known; the toy world's attribute scoring merged in."""
+
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tokentrim_cli.metrics import evaluate_video, hellinger, histograms, temporal_flicker
+import tokentrim_cli.metrics as metrics
+from tokentrim_cli.metrics import evaluate_video, hellinger, histograms, merge_metrics, temporal_flicker
 from tokentrim_cli.toy import world
+from tokentrim_cli.toy.scoring import SERIES_TITLES, attribute_errors, largest_component_share, toy_metrics
+
+
+def evaluate(frames, fps, caption=None):
+    """The generic metrics with the toy scoring merged in, as ``tokentrim evaluate`` and bench/drift.py do."""
+    return merge_metrics(evaluate_video(frames, fps), toy_metrics(frames, fps, caption))
+
+
+def test_generic_metrics_do_not_import_the_toy_world():
+    names = []
+    for node in ast.walk(ast.parse(Path(metrics.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += [("." * node.level) + (node.module or "") + "." + a.name for a in node.names]
+    assert names and not [n for n in names if "toy" in n], names
+    r = evaluate_video(np.zeros((4, 8, 8, 3), np.uint8), fps=4)
+    assert "caption" not in r and "toy_caption" not in r
 
 
 def test_constant_video():
@@ -47,19 +69,21 @@ def test_attribute_errors_on_rendered_world():
     caption = "a red circle bouncing on a dark blue background"
     spec = world.spec_from_caption(caption, 3)
     frames, _ = world.render(spec, 48, 64, 64)
-    r = evaluate_video(frames, fps=16, caption=caption)
+    r = evaluate(frames, fps=16, caption=caption)
     s = r["summary"]
     assert s["background_error_last"] < 5 and s["object_error_last"] < 10 and s["object_present_last"] == 1.0
-    wrong = evaluate_video(frames, fps=16, caption="a red circle bouncing on a white background")["summary"]
+    wrong = evaluate(frames, fps=16, caption="a red circle bouncing on a white background")["summary"]
     assert wrong["background_error_last"] > 100
-    gone = evaluate_video(frames, fps=16, caption="a green square bouncing on a dark blue background")["summary"]
+    gone = evaluate(frames, fps=16, caption="a green square bouncing on a dark blue background")["summary"]
     assert gone["object_present_last"] == 0.0
 
 
 def test_non_toy_caption_has_no_attributes():
     frames = np.zeros((5, 16, 16, 3), dtype=np.uint8)
-    r = evaluate_video(frames, fps=16, caption="a corgi on a beach")
+    r = evaluate(frames, fps=16, caption="a corgi on a beach")
     assert not r["toy_caption"] and "background_error" not in r["series"] and r["window"].startswith("first/last")
+    assert r["caption"] == "a corgi on a beach" and "attributes_skipped" in r
+    assert toy_metrics(frames, 16, None) == toy_metrics(frames, 16, "") == {"caption": None, "toy_caption": False}
 
 
 def test_constant_video_curves_and_short_windows():
@@ -89,8 +113,6 @@ def test_sharpness_of_an_edge_and_chunking():
 def test_attribute_errors_against_spec_and_render_attributes():
     import json
 
-    from tokentrim_cli.metrics import attribute_errors, plot_metrics
-
     for k, text in enumerate(["a yellow triangle and a blue cross sliding on a textured black background",
                               "an orange ring growing on a gradient light green background",
                               "a white diamond rotating on a textured purple background"]):
@@ -102,7 +124,7 @@ def test_attribute_errors_against_spec_and_render_attributes():
             assert a["object_colour_error"].max() < 5 and a["object_present"].all(), text
         wrong = attribute_errors(frames, text.replace(spec.background_colour + " background", "red background"))
         assert wrong["background_error"].min() > 100
-    r = evaluate_video(frames, fps=8, caption=spec)
+    r = evaluate(frames, fps=8, caption=spec)
     assert r["toy_caption"] and r["caption"] == world.caption(spec) and r["objects"][0]["label"] == "white diamond"
     json.loads(json.dumps(r, allow_nan=False))
 
@@ -110,22 +132,24 @@ def test_attribute_errors_against_spec_and_render_attributes():
 def test_plot_and_json(tmp_path):
     import json
 
+    from PIL import Image
+
     from tokentrim_cli.metrics import plot_metrics
 
     spec = world.spec_from_caption("a red circle and a blue square bouncing on a gradient white background", 0)
     frames, _ = world.render(spec, 40, 32, 48)
-    r = evaluate_video(frames, fps=4, caption=world.caption(spec))
+    r = evaluate(frames, fps=4, caption=world.caption(spec))
     json.loads(json.dumps(r, allow_nan=False))
-    plot_metrics(r, tmp_path / "m.png")
+    plot_metrics(r, tmp_path / "m.png", titles=SERIES_TITLES)
     assert (tmp_path / "m.png").stat().st_size > 5000
-    r = evaluate_video(frames, fps=4, caption="a cat")
+    r = evaluate(frames, fps=4, caption="a cat")
     assert not r["toy_caption"] and "cat" in r["attributes_skipped"]
     plot_metrics(r, tmp_path / "n.png")
+    # the generic plot draws the merged toy curves too: 9 curves in 5 rows against 5 in 3
+    assert Image.open(tmp_path / "m.png").size[1] > Image.open(tmp_path / "n.png").size[1]
 
 
 def test_compactness_of_one_shape_and_of_fragments():
-    from tokentrim_cli.metrics import largest_component_share
-
     one = np.zeros((1, 16, 16), bool)
     one[0, 3:9, 4:10] = True
     four = np.zeros((1, 16, 16), bool)
@@ -149,7 +173,7 @@ def test_compactness_of_rendered_world_and_of_a_scattered_object():
                               "a green diamond rotating on a plain gray background"]):
         spec = world.spec_from_caption(text, k)
         frames, attrs = world.render(spec, 96, 64, 64)
-        r = evaluate_video(frames, fps=16, caption=text)
+        r = evaluate(frames, fps=16, caption=text)
         comp = [v for v in r["series"]["object_compactness"] if v is not None]
         assert len(comp) > 80 and min(comp) > 0.9, (text, min(comp))
         if "sliding" in text:  # it does cross the frame's edge, where only a torus keeps it in one piece
@@ -166,5 +190,5 @@ def test_compactness_of_rendered_world_and_of_a_scattered_object():
     solid = bg.copy()
     solid[20:36, 20:36] = world.COLOURS["red"]
     cap = "a red square bouncing on a dark blue background"
-    a = evaluate_video(np.stack([solid, scattered]), fps=16, caption=cap)["series"]
+    a = evaluate(np.stack([solid, scattered]), fps=16, caption=cap)["series"]
     assert a["object_present"] == [1.0, 1.0] and a["object_compactness"] == [1.0, 0.25]

@@ -1,20 +1,26 @@
 """The shipped toy model: its weights load through the preset, and it follows the prompt (CPU, seconds)."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.components import load_components
-from tokentrim_cli.metrics import attribute_errors
 from tokentrim_cli.pipeline import generate_video
-from tokentrim_cli.toy import train, world
+from tokentrim_cli.toy import world
+from tokentrim_cli.toy.scoring import attribute_errors
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # the trainer is not in the package
+import train_toy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def toy():
     preset = load_preset("toy", ["pruning.enabled=false"])
-    return preset, load_components(preset.config["model"], preset.config["runtime"])
+    return preset, load_components(preset.config.model, preset.config.runtime)
 
 
 def generate(toy, prompt, seconds=2.0, seed=0):
@@ -22,14 +28,22 @@ def generate(toy, prompt, seconds=2.0, seed=0):
     return generate_video(comps, preset.config, prompt, seed, seconds)[0]
 
 
-def test_preset_matches_training_recipe_and_weights_load(toy):
+def test_training_builds_and_samples_as_the_preset_and_weights_load(toy):
     preset, comps = toy
-    cfg = preset.config["model"]
-    assert cfg["transformer"]["config"] == {**train.TRANSFORMER, "patch_size": list(train.TRANSFORMER["patch_size"])}
-    assert cfg["tokenizer"]["vocab"] == world.VOCAB and cfg["max_text_length"] == train.TEXT_LEN
+    cfg = preset.config.model.as_dict()
+    recipe = train_toy.toy_preset()
+    args = train_toy.parse_args([], recipe)  # a run with the default sizes trains the preset's architecture
+    arch = train_toy.architecture(args, recipe["transformer"])
+    assert {**arch, "patch_size": list(arch["patch_size"])} == cfg["transformer"]["config"]
+    assert recipe["text_encoder"] == cfg["text_encoder"]["config"] and recipe["codec"] == cfg["vae"]["config"]
+    assert recipe["max_text_length"] == cfg["max_text_length"]
+    assert cfg["tokenizer"]["vocab"] == world.VOCAB  # the preset's tokenizer knows every caption word
     # rollout training samples its context as the preset samples videos
-    sampler = preset.config["sampler"]
-    assert sampler["guidance_min_timestep"] == train.GUIDANCE_MIN_TIMESTEP and sampler["block_frames"] == train.BLOCK
+    sampler = preset.config.sampler.as_dict()
+    assert train_toy.rollout_steps(args.rollout_steps, recipe["steps"]) == sampler["steps"]
+    assert args.shift == sampler["shift"] and args.rollout_guidance == sampler["guidance_scale"]
+    assert (recipe["block_frames"], recipe["solver"], recipe["guidance_min_timestep"]) == (
+        sampler["block_frames"], sampler["solver"], sampler["guidance_min_timestep"])
     assert sum(p.numel() for p in comps.model.parameters()) > 1_000_000  # trained weights, not the tiny config
     # the shipped codec reconstructs the world it was fitted on
     px, _ = world.render(world.sample_spec(3), 8, 64, 64)

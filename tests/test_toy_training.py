@@ -14,11 +14,14 @@ from safetensors.torch import load_file
 from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.guidance import Guided
 from tokentrim_cli.engine.schedule import warp_steps
-from tokentrim_cli.toy import train
-from tokentrim_cli.toy.train import BLOCK, self_generated_context
 from tokentrim_cli.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAINER = ROOT / "training" / "train_toy.py"  # run from a checkout, not shipped in the package
+sys.path.insert(0, str(TRAINER.parent))
+import train_toy as train  # noqa: E402
+
+BLOCK = train.toy_preset()["block_frames"]
 
 
 def _euler_without_cache(model, x0, k, sigmas, gen):
@@ -40,7 +43,8 @@ def test_self_generated_context_continues_the_real_first_block_as_the_sampler_do
     x0 = torch.randn(2, 16, 4 * BLOCK, 4, 4)  # a batch of two windows: the cache must keep them apart
     cond, uncond = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
     sigmas = warp_steps([1000, 750, 500, 250], 3.0)
-    got = self_generated_context(causal_model, x0, 2, cond, uncond, sigmas, 3.0, 600, torch.Generator().manual_seed(7))
+    got = train.self_generated_context(causal_model, x0, 2, cond, uncond, sigmas, 3.0, 600,
+                                       torch.Generator().manual_seed(7), block_frames=BLOCK, solver="euler")
 
     guided = Guided(causal_model, 3.0, 600)
     guided.set_prompt(cond, uncond)
@@ -62,10 +66,10 @@ def size(layers: int) -> list[str]:
 def test_a_training_run_of_another_size_writes_a_preset_the_cli_generates_from(tmp_path):
     out = tmp_path / "run"
     train.main(["--out", str(out), *TINY, *size(1)])
-    cfg = load_preset(str(out / "preset.yaml")).config
+    cfg = load_preset(str(out / "preset.yaml")).config.as_dict()
     assert cfg["model"]["transformer"]["config"]["num_layers"] == 1
     assert cfg["model"]["transformer"]["weights"] == str((out / "transformer.safetensors").resolve())
-    assert cfg["sampler"] == load_preset("toy").config["sampler"]  # sampled as the toy preset samples
+    assert cfg["sampler"] == load_preset("toy").config.sampler.as_dict()  # sampled as the toy preset samples
 
     video = tmp_path / "clip.mp4"
     r = subprocess.run([sys.executable, "-m", "tokentrim_cli", "generate", "--preset", str(out / "preset.yaml"),
@@ -104,7 +108,7 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
 def test_sigterm_ends_a_run_after_its_step_with_its_state_saved(tmp_path):
     """A time limit's or a scheduler's SIGTERM (the lent GPU's calls end that way) loses no training."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli.toy.train", "--out", str(out), *TINY,
+    proc = subprocess.Popen([sys.executable, str(TRAINER), "--out", str(out), *TINY,
                              "--steps", "100000", *size(1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in proc.stdout:  # the first logged step: training is under way
@@ -117,3 +121,11 @@ def test_sigterm_ends_a_run_after_its_step_with_its_state_saved(tmp_path):
     meta = json.loads((out / "training.json").read_text())
     assert not meta["finished"] and meta["steps_done"] >= 1
     assert torch.load(out / train.STATE_FILE, weights_only=False)["step"] == meta["steps_done"]
+
+
+def test_the_trainer_is_not_packaged():
+    import re
+
+    packages = re.search(r"^packages = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert "tokentrim_cli.toy" in packages and "train" not in packages
+    assert not (ROOT / "tokentrim_cli" / "toy" / "train.py").exists()

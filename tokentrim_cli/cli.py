@@ -249,7 +249,8 @@ def evaluate(
     import imageio.v3 as iio
     import numpy as np
 
-    from .metrics import evaluate_video, plot_metrics
+    from .metrics import evaluate_video, merge_metrics, plot_metrics
+    from .toy.scoring import SERIES_TITLES, toy_metrics
     from .video import probe
 
     if not video.is_file():
@@ -263,12 +264,12 @@ def evaluate(
         except (ValueError, AttributeError):
             prompt = None
     frames = np.asarray(iio.imread(video))
-    result = evaluate_video(frames, info["fps"], caption=prompt)
+    result = merge_metrics(evaluate_video(frames, info["fps"]), toy_metrics(frames, info["fps"], prompt))
     result["video"] = str(video)
     out = output or video.with_suffix(".metrics.json")
     out.write_text(json.dumps(result, indent=1, default=float))
     png = out.with_suffix(".png")
-    plot_metrics(result, png)
+    plot_metrics(result, png, titles=SERIES_TITLES)
     if quiet:
         print(out)
         return

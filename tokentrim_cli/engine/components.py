@@ -14,7 +14,7 @@ from ..errors import WeightsError
 from ..settings import Codec, Model, Runtime, Weights
 from . import weights as W
 from .model import CausalWan
-from .text import encode_prompts, prompt_warnings
+from .text import encode_prompts, prompt_warnings, restore_tied_embedding
 from .tokenizer import word_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,10 +108,7 @@ def build_text_encoder(spec: Weights, weights_dir=None, dtype=torch.float32, dev
         from safetensors.torch import load_file
 
         enc = UMT5EncoderModel(UMT5Config(**spec.config))
-        sd = load_file(str(ref))
-        if "shared.weight" in sd:  # the encoder's embedding is tied to it and saved once
-            sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
-        W.load_into(enc, sd, str(ref))
+        W.load_into(enc, restore_tied_embedding(load_file(str(ref))), str(ref))
     else:
         sub = ref / "text_encoder" if (ref / "text_encoder" / "config.json").exists() else ref
         enc = UMT5EncoderModel.from_pretrained(sub, torch_dtype=dtype)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import torch
 
 
+def shift_sigma(s: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan's timestep shift of noise levels s in [0, 1]: shift*s / (1 + (shift-1)*s), in the dtype of ``s``."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
 def shifted_sigmas(shift: float = 5.0, num_train_timesteps: int = 1000) -> torch.Tensor:
     """sigma(s) = shift*s / (1 + (shift-1)*s) over s in linspace(1, 0, N+1)[:-1] (float64)."""
-    s = torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float64)[:-1]
-    return shift * s / (1 + (shift - 1) * s)
+    return shift_sigma(torch.linspace(1.0, 0.0, num_train_timesteps + 1, dtype=torch.float64)[:-1], shift)
 
 
 def warp_steps(steps: list[int], shift: float = 5.0, num_train_timesteps: int = 1000) -> torch.Tensor:

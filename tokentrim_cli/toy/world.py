@@ -539,3 +539,11 @@ def render(spec: ClipSpec, num_frames: int, height: int = 64, width: int = 64) -
                          "area_px": int(areas[k, f])})
         attributes.append({"frame": f, "motion": spec.motion, "background": dict(background), "objects": objs})
     return frames, attributes
+
+
+def to_pixels(clips: np.ndarray):
+    """Rendered clips (N, F, H, W, 3) uint8 -> a float32 torch tensor (N, 3, F, H, W) in [-1, 1], what a video
+    codec encodes (torch is imported here only: the world itself is numpy)."""
+    import torch
+
+    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)

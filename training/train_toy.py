@@ -1,5 +1,10 @@
 """Train the toy world model from scratch: ``make toy-model`` (seeded; four phases, 99 min on a 2-core CPU).
 
+Run from a checkout, ``python training/train_toy.py --out build/RUN ...``; it is not part of the installed
+package. The architecture (transformer, text encoder and codec configs, tokenizer vocabulary, prompt length), the
+frame size and the sampling that rollout training imitates are the toy preset's (presets/toy.yaml, read once by
+``toy_preset``).
+
 1. Render clips of the procedural world (training split only) and fit the patch codec on their frames.
 2. Encode the clips to latents once.
 3. Train a small causal ``WanTransformer3DModel`` and a small UMT5 text encoder jointly with flow matching and
@@ -21,6 +26,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -31,28 +37,22 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from transformers import UMT5Config, UMT5EncoderModel
 
-from ..config import dump
-from ..engine.cache import KVCache
-from ..engine.guidance import Guided
-from ..engine.model import CausalWan
-from ..engine.patch_codec import PatchCodec
-from ..engine.samplers import self_forcing
-from ..engine.schedule import warp_steps
-from ..engine.text import encode_prompts
-from ..engine.tokenizer import word_tokenizer
-from ..signals import HeldSignals
-from . import world
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's tokentrim_cli
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+from tokentrim_cli.config import dump, load_preset  # noqa: E402
+from tokentrim_cli.engine.cache import KVCache  # noqa: E402
+from tokentrim_cli.engine.guidance import Guided  # noqa: E402
+from tokentrim_cli.engine.model import CausalWan  # noqa: E402
+from tokentrim_cli.engine.patch_codec import PatchCodec  # noqa: E402
+from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
+from tokentrim_cli.engine.schedule import shift_sigma, warp_steps  # noqa: E402
+from tokentrim_cli.engine.text import TIED_EMBEDDING, encode_prompts, restore_tied_embedding  # noqa: E402
+from tokentrim_cli.engine.tokenizer import word_tokenizer  # noqa: E402
+from tokentrim_cli.signals import HeldSignals  # noqa: E402
+from tokentrim_cli.toy import world  # noqa: E402
+from tokentrim_cli.toy.world import to_pixels  # noqa: E402
 
-# the architecture the toy preset names (presets/toy.yaml must agree; tests check it)
-TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
-                   out_channels=16, text_dim=64, freq_dim=64, ffn_dim=384, num_layers=4, cross_attn_norm=True,
-                   qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
-TEXT = dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0)
-CODEC = dict(patch=4, channels=16)
-SIZE, BLOCK, TEXT_LEN = 64, 3, 24
-GUIDANCE_MIN_TIMESTEP = 600  # the toy preset's guidance interval, used by --rollout's sampling
+WEIGHTS_DIR = Path(world.__file__).parent / "weights"  # the shipped weights: the toy preset's pkg://toy/weights
 STATE_FILE = "training_state.pt"  # what --resume continues from
 RESUME_MAY_CHANGE = {"out", "resume", "max_minutes", "stop_at", "threads", "device", "snapshot_every"}
 
@@ -61,18 +61,35 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def render_clips(n: int, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def toy_preset() -> dict:
+    """What training takes from the toy preset, the one place it reads presets/toy.yaml: the architecture
+    (``transformer``, ``text_encoder`` and ``codec`` configs, the tokenizer's ``vocab``, ``max_text_length``),
+    the frame size (``height``, ``width``) and how the preset samples (``steps``, ``shift``, ``block_frames``,
+    ``solver``, ``guidance_scale``, ``guidance_min_timestep``), which rollout training samples as."""
+    cfg = load_preset("toy").config.as_dict()
+    model, sampler = cfg["model"], cfg["sampler"]
+    transformer = model["transformer"]["config"]
+    return {"transformer": {**transformer, "patch_size": tuple(transformer["patch_size"])},
+            "text_encoder": dict(model["text_encoder"]["config"]), "codec": dict(model["vae"]["config"]),
+            "vocab": list(model["tokenizer"]["vocab"]), "max_text_length": model["max_text_length"],
+            "height": cfg["video"]["height"], "width": cfg["video"]["width"],
+            "steps": list(sampler["steps"]), "shift": sampler["shift"], "block_frames": sampler["block_frames"],
+            "solver": sampler["solver"], "guidance_scale": sampler["guidance_scale"],
+            "guidance_min_timestep": sampler["guidance_min_timestep"]}
+
+
+def render_clips(n: int, frames: int, seed: int, height: int, width: int, patch: int
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Clips (N, F, H, W, 3) uint8, the latent cells (N, F, H/p, W/p) bool an object touches, and captions."""
     rng = np.random.default_rng(seed)
-    p, cells_hw = CODEC["patch"], SIZE // CODEC["patch"]
     clips, cells, captions = [], [], []
     for _ in range(n):
         spec = world.sample_spec(rng, split="train")
-        px, _ = world.render(spec, frames, SIZE, SIZE)
-        bg = world.render_background(spec.background_kind, spec.background_colour, SIZE, SIZE)
+        px, _ = world.render(spec, frames, height, width)
+        bg = world.render_background(spec.background_kind, spec.background_colour, height, width)
         mask = np.abs(px.astype(np.float32) - bg).max(-1) > 8
         clips.append(px)
-        cells.append(mask.reshape(frames, cells_hw, p, cells_hw, p).any(axis=(2, 4)))
+        cells.append(mask.reshape(frames, height // patch, patch, width // patch, patch).any(axis=(2, 4)))
         captions.append(world.caption(spec))
     return np.stack(clips), np.stack(cells), captions
 
@@ -86,15 +103,9 @@ def latent_weights(cells: np.ndarray, object_weight: float) -> torch.Tensor:
     return 1 + (object_weight - 1) * near
 
 
-def to_pixels(clips: np.ndarray) -> torch.Tensor:
-    """(N, F, H, W, 3) uint8 -> (N, 3, F, H, W) in [-1, 1]."""
-    return torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1)
-
-
 def sample_sigmas(shape, shift: float, gen: torch.Generator, p_clean: float) -> torch.Tensor:
     """Per-block noise levels: shifted-uniform (Wan's shift), some blocks exactly clean."""
-    u = torch.rand(shape, generator=gen)
-    sigma = shift * u / (1 + (shift - 1) * u)
+    sigma = shift_sigma(torch.rand(shape, generator=gen), shift)
     clean = torch.rand(shape, generator=gen) < p_clean
     return torch.where(clean, torch.zeros_like(sigma), sigma)
 
@@ -112,14 +123,16 @@ class _TrainingNoise:
 
 @torch.no_grad()
 def self_generated_context(model, x0: torch.Tensor, k: int, cond, uncond, sigmas, guidance: float,
-                           min_timestep: float, gen: torch.Generator) -> torch.Tensor:
+                           min_timestep: float, gen: torch.Generator, *, block_frames: int, solver: str
+                           ) -> torch.Tensor:
     """Replace blocks 1..k of each window with the model's own continuation of its real block 0.
 
     At sampling time every context block is the model's own output, with its own errors; trained only on real
     context, the model carries those errors forward and the picture drifts within a few blocks (exposure bias).
-    Here the engine's Self Forcing loop continues the real block 0 as the toy preset samples (Euler steps,
-    guidance, a KV cache), and the caller trains the blocks after k on the real continuation. Block 0 stays
-    real so that the generated blocks keep the real clip's object and motion, which the targets continue.
+    Here the engine's Self Forcing loop continues the real block 0 as the toy preset samples (its ``solver``,
+    blocks of ``block_frames``, guidance, a KV cache), and the caller trains the blocks after k on the real
+    continuation. Block 0 stays real so that the generated blocks keep the real clip's object and motion, which
+    the targets continue.
     """
     x0 = x0.clone()
     if guidance > 1:
@@ -127,10 +140,11 @@ def self_generated_context(model, x0: torch.Tensor, k: int, cond, uncond, sigmas
         model.set_prompt(cond, uncond)
     else:
         model.set_prompt(cond)
+    block = block_frames
     cache = KVCache(model.num_layers, model.rope_len)  # k + 1 blocks fit the toy preset's window: none evicted
-    model(x0[:, :, :BLOCK], torch.zeros(BLOCK), torch.arange(BLOCK), cache=cache, write=True)
-    noise = _TrainingNoise(gen, x0[:, :, :BLOCK].shape, x0.device)
-    for b in self_forcing(model, cache, noise, k, sigmas, BLOCK, start_frame=BLOCK, solver="euler"):
+    model(x0[:, :, :block], torch.zeros(block), torch.arange(block), cache=cache, write=True)
+    noise = _TrainingNoise(gen, x0[:, :, :block].shape, x0.device)
+    for b in self_forcing(model, cache, noise, k, sigmas, block, start_frame=block, solver=solver):
         x0[:, :, b.frames] = b.latents
     return x0
 
@@ -144,8 +158,8 @@ def save_weights(model, text, params, ema, out: Path) -> None:
             for p, e in zip(params, ema):
                 p.copy_(e)
     save_file({k: v.contiguous().cpu() for k, v in model.transformer.state_dict().items()}, str(out / "transformer.safetensors"))
-    tied = "encoder.embed_tokens.weight"  # tied to shared.weight; restored on load
-    save_file({k: v.contiguous().cpu() for k, v in text.state_dict().items() if k != tied},
+    # the tied embedding is saved once, as shared.weight (restore_tied_embedding puts it back on load)
+    save_file({k: v.contiguous().cpu() for k, v in text.state_dict().items() if k != TIED_EMBEDDING},
               str(out / "text_encoder.safetensors"))
     if live is not None:  # training goes on from the live weights
         with torch.no_grad():
@@ -177,9 +191,10 @@ def load_state(out: Path, args) -> dict:
     return state
 
 
-def architecture(args) -> dict:
-    """The transformer config of this run: the toy preset's, resized by --layers/--heads/--head-dim/--ffn."""
-    return {**TRANSFORMER, "num_layers": args.layers, "num_attention_heads": args.heads,
+def architecture(args, transformer: dict) -> dict:
+    """The transformer config of this run: the toy preset's (``transformer``), resized by --layers/--heads/
+    --head-dim/--ffn."""
+    return {**transformer, "num_layers": args.layers, "num_attention_heads": args.heads,
             "attention_head_dim": args.head_dim, "ffn_dim": args.ffn}
 
 
@@ -189,7 +204,7 @@ def write_preset(out: Path, arch: dict) -> Path:
     local paths are read from the working directory)."""
     d = out.resolve()
     preset = {"extends": "toy",
-              "description": f"A toy world model trained by tokentrim_cli.toy.train into {d}.",
+              "description": f"A toy world model trained by training/train_toy.py into {d}.",
               "model": {"transformer": {"config": {**arch, "patch_size": list(arch["patch_size"])},
                                         "weights": str(d / "transformer.safetensors")},
                         "vae": {"weights": str(d / "codec.safetensors")},
@@ -199,7 +214,15 @@ def write_preset(out: Path, arch: dict) -> Path:
     return path
 
 
-def train(args) -> None:
+def rollout_steps(n: int, preset_steps: list[int]) -> list[int]:
+    """The denoising steps of rollout sampling: the toy preset's when there are as many (the default), else n
+    evenly spaced ones from 1000."""
+    return list(preset_steps) if n == len(preset_steps) else [round(1000 * (1 - i / n)) for i in range(n)]
+
+
+def train(args, toy: dict | None = None) -> None:
+    toy = toy or toy_preset()
+    block, text_len, height, width = toy["block_frames"], toy["max_text_length"], toy["height"], toy["width"]
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
@@ -207,14 +230,15 @@ def train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    log(f"rendering {args.clips} clips of {args.clip_frames} frames at {SIZE}x{SIZE}")
-    clips, cells, captions = render_clips(args.clips, args.clip_frames, args.seed)
+    log(f"rendering {args.clips} clips of {args.clip_frames} frames at {width}x{height}")
+    clips, cells, captions = render_clips(args.clips, args.clip_frames, args.seed, height, width,
+                                          toy["codec"]["patch"])
     pixels = to_pixels(clips)
     cell_weights = latent_weights(cells, args.object_weight)
     del clips, cells
 
     state = load_state(out, args) if args.resume else None
-    codec = PatchCodec(**CODEC)
+    codec = PatchCodec(**toy["codec"])
     if state is not None:
         log(f"resuming the run in {out} at step {state['step']} of {args.steps}")
         codec.load_state_dict(load_file(str(out / "codec.safetensors")))
@@ -223,7 +247,7 @@ def train(args) -> None:
         codec.load_state_dict(load_file(str(Path(args.init) / "codec.safetensors")))
     else:
         log("fitting the patch codec")
-        sample = pixels[:, :, :: max(1, args.clip_frames // 8)].permute(0, 2, 1, 3, 4).reshape(-1, 3, SIZE, SIZE)
+        sample = pixels[:, :, :: max(1, args.clip_frames // 8)].permute(0, 2, 1, 3, 4).reshape(-1, 3, height, width)
         codec.fit(sample, scale=args.codec_scale)
     with torch.no_grad():
         latents = torch.cat([codec.encode(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
@@ -233,10 +257,10 @@ def train(args) -> None:
     save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(out / "codec.safetensors"))
     del pixels
 
-    tokenizer = word_tokenizer(world.VOCAB)
-    assert len(tokenizer) <= TEXT["vocab_size"], "grow TEXT['vocab_size'] for the world's vocabulary"
-    text = UMT5EncoderModel(UMT5Config(**TEXT))
-    arch = architecture(args)
+    tokenizer = word_tokenizer(toy["vocab"])
+    assert len(tokenizer) <= toy["text_encoder"]["vocab_size"], "grow the toy preset's text encoder vocab_size"
+    text = UMT5EncoderModel(UMT5Config(**toy["text_encoder"]))
+    arch = architecture(args, toy["transformer"])
     model = CausalWan(WanTransformer3DModel(**arch))
     if state is not None:
         model.transformer.load_state_dict(state["transformer"])
@@ -248,9 +272,7 @@ def train(args) -> None:
             raise SystemExit(f"error: --init {args.init} holds another transformer size than --layers {args.layers} "
                              f"--heads {args.heads} --head-dim {args.head_dim} --ffn {args.ffn}; pass the sizes "
                              f"it was trained with (its training.json)") from e
-        sd = load_file(str(Path(args.init) / "text_encoder.safetensors"))
-        sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
-        text.load_state_dict(sd)
+        text.load_state_dict(restore_tied_embedding(load_file(str(Path(args.init) / "text_encoder.safetensors"))))
     text.to(device)
     model.to(device)
     params = [p for p in list(text.parameters()) + list(model.parameters()) if p.requires_grad]
@@ -262,8 +284,8 @@ def train(args) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
     gen = torch.Generator().manual_seed(args.seed + 1)
-    horizon = args.horizon_blocks * BLOCK
-    rollout_sigmas = warp_steps([round(1000 * (1 - i / args.rollout_steps)) for i in range(args.rollout_steps)], args.shift)
+    horizon = args.horizon_blocks * block
+    rollout_sigmas = warp_steps(rollout_steps(args.rollout_steps, toy["steps"]), args.shift)
     frames = torch.arange(horizon)
     history, first_step, minutes_before = [], 0, 0.0
     if state is not None:
@@ -296,14 +318,15 @@ def train(args) -> None:
             if args.rollout > 0 and float(torch.rand(1, generator=gen)) < args.rollout:
                 k = int(torch.randint(1, args.horizon_blocks - 1, (1,), generator=gen))
                 with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                    cond = encode_prompts(tokenizer, text, [captions[i] for i in idx.tolist()], TEXT_LEN)
-                    uncond = encode_prompts(tokenizer, text, [""] * args.batch, TEXT_LEN)
+                    cond = encode_prompts(tokenizer, text, [captions[i] for i in idx.tolist()], text_len)
+                    uncond = encode_prompts(tokenizer, text, [""] * args.batch, text_len)
                     x0 = self_generated_context(model, x0, k, cond, uncond, rollout_sigmas, args.rollout_guidance,
-                                                GUIDANCE_MIN_TIMESTEP, gen)
+                                                toy["guidance_min_timestep"], gen, block_frames=block,
+                                                solver=toy["solver"])
             sig_block = sample_sigmas((args.batch, args.horizon_blocks), args.shift, gen, args.p_clean)
             if k:
                 sig_block[:, : k + 1] = 0  # the real block 0 and the generated ones are clean context, as sampled
-            sig = sig_block.repeat_interleave(BLOCK, dim=1)  # (B, F)
+            sig = sig_block.repeat_interleave(block, dim=1)  # (B, F)
             eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: same stream on any device
             sig = sig.to(device)
             s5 = sig.view(args.batch, 1, horizon, 1, 1)
@@ -313,8 +336,8 @@ def train(args) -> None:
                 drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
                 texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                model.set_prompt(encode_prompts(tokenizer, text, texts, TEXT_LEN))
-                v = model(xt, sig * 1000.0, frames, block_frames=BLOCK).float()
+                model.set_prompt(encode_prompts(tokenizer, text, texts, text_len))
+                v = model(xt, sig * 1000.0, frames, block_frames=block).float()
             weight = (sig > 0).float().view(args.batch, horizon, 1, 1) * cw  # noisy blocks only
             # (clamped: a rollout step may draw all its trained blocks clean, which left 0/0 and NaN weights)
             loss = ((v - (eps - x0)) ** 2 * weight.unsqueeze(1)).sum() / (weight.sum() * x0.shape[1]).clamp_min(1)
@@ -355,7 +378,9 @@ def train(args) -> None:
         raise SystemExit(128 + signals.received)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None, toy: dict):
+    """The command line; the architecture and sampling defaults are the toy preset's (``toy_preset``)."""
+    arch, steps, guidance = toy["transformer"], len(toy["steps"]), toy["guidance_scale"]
     ap = argparse.ArgumentParser(description="Train the toy world model (codec, text encoder, causal transformer).")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--seed", type=int, default=0)
@@ -365,19 +390,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--layers", type=int, default=TRANSFORMER["num_layers"], help="transformer blocks (toy preset: 4)")
-    ap.add_argument("--heads", type=int, default=TRANSFORMER["num_attention_heads"], help="attention heads (4)")
-    ap.add_argument("--head-dim", type=int, default=TRANSFORMER["attention_head_dim"], help="channels per head (32)")
-    ap.add_argument("--ffn", type=int, default=TRANSFORMER["ffn_dim"], help="feed-forward width (384)")
-    ap.add_argument("--shift", type=float, default=3.0)
+    ap.add_argument("--layers", type=int, default=arch["num_layers"],
+                    help=f"transformer blocks (toy preset: {arch['num_layers']})")
+    ap.add_argument("--heads", type=int, default=arch["num_attention_heads"],
+                    help=f"attention heads ({arch['num_attention_heads']})")
+    ap.add_argument("--head-dim", type=int, default=arch["attention_head_dim"],
+                    help=f"channels per head ({arch['attention_head_dim']})")
+    ap.add_argument("--ffn", type=int, default=arch["ffn_dim"], help=f"feed-forward width ({arch['ffn_dim']})")
+    ap.add_argument("--shift", type=float, default=float(toy["shift"]),
+                    help=f"timestep shift of the training noise levels and of rollout sampling ({toy['shift']:g})")
     ap.add_argument("--p-clean", type=float, default=0.35)
     ap.add_argument("--object-weight", type=float, default=1.0, help="loss weight of latent cells near an object")
     ap.add_argument("--caption-dropout", type=float, default=0.0, help="fraction of samples trained on the empty prompt")
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: save the raw weights)")
     ap.add_argument("--rollout", type=float, default=0.0,
                     help="fraction of steps whose context blocks the model generates itself (against exposure bias)")
-    ap.add_argument("--rollout-steps", type=int, default=8, help="Euler steps of that sampling (the toy preset: 8)")
-    ap.add_argument("--rollout-guidance", type=float, default=3.0, help="guidance of that sampling (the toy preset: 3)")
+    ap.add_argument("--rollout-steps", type=int, default=steps,
+                    help=f"denoising steps of that sampling (the toy preset's {steps}; another count: evenly spaced)")
+    ap.add_argument("--rollout-guidance", type=float, default=float(guidance),
+                    help=f"guidance of that sampling (the toy preset: {guidance:g})")
     ap.add_argument("--codec-scale", choices=["channel", "global"], default="channel",
                     help="latent scaling of a new codec (engine/patch_codec.py)")
     ap.add_argument("--threads", type=int, default=2)
@@ -394,7 +425,12 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--head-dim must be even and at least 6 (RoPE rotates channel pairs in three bands: t, h, w)")
     if args.rollout > 0 and args.horizon_blocks < 3:
         ap.error("--rollout needs --horizon-blocks >= 3 (a real block, a generated one, a trained one)")
-    train(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    toy = toy_preset()
+    train(parse_args(argv, toy), toy)
 
 
 if __name__ == "__main__":
