@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 from .cli import components_loader, slugify
 from .errors import ConfigError, TokentrimError
+from .outputs import refuse_existing
 
 FIELDS = ("prompt", "seconds", "seed", "preset", "output", "set")
 TEMPLATE_FIELDS = ("index", "slug", "seed", "preset")
@@ -375,6 +376,7 @@ class Options:
     seconds: float = 5.0
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     shard: str | None = None
     dry_run: bool = False
     name_template: str = DEFAULT_TEMPLATE
@@ -534,8 +536,10 @@ def _run_selected(o: Options, items: list[Item], presets: Presets, procs: Proces
 
     from .job import terminate_as_interrupt
 
-    o.out_dir.mkdir(parents=True, exist_ok=True)
     done = read_manifest(manifest) if o.resume else {}
+    refuse_existing([o.out_dir / (it.name + ".mp4") for it in mine if _would_replace(o, it, presets, done)],
+                    "pass --overwrite to regenerate them, --resume to skip finished items, or another --out-dir")
+    o.out_dir.mkdir(parents=True, exist_ok=True)
     counts = {"ok": 0, "failed": 0, "skipped": 0, "interrupted": 0}
     interrupted = False
     t0 = time.perf_counter()
@@ -580,6 +584,8 @@ def _dry_run(o, mine, presets, where, shard, shards, procs, manifest) -> None:
             row["frames"] = Plan.for_seconds(it.seconds, cfg["video"]["fps"], cfg["sampler"]["block_frames"]).frames
             if o.resume and _finished(o, it, done, settings_hash(cfg, it.prompt, it.seconds, it.seed)):
                 row["action"] = "skip"
+            elif _would_replace(o, it, presets, done):
+                row["action"], row["error"] = "refuse", "exists; --overwrite regenerates it"
         except TokentrimError as exc:
             row["preset"] = _preset_label(it.preset, o.preset)
             row["action"], row["error"] = "fail", str(exc)
@@ -600,6 +606,19 @@ def _finished(o: Options, it: Item, done: dict, shash: str) -> bool:
             and prev.get("output") == it.name + ".mp4" and (o.out_dir / (it.name + ".mp4")).is_file())
 
 
+def _would_replace(o: Options, it: Item, presets: Presets, done: dict) -> bool:
+    """The item's video exists and would be generated again (not skipped by --resume), without --overwrite."""
+    if o.overwrite or not (o.out_dir / (it.name + ".mp4")).exists():
+        return False
+    if not o.resume:
+        return True
+    try:
+        cfg = presets.resolve(presets.ref(it.preset), it.sets).config
+    except TokentrimError:
+        return False  # the item fails before writing anything
+    return not _finished(o, it, done, settings_hash(cfg, it.prompt, it.seconds, it.seed))
+
+
 def _free_memory() -> None:
     import torch
 
@@ -616,7 +635,6 @@ def _run_item(o: Options, it: Item, presets: Presets, report: Reporter, manifest
 
     from .job import Job, run_job, signals_deferred
     from .progress import make_display
-    from .video import partial_path
 
     out = o.out_dir / (it.name + ".mp4")
     tag = f"[{pos + 1}/{total}] item {it.index} (line {it.line})"
@@ -640,7 +658,7 @@ def _run_item(o: Options, it: Item, presets: Presets, report: Reporter, manifest
         loader = presets.loader(preset)
         extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                            "where": where}}
-        result = run_job(Job(it.prompt, it.seconds, it.seed, out), preset, loader, make_display(o.quiet, o.log_format),
+        result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite), preset, loader, make_display(o.quiet, o.log_format),
                          extra)
         status, error = result.status, result.error
     except KeyboardInterrupt:
@@ -669,9 +687,7 @@ def _run_item(o: Options, it: Item, presets: Presets, report: Reporter, manifest
     }
     with signals_deferred():
         append_line(manifest, record)
-    if status == "ok":
-        partial_path(out).unlink(missing_ok=True)  # a leftover from an earlier, interrupted attempt
-    else:
+    if status != "ok":
         report.error(f"tokentrim: {tag} {status}: {error}", index=it.index, status=status, error=error)
     if status == "failed":
         if error and error.startswith("out of memory"):
