@@ -658,8 +658,8 @@ def _run_item(o: Options, it: Item, presets: Presets, report: Reporter, manifest
         loader = presets.loader(preset)
         extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                            "where": where}}
-        result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite), preset, loader, make_display(o.quiet, o.log_format),
-                         extra)
+        result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite), preset, loader,
+                         make_display(o.quiet, o.log_format), extra)
         status, error = result.status, result.error
     except KeyboardInterrupt:
         raise

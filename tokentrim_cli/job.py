@@ -101,9 +101,7 @@ def signals_deferred():
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
     ``overwrite``), another process writes it, or its folder is not writable."""
-    cfg = preset.config
-    vid = cfg["video"]
-    plan = Plan.for_preset(job.seconds, cfg)
+    plan = Plan.for_preset(job.seconds, preset.config)
     outputs = RunOutputs(job.output, job.overwrite)
     outputs.open(display.message)
     try:

@@ -34,7 +34,8 @@ except ImportError:  # not POSIX: no lock
     fcntl = None
 
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
 # what ffmpeg prints for each (it reports the C library's strerror)
 FFMPEG_ERRNO = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
                 "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
@@ -84,7 +85,8 @@ def error_text(exc: BaseException, path: Path | str | None = None) -> str:
     return disk_error(exc, path) or f"{type(exc).__name__}: {exc}"
 
 
-def refuse_existing(videos: list[Path], hint: str = "pass --overwrite to replace it or choose another --output") -> None:
+def refuse_existing(videos: list[Path],
+                    hint: str = "pass --overwrite to replace it or choose another --output") -> None:
     """ConfigError (exit 2) when any of ``videos`` exists: nothing is replaced without --overwrite."""
     found = [v for v in videos if Path(v).exists()]
     if len(found) == 1:
@@ -104,6 +106,10 @@ class OutputLock:
     def __init__(self, path: Path):
         self.path, self.fd = Path(path), None
 
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
     def acquire(self, video: Path) -> None:
         if fcntl is None:
             return
@@ -111,7 +117,13 @@ class OutputLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # no locks here (some NFS)
+                    os.close(fd)
+                    return
+                if not isinstance(exc, BlockingIOError):
+                    os.close(fd)
+                    raise
                 pid = os.read(fd, 32).decode(errors="replace").strip()
                 os.close(fd)
                 who = f"process {pid}" if pid.isdigit() else "another process"
@@ -172,7 +184,8 @@ class RunOutputs:
         try:
             if not self.overwrite:  # it may have been finished by a run that held the lock until just now
                 refuse_existing([self.video])
-            self._clean_stale(message)
+            if self.lock.held:  # without a lock, another run's temporaries cannot be told from a dead one's
+                self._clean_stale(message)
         except BaseException:
             self.close()
             raise

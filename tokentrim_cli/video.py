@@ -41,8 +41,8 @@ class Mp4Writer:
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
         self.frames = 0
         self.size = (width, height)
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
-               "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+               "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
                "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", str(crf), "-preset", preset,
                # fragmented while streaming (a fragment per half second): a file cut short by a full disk or a
                # kill still plays up to its last whole fragment; ``publish`` makes a plain MP4 of it
