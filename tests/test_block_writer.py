@@ -52,9 +52,11 @@ def test_a_write_error_fails_the_run_and_keeps_what_was_written(tmp_path, capsys
     monkeypatch.setattr(job, "Mp4Writer", FullDisk)
     out = tmp_path / "full.mp4"
     code, err = _generate(capsys, out, f"runtime.overlap_decode={str(overlap).lower()}")
-    assert code == 1 and err.strip().splitlines()[-1] == "tokentrim: failed: OSError: [Errno 28] No space left on device"
-    data = json.loads(out.with_suffix(".json").read_text())
-    assert data["status"] == "failed" and "No space left" in data["error"]
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith(f"tokentrim: failed: no space left on device writing {out} (") and \
+        last.endswith(" free); free space or choose another --output"), last
+    data = json.loads((tmp_path / "full.partial.json").read_text())
+    assert data["status"] == "failed" and data["error"] == last[len("tokentrim: failed: "):]
     assert data["frames_written"] == 21 == probe(tmp_path / "full.partial.mp4")["frames"]
     assert [b["frames_written"] for b in data["blocks"]] == [9, 21]
 

@@ -128,7 +128,7 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
                              "--seconds", "600", "--seed", "1", "--output", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    side = out.with_suffix(".json")
+    side = tmp_path / "long.partial.json"  # the sidecar while running, and of an unfinished run
     deadline = time.time() + 90
     while time.time() < deadline:
         time.sleep(0.3)
@@ -141,7 +141,7 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     partial = tmp_path / "long.partial.mp4"
-    assert partial.exists() and not out.exists()
+    assert partial.exists() and not out.exists() and not out.with_suffix(".json").exists()
     data = json.loads(side.read_text())
     assert data["status"] == "interrupted" and data["video"] == str(partial)
     info = probe(partial)
@@ -170,7 +170,7 @@ def test_interrupt_during_a_write_leaves_sidecar_and_video_equal(tmp_path, monke
     code, _, err = run_main(capsys, "generate", "--prompt", "a long walk", "--seconds", "5", "--seed", "1",
                             "--output", str(out))
     assert code == 130, err
-    data = json.loads(out.with_suffix(".json").read_text())
+    data = json.loads((tmp_path / "cut.partial.json").read_text())
     written = [b["frames_written"] for b in data["blocks"]]
     # the signalled block is written whole; blocks generated before the signal reached the loop follow it
     assert data["status"] == "interrupted" and written[:2] == [9, 21] and written == list(range(9, 12 * len(written), 12))

@@ -73,6 +73,8 @@ def generate(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
     log_format: str = typer.Option("text", "--log-format", help="Progress format when not on a terminal: text or jsonl."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (refused otherwise, exit 2); "
+                                   "the old pair is replaced only when the new run finishes ok."),
 ):
     """Generate one video from a text prompt, streaming frames into an MP4 with a JSON sidecar."""
     from .checks import require_log_format, require_seconds, require_seed
@@ -95,7 +97,7 @@ def generate(
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    result = run_job(Job(prompt, seconds, seed, out), p, loader, display)
+    result = run_job(Job(prompt, seconds, seed, out, overwrite), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files
@@ -216,6 +218,9 @@ def batch(
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of each video unless the item says otherwise."),
     seed: int = typer.Option(0, "--seed", help="Batch seed; items without a seed get one derived from it and their index."),
     resume: bool = typer.Option(False, "--resume", help="Skip items already done with the same settings (per manifest)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate items whose video exists (without it the batch "
+                                   "refuses to start, exit 2, if any item it would run has one; --resume skips "
+                                   "finished items first)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Only shard I of N (item k is in shard k mod N), e.g. 0/4."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (one line per item) and load nothing."),
     name_template: str = typer.Option("{index:04d}-{slug}-{seed}", "--name-template",
@@ -228,7 +233,7 @@ def batch(
     from .batch import Options, run_batch
 
     opts = Options(prompts=prompts, out_dir=out_dir, preset=preset, sets=list(set_ or []), seconds=seconds, seed=seed,
-                   resume=resume, shard=shard, dry_run=dry_run, name_template=name_template,
+                   resume=resume, overwrite=overwrite, shard=shard, dry_run=dry_run, name_template=name_template,
                    weights_dir=str(weights_dir) if weights_dir else None, quiet=quiet, log_format=log_format)
     raise _exit(run_batch(opts))
 
@@ -250,6 +255,7 @@ def evaluate(
     import numpy as np
 
     from .metrics import evaluate_video, merge_metrics, plot_metrics
+    from .outputs import find_prompt
     from .toy.scoring import SERIES_TITLES, toy_metrics
     from .video import probe
 
@@ -258,14 +264,16 @@ def evaluate(
     info = probe(video)
     if not info["frames"] or not info["fps"]:
         raise ConfigError(f"{video} is not a readable video (ffmpeg found no frames)")
-    if prompt is None and info.get("comment"):
-        try:
-            prompt = json.loads(info["comment"]).get("prompt")
-        except (ValueError, AttributeError):
-            prompt = None
+    source = "--prompt" if prompt is not None else None
+    if prompt is None:
+        prompt, source = find_prompt(video, info.get("comment"))
+        if prompt is None:
+            print(f"tokentrim: warning: no prompt in the metadata of {video} nor in a sidecar next to it; "
+                  "measuring without a caption (pass --prompt)", file=sys.stderr)
     frames = np.asarray(iio.imread(video))
     result = merge_metrics(evaluate_video(frames, info["fps"]), toy_metrics(frames, info["fps"], prompt))
     result["video"] = str(video)
+    result["caption_source"] = source
     out = output or video.with_suffix(".metrics.json")
     out.write_text(json.dumps(result, indent=1, default=float))
     png = out.with_suffix(".png")

@@ -1,8 +1,10 @@
 """One video from one prompt: blocks -> streaming decoder -> MP4 writer, with sidecar and display events.
 
 Decoding and encoding overlap the generation of the next block (``block_writer.py``; ``runtime.overlap_decode``).
-Whatever happens (success, Ctrl-C / SIGTERM, an error), every block already generated ends up in a playable MP4
-and the sidecar records the outcome. ``generate`` and every item of ``batch`` go through :func:`run_job`.
+Whatever happens (success, Ctrl-C / SIGTERM, an error, a full disk), every block already generated ends up in a
+playable MP4 if the disk allows, and the sidecar records the outcome; which files a run creates and when it may
+replace a finished video is ``outputs.py``'s part. ``generate`` and every item of ``batch`` go through
+:func:`run_job`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from .block_writer import BlockWriter
 from .config import Preset
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
-from .errors import TokentrimError
+from .errors import ConfigError, TokentrimError
+from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks
 from .progress import Display
 from .sidecar import Sidecar
@@ -35,6 +38,7 @@ class Job:
     seconds: float
     seed: int
     output: Path  # target .mp4; the sidecar is the same name with .json
+    overwrite: bool = False  # replace an existing finished output (else refused, exit 2)
 
 
 @dataclass
@@ -59,31 +63,40 @@ class Result:
         }
 
 
-def sidecar_path(video: Path) -> Path:
-    return Path(video).with_suffix(".json")
-
-
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
+    """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
+    ``overwrite``), another process writes it, or its folder is not writable."""
+    plan = Plan.for_preset(job.seconds, preset.config)
+    outputs = RunOutputs(job.output, job.overwrite)
+    outputs.open(display.message)
+    try:
+        return _run(job, preset, components, display, extra, plan, outputs)
+    finally:
+        outputs.close()
+
+
+def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> Result:
     cfg = preset.config
     vid = cfg.video
-    plan = Plan.for_preset(job.seconds, cfg)
-    job.output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    sidecar = Sidecar(
-        sidecar_path(job.output),
-        preset=preset.name,
-        preset_path=str(preset.path),
-        prompt=job.prompt,
-        seed=job.seed,
-        fps=vid.fps,
-        frames=plan.frames,
-        seconds_requested=job.seconds,
-        plan=plan.as_dict(),
-        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        video=None,
-        config=cfg.as_dict(),
-        **(extra or {}),
-    )
+    try:
+        sidecar = Sidecar(
+            outputs.running_sidecar,
+            preset=preset.name,
+            preset_path=str(preset.path),
+            prompt=job.prompt,
+            seed=job.seed,
+            fps=vid.fps,
+            frames=plan.frames,
+            seconds_requested=job.seconds,
+            plan=plan.as_dict(),
+            started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            video=None,
+            config=cfg.as_dict(),
+            **(extra or {}),
+        )
+    except OSError as exc:  # nothing loaded or written yet
+        raise ConfigError(error_text(exc, outputs.running_sidecar)) from None
     info = {"preset": preset.name, "seed": job.seed, "video": str(job.output), **plan.as_dict()}
     display.start(info)
     writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset)
@@ -123,6 +136,8 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
         status, error, code = "failed", str(exc), exc.exit_code
     except torch.OutOfMemoryError as exc:
         status, error, code = "failed", f"out of memory: {str(exc).splitlines()[0]}", EXIT_FAILED
+    except OSError as exc:  # a full disk, a read-only or unwritable folder, ffmpeg gone: one line naming the path
+        status, error, code = "failed", error_text(exc, job.output), EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - recorded, reported on one line, partial output kept
         if pending():  # a library cut short by Ctrl-C while loading fails in its own way
             status, error, code = "interrupted", f"received signal {pending()}", EXIT_INTERRUPTED
@@ -135,15 +150,14 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
                     blocks.close()
                 except Exception as exc:  # noqa: BLE001 - the first error is the one reported
                     if status == "ok":
-                        status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
+                        status, error, code = "failed", error_text(exc, job.output), EXIT_FAILED
             timings["total_seconds"] = round(time.perf_counter() - t0, 3)
-            sidecar.data.update(status=status, error=error, frames_written=writer.frames, timings=timings)
-            video = writer.close(comment=sidecar.short(), partial=status != "ok")
-            sidecar.update(
-                video=str(video) if video else None,
-                finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            )
-            result = Result(status, video, sidecar.path, error, writer.frames, time.perf_counter() - t0, code,
-                            held.received)
+            sidecar.data.update(status=status, error=error, frames_written=writer.frames, timings=timings,
+                                finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            status, error, video = outputs.finish(writer, sidecar, status, error)
+            if status == "failed" and code == EXIT_OK:
+                code = EXIT_FAILED
+            result = Result(status, video, sidecar.path, error, sidecar.data["frames_written"],
+                            time.perf_counter() - t0, code, held.received)
             display.finish(result.as_dict())
     return result

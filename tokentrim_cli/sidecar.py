@@ -1,6 +1,7 @@
 """The JSON record next to each video: what was asked, what was used, what happened per latent block.
 
-It is rewritten atomically after every block, so even a killed run leaves a consistent, parseable record.
+It is rewritten atomically after every block, so even a killed run leaves a consistent, parseable record. Where it
+lives while running and at the end is decided by ``outputs.py`` (``path`` may change before the last write).
 
 Format versions (``sidecar_version``): 1 (tokentrim 0.1, no such key) listed the blocks under ``batches``;
 2 lists them under ``blocks`` and keeps ``batches`` as the same list for readers of version 1 (it goes in 3).
@@ -40,9 +41,42 @@ class Sidecar:
         self.write()
 
     def write(self) -> None:
+        tmp = self.stage()
+        try:
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_in_place(self) -> bool:
+        """Last resort on a full disk: overwrite the current file within the blocks it already has (no new space
+        needed on ext4, xfs, tmpfs; not atomic). False, with the file untouched, when the record does not fit."""
+        data = (json.dumps(self.data, indent=1, default=_jsonable) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+        except OSError:
+            return False
+        try:
+            if len(data) > os.fstat(fd).st_blocks * 512:
+                return False
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def stage(self) -> Path:
+        """Write the record to a hidden temporary file next to ``path`` and return it (``write`` renames it into
+        place). On an error the temporary file is removed and the OSError names ``path``."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=_jsonable) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.data, indent=1, default=_jsonable) + "\n", encoding="utf-8")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+        return tmp
 
     def short(self) -> str:
         """One-line JSON summary for the MP4 comment tag."""

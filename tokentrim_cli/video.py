@@ -1,79 +1,176 @@
 """Streaming MP4 output that never leaves an unplayable file behind.
 
-Frames go to ffmpeg (imageio-ffmpeg's bundled binary, libx264, yuv420p) as they are decoded, into a hidden
-temporary file. ``close`` lets ffmpeg finish the file, then stream-copies it to the target name with the run's
-metadata in the ``comment`` tag and the index moved to the front (+faststart), and renames it into place. An
-interrupted or failed run is closed the same way under ``NAME.partial.mp4``. ffmpeg runs in its own process
-group, so a Ctrl-C in the terminal reaches only us and we get to finish the file.
+Frames go to ffmpeg (imageio-ffmpeg's bundled binary, libx264, yuv420p) through a pipe as they are decoded, into
+a hidden temporary file. ``finish`` lets ffmpeg finish that file; ``publish`` stream-copies it to its final name
+with the run's metadata in the ``comment`` tag and the index moved to the front (+faststart); ``salvage`` keeps
+the temporary file as it is when that copy cannot be made (a full disk), if it plays. Which name a run ends under
+is decided by ``outputs.py``. ffmpeg runs in its own process group, so a Ctrl-C in the terminal reaches only us
+and we get to finish the file. Its errors become an OSError naming the video (errno from ffmpeg's message, e.g.
+ENOSPC), never lines of its own on our stderr.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
+import threading
+from fractions import Fraction
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
+from .outputs import FFMPEG_ERRNO
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".partial" + path.suffix)
+
+def _ffmpeg_error(stderr: str, path: Path, what: str) -> OSError:
+    """An OSError for a failed ffmpeg, with the errno its message names (EIO when it names none)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for text, code in FFMPEG_ERRNO.items():
+        if text in stderr:
+            return OSError(code, os.strerror(code), str(path))
+    return OSError(errno.EIO, f"ffmpeg failed {what}: {lines[-1] if lines else 'no message'}", str(path))
 
 
 class Mp4Writer:
     def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium"):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
+        self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
         self.frames = 0
         self.size = (width, height)
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self.tmp),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=None,
-            macro_block_size=1,
-            ffmpeg_log_level="error",
-            output_params=["-crf", str(crf), "-preset", preset],
-        )
-        self._gen.send(None)
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+               "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+               "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", str(crf), "-preset", preset,
+               # fragmented while streaming (a fragment per half second): a file cut short by a full disk or a
+               # kill still plays up to its last whole fragment; ``publish`` makes a plain MP4 of it
+               "-movflags", "+empty_moov+default_base_moof", "-frag_duration", "500000", "-f", "mp4", str(self.tmp)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True)
+        self._stderr = bytearray()
+        self._drain = threading.Thread(target=self._read_stderr, name="tokentrim-ffmpeg-stderr", daemon=True)
+        self._drain.start()
+        self._error: OSError | None = None
+
+    def _read_stderr(self) -> None:
+        for chunk in iter(lambda: self._proc.stderr.read(4096), b""):
+            self._stderr += chunk
+            del self._stderr[:-16384]  # the end is what explains a failure
+
+    def _failed(self) -> OSError:
+        """ffmpeg stopped taking frames: wait for it and turn its message into an OSError."""
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._drain.join(timeout=5)
+        self._error = _ffmpeg_error(self._stderr.decode(errors="replace"), self.path, "encoding")
+        return self._error
 
     def write(self, frames: np.ndarray) -> None:
         """Append uint8 frames of shape (F, H, W, 3)."""
+        if self._error is not None:
+            raise self._error
         for frame in frames:
-            self._gen.send(np.ascontiguousarray(frame))
+            try:
+                self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+            except (BrokenPipeError, OSError, ValueError):
+                raise self._failed() from None
             self.frames += 1
 
-    def close(self, comment: str = "", partial: bool = False) -> Path | None:
-        """Finish the file; return where it is (None when no frame was written)."""
-        gen, self._gen = self._gen, None
-        if gen is None:
-            return None
-        gen.close()
-        if self.frames == 0:
-            self.tmp.unlink(missing_ok=True)
-            return None
-        target = partial_path(self.path) if partial else self.path
-        staged = target.with_name(f".{target.stem}.{os.getpid()}.final.mp4")
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c", "copy",
-               "-metadata", f"comment={comment}", "-movflags", "+faststart", str(staged)]
-        done = subprocess.run(cmd, capture_output=True, start_new_session=True)
-        if done.returncode == 0:
-            os.replace(staged, target)
-            self.tmp.unlink(missing_ok=True)
-        else:  # keep the playable file even if the metadata pass failed
-            staged.unlink(missing_ok=True)
-            os.replace(self.tmp, target)
-        return target
+    def finish(self) -> bool:
+        """Let ffmpeg finish the temporary file; True when it holds a video (False: no frame was written).
+        Raises OSError when ffmpeg failed (the file may still be partly playable: see ``salvage``)."""
+        if self._proc.returncode is None:
+            try:
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.wait()
+            self._drain.join(timeout=5)
+            if self._proc.returncode != 0 and self._error is None:
+                self._error = _ffmpeg_error(self._stderr.decode(errors="replace"), self.path, "finishing the video")
+        if self.frames == 0:  # nothing to keep, whatever ffmpeg said about an empty input
+            return False
+        if self._error is not None:
+            raise self._error
+        return self.frames > 0
 
-    def abort(self) -> None:
-        """Drop everything (used when a run fails before its first frame)."""
-        self.close()
+    def publish(self, comment: str, target: Path) -> None:
+        """Stream-copy the finished temporary file to ``target`` with ``comment`` (via a hidden staged file)."""
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c", "copy",
+               "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]
+        done = subprocess.run(cmd, capture_output=True, start_new_session=True)
+        if done.returncode != 0:
+            self.staged.unlink(missing_ok=True)
+            raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "copying the video")
+        try:
+            os.replace(self.staged, target)
+        except OSError:
+            self.staged.unlink(missing_ok=True)
+            raise
         self.tmp.unlink(missing_ok=True)
+
+    def salvage(self, target: Path) -> tuple[Path | None, int]:
+        """Keep the temporary file as ``target`` if ffmpeg can read frames back from it, else remove it.
+        Returns (where it is or None, frames in it)."""
+        frames = probe(self.tmp)["frames"] if self.tmp.is_file() else None
+        if frames:
+            try:
+                os.replace(self.tmp, target)
+                return Path(target), frames
+            except OSError:
+                pass
+        self.tmp.unlink(missing_ok=True)
+        return None, 0
+
+    def discard(self) -> None:
+        """Remove whatever temporary file is left (after ``publish`` or ``salvage``, or instead of them)."""
+        if self._proc.returncode is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.tmp.unlink(missing_ok=True)
+        self.staged.unlink(missing_ok=True)
+
+
+def _unescape_ffmetadata(text: str) -> dict:
+    """Global tags of ``ffmpeg -f ffmetadata`` output: key=value lines, '\\' escapes '=', ';', '#', '\\' and the
+    newline (a value that goes on over several lines); sections ([STREAM], [CHAPTER]) come after them."""
+    tags, key, buf, escaped, in_key = {}, None, [], False, True
+    lines = text.split("\n")
+    if lines and lines[0].startswith(";FFMETADATA"):
+        lines = lines[1:]
+    text = "\n".join(lines)
+    for ch in text:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "=" and in_key:
+            key, buf, in_key = "".join(buf), [], False
+        elif ch == "\n":
+            line = "".join(buf)
+            if key is not None:
+                tags.setdefault(key, line)
+            elif line.startswith("["):
+                break
+            key, buf, in_key = None, [], True
+        else:
+            buf.append(ch)
+    if key is not None:
+        tags.setdefault(key, "".join(buf))
+    return tags
+
+
+def read_metadata(path: Path) -> dict:
+    """Every global tag of a media file, complete (ffmpeg's log shortens long values)."""
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    out = subprocess.run([exe, "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"], capture_output=True)
+    return _unescape_ffmetadata(out.stdout.decode("utf-8", errors="replace")) if out.returncode == 0 else {}
 
 
 def probe(path: Path) -> dict:
@@ -86,8 +183,6 @@ def probe(path: Path) -> dict:
         s = line.strip()
         if s.startswith("frame="):
             info["frames"] = int(s.split("frame=")[-1].split()[0])
-        if s.startswith("comment") and ":" in s and info["comment"] is None:
-            info["comment"] = s.split(":", 1)[1].strip()
         if "Video:" in s:
             m = re.search(r"(\d{2,5})x(\d{2,5})", s)
             if m:
@@ -95,4 +190,6 @@ def probe(path: Path) -> dict:
             m = re.search(r"([\d.]+) fps", s)
             if m:
                 info["fps"] = float(m.group(1))
+    if info["frames"]:
+        info["comment"] = read_metadata(path).get("comment")
     return info

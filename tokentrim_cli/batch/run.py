@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..checks import require_log_format, require_seconds, require_seed
 from ..errors import ConfigError, TokentrimError
+from ..outputs import refuse_existing
 from ..progress import emit_json
 from ..signals import deferred, raise_pending, terminate_as_interrupt
 from .manifest import MANIFEST, append_line, read_manifest, settings_hash
@@ -34,6 +35,7 @@ class Options:
     seconds: float = 5.0
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     shard: str | None = None
     dry_run: bool = False
     name_template: str = DEFAULT_TEMPLATE
@@ -139,8 +141,10 @@ class BatchRun:
         for ref in dict.fromkeys(self.presets.ref(it.preset) for it in mine):
             self.presets.loader(self.presets.resolve(ref))
 
-        o.out_dir.mkdir(parents=True, exist_ok=True)
         done = read_manifest(self.manifest) if o.resume else {}
+        refuse_existing([o.out_dir / (it.name + ".mp4") for it in mine if self._would_replace(it, done)],
+                        "pass --overwrite to regenerate them, --resume to skip finished items, or another --out-dir")
+        o.out_dir.mkdir(parents=True, exist_ok=True)
         counts = {"ok": 0, "failed": 0, "skipped": 0, "interrupted": 0}
         interrupted = False
         t0 = time.perf_counter()
@@ -189,6 +193,8 @@ class BatchRun:
                 if o.resume and self._finished(it, done, settings_hash(p.config.as_dict(), it.prompt, it.seconds,
                                                                        it.seed)):
                     row["action"] = "skip"
+                elif self._would_replace(it, done):
+                    row["action"], row["error"] = "refuse", "exists; --overwrite regenerates it"
             except TokentrimError as exc:
                 row["preset"] = item_preset_label(it.preset, o.preset)
                 row["action"], row["error"] = "fail", str(exc)
@@ -208,6 +214,19 @@ class BatchRun:
         return (prev is not None and prev.get("status") == "ok" and prev.get("settings_hash") == shash
                 and prev.get("output") == it.name + ".mp4" and (self.o.out_dir / (it.name + ".mp4")).is_file())
 
+    def _would_replace(self, it: Item, done: dict) -> bool:
+        """The item's video exists and would be generated again (not skipped by --resume), without --overwrite."""
+        o = self.o
+        if o.overwrite or not (o.out_dir / (it.name + ".mp4")).exists():
+            return False
+        if not o.resume:
+            return True
+        try:
+            cfg = self.presets.resolve(self.presets.ref(it.preset), it.sets).config
+        except TokentrimError:
+            return False  # the item fails before writing anything
+        return not self._finished(it, done, settings_hash(cfg.as_dict(), it.prompt, it.seconds, it.seed))
+
     def _run_item(self, it: Item, done: dict, where: str, counter: str) -> str:
         """Run one item and append its manifest line; returns ok, failed, skipped or interrupted. Nothing an
         item does (but a Ctrl-C) stops the batch."""
@@ -215,7 +234,6 @@ class BatchRun:
 
         from ..job import Job, run_job
         from ..progress import make_display
-        from ..video import partial_path
 
         o, presets = self.o, self.presets
         out = o.out_dir / (it.name + ".mp4")
@@ -240,7 +258,7 @@ class BatchRun:
             loader = presets.loader(preset)
             extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                                "where": where}}
-            result = run_job(Job(it.prompt, it.seconds, it.seed, out), preset, loader,
+            result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite), preset, loader,
                              make_display(o.quiet, o.log_format), extra)
             status, error = result.status, result.error
         except KeyboardInterrupt:
@@ -269,9 +287,7 @@ class BatchRun:
         }
         with deferred():
             append_line(self.manifest, record)
-        if status == "ok":
-            partial_path(out).unlink(missing_ok=True)  # a leftover from an earlier, interrupted attempt
-        else:
+        if status != "ok":
             self.report.error(f"tokentrim: {tag} {status}: {error}", index=it.index, status=status, error=error)
         if status == "failed":
             if error and error.startswith("out of memory"):
