@@ -294,3 +294,23 @@ def test_interrupt_finalises_current_item_and_stops(tmp_path):
     assert [(x["index"], x["status"]) for x in rows] == [(0, "ok"), (1, "interrupted")]
     assert rows[1]["output"].endswith(".partial.mp4") and (out / rows[1]["output"]).is_file()
     assert "1 interrupted, 1 not started" in err and not list(out.glob("0002-*"))
+
+
+def test_hour_long_items_need_yes(capsys, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b", "seconds": 7200}])
+    args = ["batch", str(prompts), "--out-dir", str(tmp_path / "o"), "--dry-run", "--log-format", "jsonl"]
+    code, _, err = run_main(capsys, *args)
+    assert code == 2 and err.strip() == (f"tokentrim: error: {prompts}: line 2: seconds is 2.0 hours of video (over "
+                                         "3600); pass --yes to confirm a run that long")
+    code, out, _ = run_main(capsys, *args, "--yes")
+    assert code == 0 and [json.loads(line)["seconds"] for line in out.splitlines()] == [5.0, 7200]
+
+
+def test_name_template_preset_is_the_preset_items_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("TOKENTRIM_PRESET", raising=False)  # no --preset: the configured default, toy
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    code, out, _ = run_main(capsys, "batch", str(prompts), "--out-dir", str(tmp_path / "o"), "--dry-run",
+                            "--name-template", "{preset}-{index}", "--log-format", "jsonl")
+    row = json.loads(out)
+    assert code == 0 and row["output"] == "toy-0.mp4" and row["preset"] == "toy"

@@ -75,8 +75,11 @@ BAD = [
     (["--set", "video.foo=1"], "unknown key video.foo"),
     (["--set", "pruning.lambda=high"], "pruning.lambda must be a number >= 0"),
     (["--set", "sampler.steps=[250, 500]"], "sampler.steps must be a decreasing list"),
-    (["--fps", "0"], "video.fps must be an integer from 1 to 240, got 0"),
+    (["--fps", "0"], "tokentrim: error: --fps must be an integer from 1 to 240, got 0"),  # names the option typed
+    (["--threads", "0"], "tokentrim: error: --threads must be a positive integer or null"),
     (["--seconds", "-3"], "--seconds must be a positive number"),
+    (["--seconds", "1e9"], "--seconds must be at most 86400 (24 hours), got 1e+09"),
+    (["--seconds", "7200"], "--seconds is 2.0 hours of video (over 3600); pass --yes to confirm"),
     (["--set", "video.height=100"], "video.height must be a positive multiple of 16, got 100"),
     (["--set", "cache.policy=lru"], "cache.policy must be one of"),
     (["--set", "model.transformer.config.num_heads=4"], "unknown key model.transformer.config.num_heads"),
@@ -116,10 +119,15 @@ def test_missing_weights_name_file_and_download_command(capsys, tmp_path, monkey
     assert "hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt" in err and "tokentrim download self-forcing" in err
 
 
-def test_download_offline_fails_cleanly(tmp_path):
-    r = tokentrim("download", "self-forcing", "--local-dir", str(tmp_path), timeout=60)
-    assert r.returncode == 1
-    assert len(r.stderr.strip().splitlines()) == 1 and "could not download hf://" in r.stderr
+def test_download_offline_fails_cleanly_and_at_once(tmp_path):
+    r = tokentrim("download", "self-forcing", "--local-dir", str(tmp_path), timeout=60)  # HF_HUB_OFFLINE=1
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "HF_HUB_OFFLINE is set" in r.stderr
+    env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE" and "proxy" not in k.lower()}
+    t0 = time.perf_counter()  # a host that never resolves: one line, not five retries of the hub client
+    r = subprocess.run([sys.executable, "-m", "tokentrim_cli", "download", "self-forcing", "--local-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, env={**env, "HF_ENDPOINT": "https://hub.invalid"})
+    assert r.returncode == 1 and r.stderr.startswith("tokentrim: error: cannot reach hub.invalid"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and time.perf_counter() - t0 < 25
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -211,3 +219,42 @@ def test_presets_list_and_show(capsys):
 def test_doctor_runs(capsys):
     code, out, _ = run_main(capsys, "doctor")
     assert code == 0 and "ffmpeg:" in out and "preset tiny: ready" in out
+
+
+def test_words_the_model_cannot_see_are_warned_about_and_recorded(tmp_path):
+    out = tmp_path / "w.mp4"
+    r = tokentrim("generate", "--prompt", "a red circle zigzagging", "--seconds", "0.5", "--seed", "1", "--output",
+                  str(out), "--quiet")
+    assert r.returncode == 0 and r.stdout == f"{out}\n"  # quiet: stdout stays the path; the warning is on stderr
+    warning = "1 word(s) outside the model's vocabulary are ignored: zigzagging"
+    assert r.stderr.strip().splitlines() == [f"tokentrim: warning: {warning}"]
+    assert json.loads(out.with_suffix(".json").read_text())["warnings"] == [warning]
+
+
+def test_prompt_warnings_name_the_cut():
+    from tokentrim_cli.engine.text import prompt_warnings
+    from tokentrim_cli.engine.tokenizer import word_tokenizer
+
+    tok = word_tokenizer()
+    assert prompt_warnings(tok, "a red circle on a blue background", 16) == []
+    assert prompt_warnings(tok, "a red circle on a blue background", 6) == [
+        'the prompt is 8 tokens; the text encoder reads the first 6, so the text after "circle on a" is ignored']
+
+
+def test_threads_reach_the_run_and_not_the_resume_hash(tmp_path):
+    from tokentrim_cli.batch import settings_hash
+    from tokentrim_cli.config import load_preset
+
+    out = tmp_path / "t.mp4"
+    r = tokentrim("generate", "--prompt", "a red circle", "--seconds", "0.5", "--output", str(out), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["runtime"]["threads"] == 1
+    one, auto = (load_preset("toy", sets).config.as_dict() for sets in (["runtime.threads=1"], []))
+    assert settings_hash(one, "p", 1, 0) == settings_hash(auto, "p", 1, 0)  # how fast, not what
+
+
+def test_an_unknown_extends_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("extends: self-forcnig\n")
+    code, _, err = run_main(capsys, "presets", "show", str(bad))
+    assert code == 2 and err.startswith(f"tokentrim: error: {bad}: extends: unknown preset 'self-forcnig'"), err

@@ -144,14 +144,14 @@ def test_unwritable_output_folder_is_a_usage_error(tmp_path, capsys):
 
 def test_unwritable_output_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
     """The first sidecar write failing (read-only filesystem) stops the run before any model loads: exit 2."""
-    import tokentrim_cli.cli as cli
+    import tokentrim_cli.loading as loading
     from tokentrim_cli.sidecar import Sidecar
 
     def stage(self):
         raise OSError(errno.EROFS, "Read-only file system", str(self.path))
 
     monkeypatch.setattr(Sidecar, "stage", stage)
-    monkeypatch.setattr(cli, "components_loader", lambda *a: lambda: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(loading, "components_loader", lambda *a: lambda: (_ for _ in ()).throw(AssertionError("loaded")))
     code, _, err = generate(capsys, tmp_path / "x.mp4")
     assert code == 2 and err.strip().splitlines() == [
         f"tokentrim: error: read-only file system writing {tmp_path}/x.partial.json; choose another --output"]
@@ -241,7 +241,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
 def test_batch_refuses_existing_outputs_up_front(tmp_path, capsys, monkeypatch):
     """Without --overwrite a batch that would regenerate an existing video stops before anything loads (exit 2,
     nothing written); --resume skips finished items; --overwrite regenerates."""
-    import tokentrim_cli.batch as B
+    from tokentrim_cli.batch.run import BatchRun
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red kite\na paper boat\n")
@@ -250,7 +250,7 @@ def test_batch_refuses_existing_outputs_up_front(tmp_path, capsys, monkeypatch):
     assert run_main(capsys, *args)[0] == 0
     manifest = (out / "manifest.jsonl").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    monkeypatch.setattr(B, "_run_item", lambda *a: (_ for _ in ()).throw(AssertionError("ran an item")))
+    monkeypatch.setattr(BatchRun, "_run_item", lambda *a: (_ for _ in ()).throw(AssertionError("ran an item")))
     code, _, err = run_main(capsys, *args)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"tokentrim: error: 2 outputs exist in {out}: "), err

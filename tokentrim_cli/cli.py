@@ -33,6 +33,8 @@ app.add_typer(presets_app, name="presets")
 PRESET_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file [default: $TOKENTRIM_PRESET or toy]."
 SET_HELP = "Override any preset value, e.g. --set pruning.lambda=1.5 (repeatable)."
 WEIGHTS_DIR_HELP = "Local folder mirroring hub repos (OWNER/REPO/PATH); also $TOKENTRIM_WEIGHTS_DIR."
+THREADS_HELP = "CPU threads (overrides runtime.threads) [default: the CPUs this process may use]."
+YES_HELP = "Confirm a video over an hour long (refused otherwise: a typo like 1e5 would run for days)."
 
 
 def _version(value: bool):
@@ -52,13 +54,25 @@ def default_output(prompt: str, seed: int) -> Path:
     return Path("outputs") / f"{slugify(prompt)}-{seed}.mp4"
 
 
-def _load(preset: str | None, overrides: list[str] | None, fps: int | None = None):
-    from .config import load_preset
+def _shortcut_sets(overrides: list[str] | None, fps: int | None = None, threads: int | None = None) -> list[str]:
+    """``--set`` plus the options that are shortcuts for preset values, checked by the preset's own rules."""
+    from .checks import require_setting
+    from .settings import Runtime, Video
 
     sets = list(overrides or [])
     if fps is not None:
+        require_setting(Video, "fps", fps, "--fps")
         sets.append(f"video.fps={fps}")
-    return load_preset(preset, sets)
+    if threads is not None:
+        require_setting(Runtime, "threads", threads, "--threads")
+        sets.append(f"runtime.threads={threads}")
+    return sets
+
+
+def _load(preset: str | None, overrides: list[str] | None, fps: int | None = None, threads: int | None = None):
+    from .config import load_preset
+
+    return load_preset(preset, _shortcut_sets(overrides, fps, threads))
 
 
 @app.command()
@@ -75,6 +89,8 @@ def generate(
     log_format: str = typer.Option("text", "--log-format", help="Progress format when not on a terminal: text or jsonl."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output (refused otherwise, exit 2); "
                                    "the old pair is replaced only when the new run finishes ok."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help=YES_HELP),
 ):
     """Generate one video from a text prompt, streaming frames into an MP4 with a JSON sidecar."""
     from .checks import require_log_format, require_seconds, require_seed
@@ -83,14 +99,14 @@ def generate(
     from .progress import make_display
 
     require_log_format(log_format)
-    require_seconds(seconds)
+    require_seconds(seconds, confirmed=yes)
     if seed is not None:
         require_seed(seed)
     if not prompt.strip():
         raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
-    p = _load(preset, set_, fps)
+    p = _load(preset, set_, fps, threads)
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
@@ -167,6 +183,9 @@ def _check_hub_reachable() -> None:
     import socket
     from urllib.parse import urlparse
 
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise TokentrimError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it, or copy the files into "
+                             "a folder and pass --weights-dir")
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -228,13 +247,17 @@ def batch(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output paths (and the summary line)."),
     log_format: str = typer.Option("text", "--log-format", help="Progress format when not on a terminal: text or jsonl."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Confirm items over an hour long (the batch is refused "
+                             "otherwise)."),
 ):
     """Generate one video per prompt of a file: resumable, shardable, one process per GPU under accelerate launch."""
     from .batch import Options, run_batch
 
-    opts = Options(prompts=prompts, out_dir=out_dir, preset=preset, sets=list(set_ or []), seconds=seconds, seed=seed,
-                   resume=resume, overwrite=overwrite, shard=shard, dry_run=dry_run, name_template=name_template,
-                   weights_dir=str(weights_dir) if weights_dir else None, quiet=quiet, log_format=log_format)
+    opts = Options(prompts=prompts, out_dir=out_dir, preset=preset, sets=_shortcut_sets(set_, threads=threads),
+                   seconds=seconds, seed=seed, resume=resume, overwrite=overwrite, shard=shard, dry_run=dry_run,
+                   name_template=name_template, weights_dir=str(weights_dir) if weights_dir else None, quiet=quiet,
+                   log_format=log_format, yes=yes)
     raise _exit(run_batch(opts))
 
 

@@ -114,6 +114,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
         with terminate_as_interrupt():
             comps = components()
             raise_pending()  # a Ctrl-C that loading swallowed
+            warnings = comps.prompt_warnings(job.prompt)
+            for text in warnings:
+                display.warning(text)
+            sidecar.update(warnings=warnings)
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
             cuda = comps.device.type == "cuda"
             if cuda:  # the peak while generating (text encoding included), not while loading

@@ -54,6 +54,10 @@ class Display:
     def message(self, text: str) -> None:
         pass
 
+    def warning(self, text: str) -> None:
+        """Something the user should know about the result (quiet or not): one line on stderr."""
+        print(f"tokentrim: warning: {text}", file=sys.stderr, flush=True)
+
     def finish(self, result: dict) -> None:
         pass
 
@@ -126,6 +130,10 @@ class JsonlDisplay(Display):
     def message(self, text: str) -> None:
         emit_json("message", text=text)
 
+    def warning(self, text: str) -> None:
+        super().warning(text)
+        emit_json("warning", text=text)
+
     def finish(self, result: dict) -> None:
         emit_json("done", **result)
 
@@ -158,6 +166,9 @@ class LiveDisplay(Display):
 
     def message(self, text: str) -> None:
         self.console.print(text)
+
+    def warning(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)
 
     def start(self, info: dict) -> None:
         super().start(info)

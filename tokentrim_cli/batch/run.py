@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import require_log_format, require_seconds, require_seed
+from ..checks import require_log_format, require_seconds, require_seed, seconds_problem
 from ..errors import ConfigError, TokentrimError
 from ..outputs import refuse_existing
 from ..progress import emit_json
@@ -42,6 +42,7 @@ class Options:
     weights_dir: str | None = None
     quiet: bool = False
     log_format: str = "text"
+    yes: bool = False  # confirms items over an hour long
 
 
 class Reporter:
@@ -73,7 +74,7 @@ class BatchRun:
 
     def __init__(self, o: Options):
         require_log_format(o.log_format)
-        require_seconds(o.seconds)
+        require_seconds(o.seconds, confirmed=o.yes)
         require_seed(o.seed)
         self.shard, self.shards = parse_shard(o.shard)
         check_template(o.name_template)
@@ -81,6 +82,9 @@ class BatchRun:
             raise ConfigError(f"--out-dir {o.out_dir} exists and is not a folder")
         self.o = o
         self.items = read_prompts(o.prompts, o.seconds)
+        if not o.yes:
+            raise_problems(o.prompts, [(f"line {it.line}", f"seconds {seconds_problem(it.seconds, confirmed=False)}")
+                                       for it in self.items if seconds_problem(it.seconds, confirmed=False)])
         self.presets = Presets(o.preset, o.sets, o.prompts.parent, o.weights_dir)
         self.presets.base(o.preset)  # --preset and --set, reported without a line number
         self._check_item_presets()
