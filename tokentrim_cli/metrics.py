@@ -28,6 +28,8 @@ curve a result has.
 from __future__ import annotations
 
 import math
+import textwrap
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -212,7 +214,7 @@ def plot_metrics(result: dict, path_png, titles: dict[str, str] | None = None) -
     titles = {**TITLES, **(titles or {})}
     cols = 2
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 2.4 * rows), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 2.4 * rows), sharex=True, squeeze=False, layout="constrained")
     t = np.asarray(s["time_s"], np.float64)
     fps, n, wf = result["fps"], result["frames"], result.get("window_frames", 0)
     for ax, key in zip(axes.ravel(), keys):
@@ -226,9 +228,9 @@ def plot_metrics(result: dict, path_png, titles: dict[str, str] | None = None) -
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("seconds")
-    name = result.get("video") or result.get("caption") or ""
-    fig.suptitle(f"{name} ({n} frames at {fps:g} fps; flicker score {result['summary']['flicker_score']:.4f}; "
-                 f"windows: {result['window']})", fontsize=9)
-    fig.tight_layout()
+    name = Path(result["video"]).name if result.get("video") else result.get("caption") or ""
+    facts = (f"{n} frames at {fps:g} fps; flicker score {result['summary']['flicker_score']:.4f}; "
+             f"windows: {result['window']}")
+    fig.suptitle("\n".join(textwrap.wrap(name, 110) + [facts]), fontsize=9)  # wrapped: a long name is not clipped
     fig.savefig(path_png, dpi=90)
     plt.close(fig)
