@@ -117,7 +117,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
             warnings = comps.prompt_warnings(job.prompt)
             for text in warnings:
                 display.warning(text)
-            sidecar.update(warnings=warnings)
+            sidecar.data["warnings"] = warnings  # written with the first block (or the final record)
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
             cuda = comps.device.type == "cuda"
             if cuda:  # the peak while generating (text encoding included), not while loading
