@@ -200,6 +200,7 @@ def run_loop(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> di
 
 
 def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> dict:
+    from tokentrim_cli.sidecar import block_records
     from tokentrim_cli.video import probe
 
     video = tmp / f"{preset_path.stem}-{seconds:g}s.mp4"
@@ -215,7 +216,7 @@ def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) ->
         tm = data.get("timings", {})
         res.update(status=data["status"], error=data.get("error"), frames=data.get("frames_written"),
                    load_seconds=tm.get("load_seconds"), generate_seconds=tm.get("generate_seconds"),
-                   peak_gpu_bytes=tm.get("peak_gpu_bytes"), regenerations=sum(b["regenerations"] for b in data["blocks"]))
+                   peak_gpu_bytes=tm.get("peak_gpu_bytes"), regenerations=sum(b["regenerations"] for b in block_records(data)))
         if tm.get("generate_seconds"):
             res["command_fps"] = data["frames_written"] / tm["generate_seconds"]
             res["command_fps_with_load"] = data["frames_written"] / wall

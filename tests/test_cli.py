@@ -48,6 +48,11 @@ def test_generate_writes_mp4_and_sidecar(tmp_path):
     for rec in side["blocks"]:
         assert BLOCK_KEYS <= set(rec), BLOCK_KEYS - set(rec)
     assert side["blocks"][-1]["frames_written"] == 18
+    # sidecar_version 2: "blocks", with "batches" kept for readers of version 1; block_records reads both
+    assert side["sidecar_version"] == 2 and side["batches"] == side["blocks"]
+    from tokentrim_cli.sidecar import block_records
+
+    assert block_records(side) == side["blocks"] and block_records({"batches": side["blocks"]}) == side["blocks"]
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left
 
 
