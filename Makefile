@@ -10,7 +10,7 @@ test: install       ## run the offline CPU test suite
 	$(PY) -m pytest
 
 demo: install       ## generate a short clip with the embedded default preset
-	tokentrim generate --prompt "a red circle bouncing on a dark blue background" --seconds 8 --seed 1 --output demo.mp4
+	tokentrim generate --prompt "a red circle bouncing on a dark blue background" --seconds 8 --seed 1 --output demo.mp4 --overwrite
 
 bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/engine_speed.py
@@ -36,4 +36,4 @@ drift: install      ## drift benchmark on the toy world (baseline / TokenTrim / 
 	$(PY) bench/drift.py
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache outputs demo.mp4 demo.json
+	rm -rf build dist *.egg-info .pytest_cache outputs demo.mp4 demo.json demo.partial.mp4 demo.partial.json .demo.lock
