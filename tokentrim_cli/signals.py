@@ -43,8 +43,9 @@ def raise_pending() -> None:
 
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """SIGTERM raises :class:`Interrupted` inside (on the main thread; elsewhere Python cannot set handlers)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM raises :class:`Interrupted` inside (on the main thread; elsewhere Python cannot set handlers). Under
+    the command's own handlers (:func:`install_handlers`) it already does, and is remembered too."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_signal:
         yield
         return
 
