@@ -164,7 +164,7 @@ _EXTENDS.name = "extends"
 def validate(cfg: dict, source: str) -> Config:
     """Check every key against the schema (``settings.py``), fill defaults, return the typed :class:`Config`;
     one ConfigError for the first problem."""
-    config = _build(Config, {k: v for k, v in cfg.items() if k != "extends"} if "extends" in cfg else cfg, "", source)
+    config = _build(Config, {k: v for k, v in cfg.items() if k != "extends"}, "", source)
     _check_architecture(config, source)
     return config
 
