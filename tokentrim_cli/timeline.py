@@ -168,8 +168,9 @@ def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, f
         while block_start_seconds(b, block_frames, fps, temporal_ratio) < e.start - 1e-9:
             b += 1
         if b >= blocks:
+            last = block_start_seconds(blocks - 1, block_frames, fps, temporal_ratio)
             raise ConfigError(f"timeline: prompt {i + 1} at {e.start:g} s snaps to block {b}, past the video's last "
-                              f"block ({blocks - 1}, from {block_start_seconds(blocks - 1, block_frames, fps, temporal_ratio):g} s)")
+                              f"block ({blocks - 1}, from {last:g} s)")
         if switches and b == switches[-1].block:
             raise ConfigError(f"timeline: prompts {i} and {i + 1} ({entries[i - 1].start:g} s, {e.start:g} s) both "
                               f"snap to block {b}; space them at least one block "
