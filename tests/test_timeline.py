@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokentrim_cli.errors import ConfigError
-from tokentrim_cli.timeline import Entry, entries_problems, parse_prompts, prompt_of, snap
+from tokentrim_cli.timeline import Entry, blend_weight, entries_problems, parse_prompts, prompt_of, snap
 
 
 # ---------------------------------------------------------------------------------------------- parsing, snapping
@@ -14,6 +14,7 @@ def test_parse_prompts_prefixes_and_modes():
     assert got == [Entry(0.0, "a corgi on a beach"), Entry(20.0, "the corgi runs into the waves"),
                    Entry(45.5, "sunset: red sky", "cut")]
     assert parse_prompts(["note: a cat"]) == [Entry(0.0, "note: a cat")]  # a colon alone is no prefix
+    assert parse_prompts(["a", "2s keep blend=3: b"])[1] == Entry(2.0, "b", "keep", 3)
 
 
 @pytest.mark.parametrize("values, words", [
@@ -22,6 +23,7 @@ def test_parse_prompts_prefixes_and_modes():
     (["5s: a"], "must start at 0"),
     (["a", "20s:   "], "is empty"),
     (["a", "20s fade: b"], "unknown switch mode 'fade'"),
+    (["a", "20s blend=two: b"], "blend must be a whole number"),
 ])
 def test_bad_prompt_lists(values, words):
     with pytest.raises(ConfigError, match=words):
@@ -31,7 +33,8 @@ def test_bad_prompt_lists(values, words):
 @pytest.mark.parametrize("raw, words", [
     ([], "non-empty list"),
     ([{"start": 0, "prompt": "a"}, {"start": 0, "prompt": "b"}], "must increase"),
-    ([{"start": 0, "prompt": "a", "blend": 2}], "unknown field 'blend'"),
+    ([{"start": 0, "prompt": "a", "duration": 2}], "unknown field 'duration'"),
+    ([{"start": 0, "prompt": "a"}, {"start": 1, "prompt": "b", "blend": -1}], "blend must be a whole number"),
     ([{"start": 0, "prompt": "a"}, {"start": 3, "prompt": "b", "switch": "fade"}], "switch must be one of"),
     ([{"start": 0, "prompt": ""}], "prompt must be a non-empty string"),
     ([{"start": "1s", "prompt": "a"}], "start must be a number"),
@@ -53,6 +56,13 @@ def test_snap_to_first_block_at_or_after_the_time():
         snap([Entry(0, "a"), Entry(2.9, "b")], seconds=3, blocks=4, block_frames=3, fps=16)
     with pytest.raises(ConfigError, match="both snap to block 1"):
         snap([Entry(0, "a"), Entry(0.4, "b"), Entry(0.5, "c")], seconds=3, blocks=4, block_frames=3, fps=16)
+
+
+def test_blend_weights_and_overlap():
+    sw = snap([Entry(0, "a"), Entry(0.5, "b", blend=2), Entry(2, "c")], seconds=3, blocks=5, block_frames=3, fps=16)
+    assert [blend_weight(b, sw) for b in range(5)] == [None, 1 / 3, 2 / 3, None, None]
+    with pytest.raises(ConfigError, match="blend over 3 blocks .* runs into prompt 3's switch at block 3"):
+        snap([Entry(0, "a"), Entry(0.5, "b", blend=3), Entry(2, "c")], seconds=3, blocks=5, block_frames=3, fps=16)
 
 
 # ---------------------------------------------------------------------------------------------- the switch modes
@@ -230,3 +240,18 @@ def test_every_mode_runs_with_every_sampler(preset, sets):
     same = [torch.equal(a.latents, b.latents) for a, b in zip(blocks, plain)]
     assert all(same[:max(0, first_switch - (4 if preset == "tiny-rolling" else 0))]) and not same[-1]
     assert first_switch == 2 and same[:2] == ([True, True] if preset == "tiny" else [False, False])
+
+
+def test_blend_interpolates_the_prompt_embeddings(monkeypatch):
+    """blend 2 at block 2: blocks 2 and 3 get 1/3 and 2/3 of the way from the old embeddings to the new, block 4
+    the new ones; the records say so."""
+    from tokentrim_cli.engine.model import CausalWan
+
+    seen = []
+    real = CausalWan.set_prompt
+    monkeypatch.setattr(CausalWan, "set_prompt", lambda self, e: (seen.append(e.clone()), real(self, e))[1])
+    blocks = _blocks("tiny", 4, [Entry(0.0, "a red circle"), Entry(1.0, "a blue square", blend=2)])
+    old, a, b, new = seen
+    assert torch.allclose(a, torch.lerp(old, new, 1 / 3)) and torch.allclose(b, torch.lerp(old, new, 2 / 3))
+    assert [r.record.get("blend") for r in blocks] == [None, None, 0.3333, 0.6667, None, None]
+    assert [r.record["prompt"] for r in blocks] == [0, 0, 1, 1, 1, 1]

@@ -47,7 +47,8 @@ BAD = [
     (["--prompt", "a", "--prompt", "2.9s: b"], "past the video's last block"),
     (["--prompt", "a", "--prompt", "1s:  "], "prompt 2 is empty"),
     (["--prompt", "a", "--prompt", "1s fade: b"], "unknown switch mode 'fade'"),
-    (["--timeline", "FILE:- {start: 0, prompt: a, blend: 2}"], "unknown field 'blend'"),
+    (["--timeline", "FILE:- {start: 0, prompt: a, fade: 2}"], "unknown field 'fade'"),
+    (["--prompt", "a", "--prompt", "1s blend=3: b", "--prompt", "2s: c"], "runs into prompt 3's switch"),
     (["--timeline", "FILE:- {start: 0, prompt: a}\n- {start: 1, prompt: b, switch: fade}"], "switch must be one of"),
     (["--timeline", "FILE:- {start: 0, prompt: a}", "--prompt", "b"], "exclude each other"),
 ]

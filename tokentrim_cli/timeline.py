@@ -3,10 +3,16 @@ the snapping of switch times to blocks; the pipeline carries the switches out.
 
 Forms (all give a list of :class:`Entry`, the first starting at 0 s):
 - ``generate --prompt`` repeated: ``"a corgi on a beach"``, ``"20s: the corgi runs into the waves"``,
-  ``"45s cut: sunset"``. The prefix is ``SECONDS s [MODE]:``; the first entry may omit it (it starts at 0),
-  every later one needs it. A prompt that merely contains a colon is left alone unless it starts so.
+  ``"45s cut: sunset"``, ``"50s keep blend=3: night"``. The prefix is ``SECONDSs [MODE] [blend=N]:``; the first
+  entry may omit it (it starts at 0), every later one needs it. A prompt that merely contains a colon is left
+  alone unless it starts so.
 - a timeline file (``--timeline``, YAML or JSON) or a batch item's ``timeline`` field: a list of
-  ``{start: seconds, prompt: "...", switch: recache|keep|cut}`` (``switch`` optional: ``sampler.switch``).
+  ``{start: seconds, prompt: "...", switch: recache|keep|cut, blend: N}`` (``switch`` optional:
+  ``sampler.switch``; ``blend`` optional: 0, no blend).
+
+``blend: N``: the prompt embeddings move linearly from the old prompt's to the new one's over the switch block and
+the N - 1 blocks after it (weights 1/(N+1) .. N/(N+1)); the next block has the new prompt's. A blend must end
+before the next switch; it may run past the end of the video.
 
 Snapping: a switch at time t takes effect at the first block whose first pixel frame is at or after t (pixel
 frame p shows at p / fps; latent frame k > 0 starts at pixel 1 + (k - 1) * temporal_ratio). A timeline is
@@ -26,8 +32,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 MODES = ("recache", "keep", "cut")
-FIELDS = ("start", "prompt", "switch")
-_PREFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s(?:\s+([A-Za-z_]+))?\s*:(.*)$", re.S)
+FIELDS = ("start", "prompt", "switch", "blend")
+_PREFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:(.*)$", re.S)
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,14 @@ class Entry:
     start: float  # seconds, as requested
     prompt: str
     switch: str | None = None  # None: the preset's sampler.switch
+    blend: int = 0  # blocks over which the embeddings move from the old prompt's to this one's
 
     def as_dict(self) -> dict:
         d = {"start": self.start, "prompt": self.prompt}
         if self.switch is not None:
             d["switch"] = self.switch
+        if self.blend:
+            d["blend"] = self.blend
         return d
 
 
@@ -52,10 +61,14 @@ class Switch:
     requested: float  # seconds
     snapped: float  # seconds: the block's first pixel frame / fps
     mode: str
+    blend: int = 0
 
     def as_dict(self) -> dict:
-        return {"entry": self.entry, "block": self.block, "requested": self.requested,
-                "snapped": round(self.snapped, 4), "mode": self.mode}
+        d = {"entry": self.entry, "block": self.block, "requested": self.requested,
+             "snapped": round(self.snapped, 4), "mode": self.mode}
+        if self.blend:
+            d["blend"] = self.blend
+        return d
 
 
 def parse_prompts(values: list[str]) -> list[Entry]:
@@ -70,10 +83,19 @@ def parse_prompts(values: list[str]) -> list[Entry]:
                                   "(only the first prompt starts at 0 s by itself)")
             entries.append(Entry(0.0, raw.strip()))
             continue
-        start, mode, text = float(m.group(1)), m.group(2), m.group(3).strip()
-        if mode is not None and mode not in MODES:
-            raise ConfigError(f"{where}: unknown switch mode {mode!r} (allowed: {', '.join(MODES)})")
-        entries.append(Entry(start, text, mode))
+        start, words, text = float(m.group(1)), m.group(2).split(), m.group(3).strip()
+        mode, blend = None, 0
+        for w in words:
+            if w.startswith("blend="):
+                if not w[6:].isdigit():
+                    raise ConfigError(f"{where}: blend must be a whole number of blocks, e.g. blend=3, got {w!r}")
+                blend = int(w[6:])
+            elif w in MODES and mode is None:
+                mode = w
+            else:
+                raise ConfigError(f"{where}: unknown switch mode {w!r} (allowed: {', '.join(MODES)}, "
+                                  "and blend=N)")
+        entries.append(Entry(start, text, mode, blend))
     return check(entries, "--prompt")
 
 
@@ -96,6 +118,9 @@ def entries_problems(raw) -> list[str]:
             problems.append(f"{where}: prompt must be a non-empty string, got {p!r}")
         if "switch" in e and e["switch"] not in MODES:
             problems.append(f"{where}: switch must be one of {', '.join(MODES)}, got {e['switch']!r}")
+        n = e.get("blend", 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            problems.append(f"{where}: blend must be a whole number of blocks >= 0, got {n!r}")
     if problems:
         return problems
     try:
@@ -106,7 +131,7 @@ def entries_problems(raw) -> list[str]:
 
 
 def from_data(raw: list[dict]) -> list[Entry]:
-    return [Entry(float(e["start"]), e["prompt"].strip(), e.get("switch")) for e in raw]
+    return [Entry(float(e["start"]), e["prompt"].strip(), e.get("switch"), e.get("blend", 0)) for e in raw]
 
 
 def load_file(path: Path | str) -> list[Entry]:
@@ -175,8 +200,11 @@ def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, f
             raise ConfigError(f"timeline: prompts {i} and {i + 1} ({entries[i - 1].start:g} s, {e.start:g} s) both "
                               f"snap to block {b}; space them at least one block "
                               f"({block_frames * temporal_ratio / fps:g} s) apart")
+        if switches and b < switches[-1].block + switches[-1].blend:
+            raise ConfigError(f"timeline: prompt {i}'s blend over {switches[-1].blend} blocks (from block "
+                              f"{switches[-1].block}) runs into prompt {i + 1}'s switch at block {b}")
         switches.append(Switch(i, b, e.start, block_start_seconds(b, block_frames, fps, temporal_ratio),
-                               e.switch or default_mode))
+                               e.switch or default_mode, e.blend))
     return switches
 
 
@@ -187,6 +215,14 @@ def prompt_of(block: int, switches: list[Switch]) -> int:
         if s.block <= block:
             entry = s.entry
     return entry
+
+
+def blend_weight(block: int, switches: list[Switch]) -> float | None:
+    """How far block ``block``'s embeddings are from the old prompt's to the new one's (None: not in a blend)."""
+    for s in switches:
+        if s.blend and s.block <= block < s.block + s.blend:
+            return (block - s.block + 1) / (s.blend + 1)
+    return None
 
 
 def canonical(entries: list[Entry]) -> str:
