@@ -79,7 +79,7 @@ def _load(preset: str | None, overrides: list[str] | None, fps: int | None = Non
 def generate(
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="What the video shows. Repeat it for a "
                                                "timeline: 'a corgi on a beach' '20s: it runs into the waves' "
-                                               "'45s cut: sunset' (prefix SECONDSs [recache|keep|cut]:)."),
+                                               "'45s cut: sunset' (prefix SECONDSs [recache|keep|cut] [blend=N]:)."),
     timeline: Optional[Path] = typer.Option(None, "--timeline", help="YAML or JSON list of {start, prompt, switch} "
                                             "entries (instead of --prompt)."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of the video in seconds."),
