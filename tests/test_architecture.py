@@ -15,7 +15,7 @@ LAYERS = [
     ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "outputs", "metrics", "toy"]),
     ("methods and presets", ["pruning", "config"]),
     ("engine", ["engine"]),
-    ("leaves", ["settings", "checks", "errors", "signals", "__init__"]),
+    ("leaves", ["settings", "checks", "errors", "signals", "timeline", "__init__"]),
 ]
 MAX_LINES = 400
 LONGER = {"toy/world.py"}  # the world generator reads best in one file

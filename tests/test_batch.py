@@ -65,7 +65,7 @@ VALIDATION = [
     ("p.txt", b"# only a comment\n\n", [], "no prompts found"),
     ("p.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c",}\n', [], "line 3: invalid JSON"),
     ("p.jsonl", b'{"prompt": "a"}\n\n{"promt": "b"}\n', [],
-     "line 3: unknown field 'promt' (allowed: prompt, seconds, seed, preset, output, set)"),
+     "line 3: unknown field 'promt' (allowed: prompt, seconds, seed, preset, output, set, timeline)"),
     ("p.jsonl", b'{"prompt": "a", "seconds": -1}\n{"prompt": "b", "seconds": "5"}\n', [],
      "line 1: seconds must be a positive number, got -1; line 2: seconds must be a positive number, got '5'"),
     ("p.jsonl", b'{"prompt": "a", "seed": 1.5}\n', [], "line 1: seed must be an integer"),

@@ -77,7 +77,11 @@ def _load(preset: str | None, overrides: list[str] | None, fps: int | None = Non
 
 @app.command()
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="What the video shows."),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="What the video shows. Repeat it for a "
+                                               "timeline: 'a corgi on a beach' '20s: it runs into the waves' "
+                                               "'45s cut: sunset' (prefix SECONDSs [recache|keep|cut] [blend=N]:)."),
+    timeline: Optional[Path] = typer.Option(None, "--timeline", help="YAML or JSON list of {start, prompt, switch} "
+                                            "entries (instead of --prompt)."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of the video in seconds."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; chosen and printed when omitted."),
@@ -92,28 +96,41 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help=YES_HELP),
 ):
-    """Generate one video from a text prompt, streaming frames into an MP4 with a JSON sidecar."""
+    """Generate one video from a text prompt (or a timeline of prompts), streaming frames into an MP4 with a JSON
+    sidecar."""
     from .checks import require_log_format, require_seconds, require_seed
     from .job import Job, run_job
     from .loading import components_loader
     from .progress import make_display
+    from .timeline import load_file, parse_prompts
 
     require_log_format(log_format)
     require_seconds(seconds, confirmed=yes)
     if seed is not None:
         require_seed(seed)
-    if not prompt.strip():
+    if timeline is not None and prompt:
+        raise ConfigError("--timeline and --prompt exclude each other: put every prompt in the timeline file")
+    if timeline is None and not prompt:
+        raise ConfigError("give --prompt (or --timeline FILE), e.g. --prompt 'a red kite over a beach'")
+    if timeline is None and len(prompt) == 1 and not prompt[0].strip():
         raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
+    entries = load_file(timeline) if timeline is not None else parse_prompts(prompt)
+    prompt = entries[0].prompt
+    entries = entries if len(entries) > 1 else None  # one prompt: a plain run
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads)
+    if entries:  # a timeline that does not fit the video: one line before anything loads
+        from .pipeline import Plan, timeline_switches
+
+        timeline_switches(entries, p.config, Plan.for_preset(seconds, p.config))
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    result = run_job(Job(prompt, seconds, seed, out, overwrite), p, loader, display)
+    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files
@@ -230,7 +247,8 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
 @app.command()
 def batch(
     prompts: Path = typer.Argument(..., help="Text file (one prompt per line, # comments) or JSONL "
-                                   "(one {\"prompt\": ..., \"seconds\", \"seed\", \"preset\", \"output\", \"set\"} per line)."),
+                                   "(one {\"prompt\": ... or \"timeline\": [...], \"seconds\", \"seed\", \"preset\", "
+                                   "\"output\", \"set\"} per line)."),
     out_dir: Path = typer.Option(..., "--out-dir", "-d", help="Folder for the videos, sidecars and manifest.jsonl."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),

@@ -23,7 +23,7 @@ from .engine.components import Components
 from .engine.vae import StreamingDecoder
 from .errors import ConfigError, TokentrimError
 from .outputs import RunOutputs, error_text
-from .pipeline import Plan, generate_blocks
+from .pipeline import Plan, generate_blocks, timeline_switches
 from .progress import Display
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
@@ -39,6 +39,7 @@ class Job:
     seed: int
     output: Path  # target .mp4; the sidecar is the same name with .json
     overwrite: bool = False  # replace an existing finished output (else refused, exit 2)
+    timeline: list | None = None  # timeline.Entry list (its first prompt is ``prompt``); None: one prompt
 
 
 @dataclass
@@ -67,6 +68,10 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
     ``overwrite``), another process writes it, or its folder is not writable."""
     plan = Plan.for_preset(job.seconds, preset.config)
+    switches = timeline_switches(job.timeline, preset.config, plan)  # a timeline that does not fit: exit 2
+    if job.timeline:
+        extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
+                 "switches": [s.as_dict() for s in switches]}
     outputs = RunOutputs(job.output, job.overwrite)
     outputs.open(display.message)
     try:
@@ -103,9 +108,16 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
+    shown = [0]  # the timeline entry whose prompt the display last named
 
     def written(block, frames):  # a block is in the file: its record goes to the sidecar and the display
         rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": frames}
+        entry = rec.get("prompt")
+        if job.timeline and entry is not None and entry != shown[0]:
+            shown[0] = entry
+            sw = next(s for s in sidecar.data["switches"] if s["entry"] == entry)
+            display.message(f"prompt {entry + 1}/{len(job.timeline)} from block {block.index} "
+                            f"({sw['snapped']:g} s, {sw['mode']}): {job.timeline[entry].prompt}")
         rec["seconds"] = round(rec["seconds"], 4)
         sidecar.add_block(rec)
         display.block(rec, frames)
@@ -114,7 +126,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
         with terminate_as_interrupt():
             comps = components()
             raise_pending()  # a Ctrl-C that loading swallowed
-            warnings = comps.prompt_warnings(job.prompt)
+            warnings = [w for e in job.timeline or [job] for w in comps.prompt_warnings(e.prompt)]
             for text in warnings:
                 display.warning(text)
             sidecar.data["warnings"] = warnings  # written with the first block (or the final record)
@@ -126,7 +138,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
             decoder.reset()
             blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
             t1 = time.perf_counter()
-            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan):
+            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline):
                 blocks.put(block)
                 raise_pending()
             blocks.close()

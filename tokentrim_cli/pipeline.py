@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from .checks import require_seconds
 from .engine.components import Components
@@ -17,9 +18,11 @@ from .engine.noise import NoiseSource
 from .engine.policies import make_cache
 from .engine.samplers import SAMPLERS, Block
 from .engine.schedule import warp_steps
+from .engine.switch import ContextLatents, switch
 from .engine.vae import StreamingDecoder
 from .pruning import make_reviewer
 from .settings import Config, Sampler
+from .timeline import Entry, Switch, blend_weight, prompt_of, snap
 
 
 @dataclass(frozen=True)
@@ -55,18 +58,58 @@ class Plan:
 
 def prompted_model(components: Components, samp: Sampler, prompt: str):
     """The transformer set to ``prompt``, behind classifier-free guidance where the sampler settings ask for it."""
-    if samp.guidance_scale > 1:
-        model = Guided(components.model, samp.guidance_scale, samp.guidance_min_timestep)
-        model.set_prompt(*components.encode([prompt, samp.negative_prompt]).chunk(2))
-    else:
-        model = components.model
-        model.set_prompt(components.encode([prompt]))
+    model = Guided(components.model, samp.guidance_scale, samp.guidance_min_timestep) if samp.guidance_scale > 1 \
+        else components.model
+    set_prompt(model, components, samp, prompt)
     return model
 
 
-def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan) -> Iterator[Block]:
-    """Yield finished latent blocks for one prompt; each block's record gains cache size and timing."""
+def set_prompt(model, components: Components, samp: Sampler, prompt: str) -> None:
+    """Compute ``prompt``'s cross-attention K/V (with the negative prompt's when ``model`` is guided)."""
+    set_embeddings(model, *encode_prompt(model, components, samp, prompt))
+
+
+def encode_prompt(model, components: Components, samp: Sampler, prompt: str) -> tuple:
+    """(prompt embeddings,) or, when ``model`` is guided, (prompt, negative prompt) embeddings."""
+    if isinstance(model, Guided):
+        return tuple(components.encode([prompt, samp.negative_prompt]).chunk(2))
+    return (components.encode([prompt]),)
+
+
+def set_embeddings(model, *embeds) -> None:
+    model.set_prompt(*embeds)
+
+
+def blended(old: tuple, new: tuple, weight: float) -> tuple:
+    """The prompt embeddings ``weight`` of the way from ``old`` to ``new`` (linear; the negative prompt stays)."""
+    return (torch.lerp(old[0], new[0], weight), *new[1:])
+
+
+def timeline_switches(timeline: list[Entry] | None, cfg: Config, plan: Plan) -> list[Switch]:
+    """The snapped switches of a timeline (ConfigError when it does not fit the video); [] without one."""
+    if not timeline or len(timeline) < 2:
+        return []
+    return snap(timeline, plan.seconds, plan.blocks, plan.block_frames, plan.fps, plan.temporal_ratio,
+                cfg.sampler.switch)
+
+
+def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan,
+                    timeline: list[Entry] | None = None) -> Iterator[Block]:
+    """Yield finished latent blocks for one prompt, or for a timeline of prompts (then ``prompt`` is unused:
+    the first entry's is); each block's record gains cache size, timing and, with a timeline, ``prompt`` (the
+    index of the entry it was made under, for Rolling Forcing the one it entered the window under).
+
+    At a switch (before the sampler first runs the model on the switch block) the new prompt's cross-attention
+    is set, the cache is treated by the switch's mode (``engine/switch.py``) and TokenTrim starts a new warm-up
+    from that block. Rolling Forcing: the blocks already in the window, partly denoised under the old prompt,
+    finish under the new one; the switch block is denoised wholly under it. A switch with ``blend`` N sets, for
+    the switch block and the N - 1 after it, the prompt embeddings k / (N + 1) of the way (k = 1..N) from the old
+    prompt's to the new one's (the mode's cache treatment happens once, at the switch block, under the first
+    blend), and the new prompt's from the block after; such blocks' records carry ``blend`` (the weight)."""
     samp = cfg.sampler
+    switches = timeline_switches(timeline, cfg, plan)
+    if timeline:
+        prompt = timeline[0].prompt
     model = prompted_model(components, samp, prompt)
     scale = components.vae.spatial_compression_ratio
     shape = (1, model.config.in_channels, plan.block_frames, cfg.video.height // scale, cfg.video.width // scale)
@@ -75,9 +118,41 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     reviewer = make_reviewer(cfg.pruning)
     sampler = SAMPLERS[samp.kind]
     sigmas = warp_steps(samp.steps, samp.shift)
+    kept = ContextLatents() if any(s.mode == "recache" for s in switches) else None
+    by_block = {s.block: s for s in switches}
+
+    embeds = {"now": None, "blend": {}}  # the embeddings in effect (when blending); block -> (weight, embeddings)
+
+    def before_block(i: int) -> None:
+        s = by_block.get(i)
+        if s is None:
+            if i in embeds["blend"]:  # inside a blend: only the cross-attention moves on
+                set_embeddings(model, *embeds["blend"].pop(i)[1])
+            return
+        if s.blend:
+            old = embeds["now"] or encode_prompt(model, components, samp, timeline[prompt_of(i - 1, switches)].prompt)
+            new = encode_prompt(model, components, samp, timeline[s.entry].prompt)
+            steps = {i + k: (k + 1) / (s.blend + 1) for k in range(s.blend + 1)}
+            embeds["blend"] = {b: (w, blended(old, new, w) if w < 1 else new) for b, w in steps.items()}
+            embeds["now"] = new
+            set_embeddings(model, *embeds["blend"].pop(i)[1])
+        else:
+            embeds["now"] = None
+            set_prompt(model, components, samp, timeline[s.entry].prompt)
+        switch(s.mode, model, cache, kept, noise, i * plan.block_frames, samp.context_noise)
+        if reviewer is not None:
+            reviewer.restart(i)
+
     started = time.perf_counter()
     for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
-                         solver=samp.solver):
+                         solver=samp.solver, before_block=before_block if switches else None):
+        if kept is not None:
+            kept.add(block, cache)
+        if timeline:
+            block.record["prompt"] = prompt_of(block.index, switches)
+            weight = blend_weight(block.index, switches)
+            if weight is not None:
+                block.record["blend"] = round(weight, 4)
         now = time.perf_counter()
         block.record = {
             "severity": None, "threshold": None, "regenerated": False, "regenerations": 0, "pruned_tokens": 0,

@@ -19,6 +19,10 @@ Choices where the paper is silent, and why:
   and float rounding alone would otherwise trigger regenerations.
 - ``measure_at: first_step`` compares first-step x0 estimates with the previous accepted block's first-step
   estimate (like with like: a one-step estimate is blurrier than a finished block).
+- Prompt timelines (``restart``): from the first block made under a new prompt the reviewer starts afresh, as
+  at the start of a video: that block is compared with nothing (verdict ``switch``) and a new warm-up follows,
+  with statistics of the new prompt's blocks only, so an intended change does not read as drift. Pruning done
+  before the switch is not undone by the reviewer; the switch mode decides what survives of the cache.
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ class TokenTrim:
         self._prev: torch.Tensor | None = None
         self._records: dict[int, dict] = {}
         self.pruned_total = 0
+        self._restart_at: int | None = None
+
+    def restart(self, block: int) -> None:
+        """A new prompt from ``block`` on: its first review starts a new warm-up (see the module docstring)."""
+        self._restart_at = block
 
     # ------------------------------------------------------------------ the sampler's hooks
     def review(self, block: int, latents: torch.Tensor, cache: KVCache, attempt: int) -> bool:
@@ -82,6 +91,10 @@ class TokenTrim:
             block, {"severity": None, "threshold": None, "regenerations": 0, "pruned_tokens": 0, "unstable": []}
         )
         rec["regenerations"] = attempt
+        if self._restart_at is not None and block >= self._restart_at:
+            self._restart_at, self._prev, self.accepted = None, None, []
+            self._commit(block, z, None, "switch")
+            return False
         if self._prev is None:  # nothing to compare with yet
             self._commit(block, z, None, "first")
             return False

@@ -153,6 +153,8 @@ class Sampler(Section):
     negative_prompt: str = setting(_string, "a string (the guidance's unconditional prompt)", "")
     solver: str = choice("renoise", "euler", allowed="renoise (distilled few-step models) or euler (flow-matching "
                          "models: an ODE step that keeps the noise the model sees)")
+    switch: str = choice("recache", "keep", "cut", allowed="recache, keep or cut (how a prompt timeline changes "
+                         "prompt: rebuild the cache under the new prompt, keep it, or clear it)")
 
 
 def _compression(v) -> bool:

@@ -85,6 +85,8 @@ class Sidecar:
         short = {k: d.get(k) for k in keep}
         short["regenerations"] = sum(b.get("regenerations", 0) for b in d["blocks"])
         short["pruned_tokens"] = sum(b.get("pruned_tokens", 0) for b in d["blocks"])
+        if d.get("timeline"):  # [start seconds, prompt] per entry
+            short["timeline"] = [[e["start"], e["prompt"]] for e in d["timeline"]]
         short["sidecar"] = self.path.name
         return json.dumps(short, ensure_ascii=False)
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..checks import seconds_problem, seed_problem
 from ..errors import ConfigError
+from ..timeline import canonical, entries_problems, from_data, length_problem
 
-FIELDS = ("prompt", "seconds", "seed", "preset", "output", "set")
+FIELDS = ("prompt", "seconds", "seed", "preset", "output", "set", "timeline")
 MAX_ERRORS = 5  # validation problems listed on the one error line
 SEED_SPACE = 2**31
 
@@ -30,6 +31,12 @@ class Item:
     output: str | None = None  # per-item name (None: --name-template)
     sets: list[str] = field(default_factory=list)
     name: str = ""  # final file stem, filled by assign_names
+    timeline: list | None = None  # timeline.Entry list (``prompt`` is its first prompt); None: one prompt
+
+    @property
+    def hash_prompt(self) -> str:
+        """What the settings hash reads as the prompt: the prompt, or the whole timeline."""
+        return canonical(self.timeline) if self.timeline else self.prompt
 
 
 def item_seed(batch_seed: int, index: int) -> int:
@@ -48,14 +55,22 @@ def _decode(path: Path, data: bytes) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def _check_object(obj: dict) -> list[str]:
-    """Problems of one JSONL object (empty when fine)."""
+def _check_object(obj: dict, seconds: float) -> list[str]:
+    """Problems of one JSONL object (empty when fine); ``seconds``: the batch's default length."""
     problems = []
     unknown = [k for k in obj if k not in FIELDS]
     for k in unknown:
         problems.append(f"unknown field {k!r} (allowed: {', '.join(FIELDS)})")
-    if "prompt" not in obj:
-        problems.append("missing field 'prompt'")
+    if "prompt" in obj and "timeline" in obj:
+        problems.append("give 'prompt' or 'timeline', not both")
+    elif "timeline" in obj:
+        found = entries_problems(obj["timeline"])
+        problems += found
+        length = obj.get("seconds", seconds)
+        if not found and not seconds_problem(length):
+            problems += [p for p in [length_problem(from_data(obj["timeline"]), length)] if p]
+    elif "prompt" not in obj:
+        problems.append("missing field 'prompt' (or 'timeline')")
     elif not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
         problems.append(f"prompt must be a non-empty string, got {obj['prompt']!r}")
     for key, problem in (("seconds", seconds_problem), ("seed", seed_problem)):
@@ -96,7 +111,7 @@ def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
     """Parse a prompts file; every problem of the whole file is raised as one ConfigError line (exit 2).
 
     Text: one prompt per line. JSONL (``*.jsonl`` or every kept line starting with ``{``): one object per line
-    with ``prompt`` and optionally ``seconds``, ``seed``, ``preset``, ``output``, ``set``. In both, blank lines
+    with ``prompt`` (or ``timeline``, a list of {start, prompt, switch}) and optionally ``seconds``, ``seed``, ``preset``, ``output``, ``set``. In both, blank lines
     and lines starting with ``#`` are skipped; an item's index is its position among the kept lines.
     """
     path = Path(path)
@@ -130,7 +145,7 @@ def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
             problems.append((f"line {no}", 'expected a JSON object like {"prompt": "..."}, got ' + type(obj).__name__))
             items.append(Item(index, no, "", float(seconds), None))
             continue
-        found = _check_object(obj)
+        found = _check_object(obj, seconds)
         problems += [(f"line {no}", p) for p in found]
         if found:
             items.append(Item(index, no, "", float(seconds), None))
@@ -138,8 +153,10 @@ def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
         out = obj.get("output")
         if out is not None and out.lower().endswith(".mp4"):
             out = out[:-4]
-        items.append(Item(index, no, obj["prompt"].strip(), float(obj.get("seconds", seconds)), obj.get("seed"),
-                          obj.get("preset"), out, list(obj.get("set", []))))
+        timeline = from_data(obj["timeline"]) if "timeline" in obj else None
+        prompt = timeline[0].prompt if timeline else obj["prompt"].strip()
+        items.append(Item(index, no, prompt, float(obj.get("seconds", seconds)), obj.get("seed"),
+                          obj.get("preset"), out, list(obj.get("set", [])), timeline=timeline))
     raise_problems(path, problems)
     if not items:
         raise ConfigError(f"{path}: no prompts found (blank lines and lines starting with # are skipped)")

@@ -88,6 +88,7 @@ class BatchRun:
         self.presets = Presets(o.preset, o.sets, o.prompts.parent, o.weights_dir)
         self.presets.base(o.preset)  # --preset and --set, reported without a line number
         self._check_item_presets()
+        self._check_timelines()
         seeds = [it.seed if it.seed is not None else item_seed(o.seed, it.index) for it in self.items]
         for it, seed, name in zip(self.items, seeds, assign_names(self.items, o.name_template, o.preset, seeds)):
             it.seed, it.name = seed, name
@@ -107,6 +108,24 @@ class BatchRun:
             except ConfigError as exc:
                 where = ("line " if len(lines) == 1 else "lines ") + ", ".join(map(str, lines[:10]))
                 problems.append((where + (", ..." if len(lines) > 10 else ""), str(exc)))
+        raise_problems(self.o.prompts, problems)
+
+    def _check_timelines(self) -> None:
+        """Every timeline must fit its item's video (snapped to that preset's blocks); line numbers on error."""
+        from ..pipeline import Plan, timeline_switches
+
+        problems = []
+        for it in self.items:
+            if not it.timeline:
+                continue
+            try:
+                cfg = self.presets.resolve(self.presets.ref(it.preset), it.sets).config
+            except TokentrimError:
+                continue  # the item fails on its own when it runs (its set)
+            try:
+                timeline_switches(it.timeline, cfg, Plan.for_preset(it.seconds, cfg))
+            except ConfigError as exc:
+                problems.append((f"line {it.line}", str(exc)))
         raise_problems(self.o.prompts, problems)
 
     # ------------------------------------------------------------------ running
@@ -194,7 +213,7 @@ class BatchRun:
                 p = self.presets.resolve(self.presets.ref(it.preset), it.sets)
                 row["preset"] = p.name
                 row["frames"] = Plan.for_preset(it.seconds, p.config).frames
-                if o.resume and self._finished(it, done, settings_hash(p.config.as_dict(), it.prompt, it.seconds,
+                if o.resume and self._finished(it, done, settings_hash(p.config.as_dict(), it.hash_prompt, it.seconds,
                                                                        it.seed)):
                     row["action"] = "skip"
                 elif self._would_replace(it, done):
@@ -229,7 +248,7 @@ class BatchRun:
             cfg = self.presets.resolve(self.presets.ref(it.preset), it.sets).config
         except TokentrimError:
             return False  # the item fails before writing anything
-        return not self._finished(it, done, settings_hash(cfg.as_dict(), it.prompt, it.seconds, it.seed))
+        return not self._finished(it, done, settings_hash(cfg.as_dict(), it.hash_prompt, it.seconds, it.seed))
 
     def _run_item(self, it: Item, done: dict, where: str, counter: str) -> str:
         """Run one item and append its manifest line; returns ok, failed, skipped or interrupted. Nothing an
@@ -251,7 +270,7 @@ class BatchRun:
                 if not it.sets:
                     raise
                 raise ConfigError(f"item set {it.sets}: {exc}") from None
-            shash = settings_hash(preset.config.as_dict(), it.prompt, it.seconds, it.seed)
+            shash = settings_hash(preset.config.as_dict(), it.hash_prompt, it.seconds, it.seed)
             if o.resume and self._finished(it, done, shash):
                 self.report.event("item_skipped", f"tokentrim: {tag}: skipped, already done: {out}", index=it.index,
                                   output=str(out))
@@ -262,7 +281,7 @@ class BatchRun:
             loader = presets.loader(preset)
             extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                                "where": where}}
-            result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite), preset, loader,
+            result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline), preset, loader,
                              make_display(o.quiet, o.log_format), extra)
             status, error = result.status, result.error
         except KeyboardInterrupt:
@@ -274,11 +293,12 @@ class BatchRun:
         except Exception as exc:  # noqa: BLE001 - one item's problem never stops the batch
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         if shash is None:
-            shash = settings_hash(None, it.prompt, it.seconds, it.seed, fallback={
+            shash = settings_hash(None, it.hash_prompt, it.seconds, it.seed, fallback={
                 "preset": presets.ref(it.preset), "cli_sets": presets.cli_sets, "sets": it.sets})
         video = result.video if result is not None else None
         record = {
             "index": it.index, "line": it.line, "prompt": it.prompt,
+            **({"timeline": [e.as_dict() for e in it.timeline]} if it.timeline else {}),
             "output": video.name if video else None,
             "sidecar": result.sidecar.name if result is not None and result.sidecar.exists() else None,
             "seed": it.seed, "status": status, "error": error, "seconds": it.seconds,

@@ -142,6 +142,7 @@ class KVCache:
         self.num_layers = num_layers
         self.rope_len = rope_len
         self.segments: list[Segment] = []
+        self.sink_origin = 0  # the sink is the ``sink_frames`` frames from here (moved by a hard cut, see reset)
         self.arena = Arena(num_layers) if arena else None
         self.writing = False
         self.current_frames: torch.Tensor | None = None
@@ -253,8 +254,11 @@ class KVCache:
             return []
         return torch.unique(torch.cat([s.t for s in self.segments])).tolist()
 
-    def reset(self) -> None:
+    def reset(self, sink_origin: int | None = None) -> None:
+        """Drop every cached token. ``sink_origin``: the frames from there on form the new sink (a hard cut)."""
         self.segments = []
+        if sink_origin is not None:
+            self.sink_origin = int(sink_origin)
         self._sync()
 
     # ------------------------------------------------------------------ positions
@@ -307,7 +311,7 @@ class RollingCache(KVCache):
         self.sink_frames = sink_frames
 
     def admit(self, segment: Segment) -> None:
-        self.segments.extend(split_sink(segment, self.sink_frames))
+        self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
         if self.window_frames is None:
             return
         recent = [s for s in self.segments if s.kind != "sink"]
@@ -318,11 +322,12 @@ class RollingCache(KVCache):
         self.segments = [s for s in self.segments if s.num_tokens > 0]
 
 
-def split_sink(segment: Segment, sink_frames: int) -> list[Segment]:
-    """Split a freshly written (loose) block into its sink part (frames < ``sink_frames``) and the rest."""
-    if sink_frames <= 0 or int(segment.t.min()) >= sink_frames:
+def split_sink(segment: Segment, sink_frames: int, origin: int = 0) -> list[Segment]:
+    """Split a freshly written (loose) block into its sink part (frames ``origin`` to ``origin + sink_frames - 1``)
+    and the rest."""
+    in_sink = (segment.t >= origin) & (segment.t < origin + sink_frames)
+    if sink_frames <= 0 or not bool(in_sink.any()):
         return [segment]
-    in_sink = segment.t < sink_frames
     if bool(in_sink.all()):
         segment.kind = "sink"
         return [segment]

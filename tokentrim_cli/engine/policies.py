@@ -150,7 +150,7 @@ class ThreePartitionCache(KVCache):
             self._chosen = {}
 
     def admit(self, segment: Segment) -> None:
-        self.segments.extend(split_sink(segment, self.sink_frames))
+        self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
         for seg in aged_out(self.recent, self.recent_frames):
             i = self.segments.index(seg)
             if self.mid_capacity > 0:
@@ -193,7 +193,7 @@ class RollingForcingCache(KVCache):
         self.sink_frames, self.span_frames = sink_frames, span_frames
 
     def admit(self, segment: Segment) -> None:
-        self.segments.extend(split_sink(segment, self.sink_frames))
+        self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
         block = len(segment.frames)
         oldest_kept = max(segment.frames) + 1 + block - self.span_frames  # the next write pass's first context frame
         for seg in self.segments:
@@ -231,7 +231,7 @@ class DeepSinkCache(RollingCache):
         self.recent_frames, self.budget_frames, self.query_samples = recent_frames, budget_frames, query_samples
 
     def admit(self, segment: Segment) -> None:
-        self.segments.extend(split_sink(segment, self.sink_frames))
+        self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
         for seg in aged_out([s for s in self.segments if s.kind == "recent"], self.recent_frames):
             seg.kind = "mid"
 

@@ -10,13 +10,15 @@ the cache by a context forward at t = ``context_noise`` (0 by default).
 
 A ``reviewer`` (TokenTrim, or None) may look at a candidate block, prune the cache and ask for
 the block to be generated again; the samplers only call it at the moments the method defines and otherwise
-know nothing about it.
+know nothing about it. ``before_block`` (or None) is called with a block's index just before the sampler
+first runs the model on it (Self Forcing: before its first step; Rolling Forcing: before the forward that admits
+it to the window); a caller changes the prompt or the cache there (prompt timelines, ``engine/switch.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -58,7 +60,7 @@ def _implied_noise(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> tor
     return x + (1 - sigma) * v.float()
 
 
-def _write_context(model, cache, x0, frames, noise, block, context_noise):
+def write_context(model, cache, x0, frames, noise, block, context_noise):
     sigma = context_noise / 1000.0
     x = _renoise(x0, noise.draw(block, -1, frames=x0.shape[2]), sigma) if sigma > 0 else x0
     ts = torch.full((x0.shape[2],), float(context_noise))
@@ -77,11 +79,14 @@ def self_forcing(
     reviewer: Reviewer | None = None,
     start_frame: int = 0,
     solver: str = "renoise",
+    before_block: Callable[[int], None] | None = None,
 ) -> Iterator[Block]:
     """Self Forcing: each block is denoised in ``len(sigmas)`` steps reading the cache, then written to it."""
     sigmas = sigmas.float()
     for i in range(num_blocks):
         frames = torch.arange(start_frame + i * block_frames, start_frame + (i + 1) * block_frames)
+        if before_block is not None:
+            before_block(i)
         attempt = 0
         while True:
             x = noise.draw(i, 0, attempt)
@@ -103,7 +108,7 @@ def self_forcing(
                 break
             attempt += 1
         record = reviewer.accept(i, x0) if reviewer is not None else {}
-        _write_context(model, cache, x0, frames, noise, i, context_noise)
+        write_context(model, cache, x0, frames, noise, i, context_noise)
         yield Block(i, frames.tolist(), x0, record)
 
 
@@ -119,6 +124,7 @@ def rolling_forcing(
     reviewer: Reviewer | None = None,
     start_frame: int = 0,
     solver: str = "renoise",
+    before_block: Callable[[int], None] | None = None,
 ) -> Iterator[Block]:
     """Rolling Forcing: a window of ``len(sigmas)`` blocks at staggered noise levels, one forward per window.
 
@@ -132,6 +138,8 @@ def rolling_forcing(
     next_block = 0
     while window or next_block < num_blocks:
         if next_block < num_blocks:
+            if before_block is not None:
+                before_block(next_block)
             window.append({"block": next_block, "x": noise.draw(next_block, 0), "step": 0, "attempt": 0})
             next_block += 1
         f0 = start_frame + window[0]["block"] * block_frames
@@ -162,7 +170,7 @@ def rolling_forcing(
             done = window.pop(0)
             bframes = torch.arange(start_frame + done["block"] * block_frames, start_frame + (done["block"] + 1) * block_frames)
             record = reviewer.accept(done["block"], done["x0"]) if reviewer is not None else {}
-            _write_context(model, cache, done["x0"], bframes, noise, done["block"], context_noise)
+            write_context(model, cache, done["x0"], bframes, noise, done["block"], context_noise)
             yield Block(done["block"], bframes.tolist(), done["x0"], record)
         for w in window:
             w["step"] += 1

@@ -1,0 +1,66 @@
+"""Prompt switches between blocks: what happens to the self-attention cache when the prompt changes.
+
+- ``recache`` (LongLive's KV re-cache): the cache is emptied and rebuilt by context (write) passes, under the new
+  prompt, over the latents of every finished block it still holds a frame of, oldest first, sink blocks
+  included. Every policy then re-admits them by its own rules (windows, compression, sink), so the next block
+  sees a context made wholly under the new prompt. Tokens TokenTrim pruned before the switch come back (they are
+  rebuilt from the full latents of those blocks).
+- ``keep``: only the cross-attention changes; the cache is left exactly as it is (pruning persists).
+- ``cut``: the cache is emptied (nothing is kept) and the sink moves: the first ``sink_frames`` frames from the
+  cut on become the new sink. Frame indices (RoPE positions) continue.
+
+The caller (the pipeline) sets the new prompt's cross-attention first and keeps the latents with
+:class:`ContextLatents`. Knows no files and no terminals.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cache import KVCache
+from .noise import NoiseSource
+from .samplers import Block, write_context
+
+
+class ContextLatents:
+    """The finished blocks' latents the cache may still hold: a block is kept while the cache has a token of
+    one of its frames (so memory is bounded by what the cache can hold)."""
+
+    def __init__(self):
+        self.blocks: list[Block] = []
+
+    def add(self, block: Block, cache: KVCache) -> None:
+        self.blocks.append(block)
+        held = set(cache.frames)
+        self.blocks = [b for b in self.blocks if held.intersection(b.frames)]
+
+    def clear(self) -> None:
+        self.blocks = []
+
+
+@torch.no_grad()
+def recache(model, cache: KVCache, kept: ContextLatents, noise: NoiseSource, context_noise: float = 0.0) -> None:
+    """Rebuild ``cache`` under the model's current prompt from the kept latents (see the module docstring)."""
+    cache.reset()
+    for b in sorted(kept.blocks, key=lambda b: b.frames[0]):
+        write_context(model, cache, b.latents, torch.tensor(b.frames), noise, b.index, context_noise)
+    held = set(cache.frames)
+    kept.blocks = [b for b in kept.blocks if held.intersection(b.frames)]
+
+
+def cut(cache: KVCache, kept: ContextLatents | None, next_frame: int) -> None:
+    """A hard cut before latent frame ``next_frame``: nothing cached survives; the sink starts there."""
+    cache.reset(sink_origin=next_frame)
+    if kept is not None:
+        kept.clear()
+
+
+def switch(mode: str, model, cache: KVCache, kept: ContextLatents | None, noise: NoiseSource, next_frame: int,
+           context_noise: float = 0.0) -> None:
+    """Apply ``mode`` after the prompt has been set on ``model``."""
+    if mode == "recache":
+        recache(model, cache, kept, noise, context_noise)
+    elif mode == "cut":
+        cut(cache, kept, next_frame)
+    elif mode != "keep":
+        raise ValueError(f"unknown switch mode {mode!r}")
