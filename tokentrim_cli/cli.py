@@ -296,7 +296,7 @@ def evaluate(
     import numpy as np
 
     from .metrics import evaluate_video, merge_metrics, plot_metrics
-    from .outputs import find_prompt
+    from .outputs import find_prompt, find_timeline
     from .toy.scoring import SERIES_TITLES, toy_metrics
     from .video import probe
 
@@ -312,9 +312,19 @@ def evaluate(
             print(f"tokentrim: warning: no prompt in the metadata of {video} nor in a sidecar next to it; "
                   "measuring without a caption (pass --prompt)", file=sys.stderr)
     frames = np.asarray(iio.imread(video))
-    result = merge_metrics(evaluate_video(frames, info["fps"]), toy_metrics(frames, info["fps"], prompt))
+    fps = info["fps"]
+    result = merge_metrics(evaluate_video(frames, fps), toy_metrics(frames, fps, prompt))
     result["video"] = str(video)
     result["caption_source"] = source
+    timeline = find_timeline(video, info.get("comment")) if source != "--prompt" else None
+    if timeline:  # each prompt's stretch measured against its own prompt
+        ends = [start for start, _ in timeline[1:]] + [len(frames) / fps]
+        result["segments"] = []
+        for (start, text), end in zip(timeline, ends):
+            part = frames[round(start * fps): round(end * fps)]
+            seg = merge_metrics(evaluate_video(part, fps), toy_metrics(part, fps, text))
+            result["segments"].append({"prompt": text, "start_s": start, "end_s": end, "frames": len(part),
+                                       "toy_caption": seg["toy_caption"], "summary": seg["summary"]})
     out = output or video.with_suffix(".metrics.json")
     out.write_text(json.dumps(result, indent=1, default=float))
     png = out.with_suffix(".png")
@@ -326,6 +336,11 @@ def evaluate(
     for key, value in summary.items():
         if isinstance(value, (int, float)):
             print(f"{key:40s} {value:.4f}")
+    for k, seg in enumerate(result.get("segments", [])):
+        print(f"segment {k + 1}: {seg['start_s']:g}-{seg['end_s']:g} s, {seg['prompt']!r}")
+        for key in ("background_error_last", "object_error_last", "object_present_last", "flicker_score"):
+            if isinstance(seg["summary"].get(key), (int, float)):
+                print(f"  {key:38s} {seg['summary'][key]:.4f}")
     print(f"wrote {out} and {png}")
 
 
