@@ -28,6 +28,11 @@ def test_generate_with_a_prompt_list_records_the_timeline(tmp_path):
                     "prompt 3/3 from block 3 (2.0625 s, cut): a green star"]
     meta = json.loads(probe(out)["comment"])
     assert meta["timeline"] == [[0.0, "a red circle"], [1.0, "a blue square"], [2.0, "a green star"]]
+    # evaluate scores each prompt's stretch, cut where the switches snapped
+    assert tokentrim("evaluate", str(out), "--quiet").returncode == 0
+    segments = json.loads(out.with_suffix(".metrics.json").read_text())["segments"]
+    assert [(s["prompt"], s["start_s"], s["frames"]) for s in segments] == [
+        ("a red circle", 0.0, 21), ("a blue square", 1.3125, 12), ("a green star", 2.0625, 15)]
 
 
 def test_generate_with_a_timeline_file(tmp_path):
