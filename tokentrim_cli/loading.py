@@ -15,7 +15,8 @@ from .settings import Model
 
 def weights_refs(model: Model) -> list[str]:
     """Every weights reference a preset's ``model`` section names."""
-    refs = [model.transformer.weights, model.vae.weights, model.text_encoder.weights]
+    refs = [model.transformer.weights] + ([model.transformer.lora] if model.transformer.lora else [])
+    refs += [model.vae.weights, model.text_encoder.weights]
     return refs + ([model.tokenizer] if isinstance(model.tokenizer, str) else [])
 
 

@@ -124,13 +124,36 @@ class Codec(Section):
         return 2 ** sum(bool(x) for x in self.config.get("temperal_downsample", [False, True, True]))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Transformer(Weights):
+    """The generator: a base checkpoint, optionally with a LoRA merged into it at load (LongLive)."""
+
+    checkpoint_key: str | None = setting(lambda v: v is None or _weights(v), "null (generator_ema, else "
+                                         "generator, else model) or the top-level key of the .pt to read", None)
+    lora: str | None = setting(lambda v: v is None or _weights(v), "null (no LoRA) or a path or "
+                               "hf://OWNER/REPO/PATH of a LoRA file", None)
+    lora_scale: float = setting(number(), "a number (the LoRA's alpha / rank; W += scale * B @ A)", 1.0)
+
+    def as_dict(self) -> dict:
+        """Fields added after the first release are written only when set: presets that do not use them keep their
+        resolved YAML (and so batch --resume's settings hash)."""
+        out = super().as_dict()
+        for f in dataclasses.fields(Transformer):
+            if f.name in _LATER and out[f.name] == f.default:
+                del out[f.name]
+        return out
+
+
+_LATER = ("checkpoint_key", "lora", "lora_scale")
+
+
 def _tokenizer(v) -> bool:
     return (isinstance(v, str) and v.strip() != "") or (isinstance(v, dict) and v.get("kind") == "words")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Model(Section):
-    transformer: Weights = section()
+    transformer: Transformer = section()
     vae: Codec = section()
     text_encoder: Weights = section()
     tokenizer: str | dict = setting(_tokenizer, "a weights reference or {kind: words, vocab: [...]}")
@@ -249,4 +272,5 @@ def section_type(cls: type, f: dataclasses.Field) -> type | None:
     return SECTIONS[f.type] if isinstance(f.type, str) else f.type
 
 
-SECTIONS = {c.__name__: c for c in (Weights, Codec, Model, Sampler, Cache, Pruning, Video, Runtime, Config)}
+SECTIONS = {c.__name__: c for c in (Weights, Transformer, Codec, Model, Sampler, Cache, Pruning, Video, Runtime,
+                                    Config)}

@@ -297,7 +297,7 @@ class KVCache:
 
 
 class RollingCache(KVCache):
-    """Self Forcing's rolling window, optionally with an attention sink (LongLive: sink 3 + window 9).
+    """Self Forcing's rolling window, optionally with an attention sink (LongLive: sink 3 + window 6 cached frames).
 
     Args:
         window_frames: most recent latent frames kept (besides the sink); None keeps everything.

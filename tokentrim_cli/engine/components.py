@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from ..errors import WeightsError
-from ..settings import Codec, Model, Runtime, Weights
+from ..settings import Codec, Model, Runtime, Transformer, Weights
 from . import weights as W
 from .model import CausalWan
 from .text import encode_prompts, prompt_warnings, restore_tied_embedding
@@ -50,7 +50,17 @@ def cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
-def build_transformer(spec: Weights, weights_dir=None, device="cpu", dtype=torch.float32) -> CausalWan:
+def _merge_lora(spec, weights: dict, weights_dir) -> list[str]:
+    """Merge ``model.transformer.lora`` (if any) into ``weights`` (diffusers names); the names replaced."""
+    if not getattr(spec, "lora", None):
+        return []
+    lora_ref = W.resolve(spec.lora, weights_dir)
+    if isinstance(lora_ref, int):
+        raise WeightsError(f"model.transformer.lora must name a LoRA file, not {spec.lora!r}")
+    return W.merge_lora(weights, W.read_lora(lora_ref), spec.lora_scale, str(lora_ref))
+
+
+def build_transformer(spec: Transformer | Weights, weights_dir=None, device="cpu", dtype=torch.float32) -> CausalWan:
     ref = W.resolve(spec.weights, weights_dir)
     config = dict(spec.config)
     if isinstance(ref, int):
@@ -66,7 +76,15 @@ def build_transformer(spec: Weights, weights_dir=None, device="cpu", dtype=torch
 
         with init_empty_weights():
             model = WanTransformer3DModel(**config)
-        W.load_into(model, W.read_state_dict(ref), str(ref))
+        state_dict = W.read_state_dict(ref, getattr(spec, "checkpoint_key", None))
+        _merge_lora(spec, state_dict, weights_dir)  # before loading: no second copy of the weights
+        W.load_into(model, state_dict, str(ref))
+    if not isinstance(ref, Path) or ref.is_dir():  # random or diffusers-folder base: merge into the built model
+        params = dict(model.named_parameters())
+        merged = {k: p.detach() for k, p in params.items()}
+        with torch.no_grad():
+            for k in _merge_lora(spec, merged, weights_dir):
+                params[k].copy_(merged[k])
     return CausalWan(cast(model.to(device), dtype).eval().requires_grad_(False)).to(device)
 
 

@@ -6,11 +6,43 @@ A weights reference is one of
                                      a local mirror; fetched by ``tokentrim download``, never implicitly);
   ``pkg://PATH``                      a file shipped inside the tokentrim package (the toy model's weights);
   a local path                       a ``.pt``/``.pth``/``.safetensors`` file or a diffusers-format folder.
+
+A transformer may name a LoRA (``model.transformer.lora``), merged into the base weights at load:
+W <- W + lora_scale * B @ A (:func:`read_lora`, :func:`merge_lora`).
+
+LongLive (Efficient-Large-Model/LongLive-1.3B), as read in NVlabs/LongLive at tag ``v1.0`` (main is now LongLive
+2.0, a Wan2.2-TI2V-5B model):
+  files      ``configs/longlive_inference.yaml``: ``generator_ckpt: longlive_models/models/longlive_base.pt``,
+             ``lora_ckpt: longlive_models/models/lora.pt``, with ``longlive_models`` the download folder of the hub
+             repository (the docs: ``huggingface-cli download Efficient-Large-Model/LongLive --local-dir
+             longlive_models``; the README's model link is ``Efficient-Large-Model/LongLive-1.3B``).
+  base       ``inference.py``: ``torch.load``, then ``["generator"]`` (``use_ema: false``; ``generator_ema`` only
+             with ``use_ema``), loaded strictly into the WanDiffusionWrapper: ``model.`` + original Wan names.
+             ``trainer/distillation.py`` ``save()`` writes ``generator``, ``critic``, optionally ``generator_ema``,
+             optimiser states and ``step``. Hence ``checkpoint_key: generator`` in the preset.
+  LoRA       ``inference.py``: ``torch.load``; the ``generator_lora`` entry if there is one, else the dict itself,
+             given to ``peft.set_peft_model_state_dict`` on the CausalWanModel. It is written by
+             ``utils/lora_utils.py`` ``gather_lora_state_dict`` (peft's ``get_peft_model_state_dict``), so the keys
+             are peft's: ``base_model.model.blocks.N.self_attn.q.lora_A.weight`` / ``lora_B.weight``.
+  modules    ``utils/lora_utils.py`` ``configure_lora_for_model``: every nn.Linear inside a
+             ``CausalWanAttentionBlock`` (``wan/modules/causal_model.py``): self_attn and cross_attn q, k, v, o and
+             ffn.0, ffn.2 (10 per block, 300 in the 30 blocks); not the embeddings, time projection or head.
+  rank       ``configs/longlive_inference.yaml`` ``adapter``: rank 256, alpha 256, dropout 0, bfloat16, passed to
+             ``peft.LoraConfig(r=rank, lora_alpha=alpha)``: scale alpha / rank = 1.0.
+  sampling   the same file: ``denoising_step_list`` [1000, 750, 500, 250] with ``warp_denoising_step``,
+             ``num_frame_per_block`` 3, ``timestep_shift`` 5.0, ``context_noise`` 0, no guidance at inference
+             (``guidance_scale`` 3.0 appears only in the training configs), ``num_output_frames`` 120, 480x832
+             (``configs/default_config.yaml``).
+  KV cache   ``model_kwargs``: ``local_attn_size`` 12, ``sink_size`` 3, ``global_sink: true``. In
+             ``CausalWanSelfAttention`` the attention span is ``local_attn_size * 1560`` tokens (12 latent frames,
+             sink included): the 3 sink frames plus the newest 9, the current block among them, so 6 cached frames
+             besides the sink (``pipeline/causal_inference.py`` sizes the cache at the same 12 frames).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,12 +136,13 @@ def fetch(ref: str, local_dir: str | None = None) -> Path:
 _CHECKPOINT_KEYS = ("generator_ema", "generator", "model")
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a transformer state dict from a Self Forcing / Rolling Forcing ``.pt`` or a ``.safetensors`` file.
+def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a transformer state dict from a Self Forcing / Rolling Forcing / LongLive ``.pt`` or a ``.safetensors``
+    file.
 
-    Training checkpoints nest the weights under ``generator_ema`` (preferred), ``generator`` or ``model``, prefix
-    them with ``model.`` and sometimes FSDP's ``_fsdp_wrapped_module.``, and use the original Wan key names;
-    the result is a flat dict in diffusers' naming.
+    Training checkpoints nest the weights under ``generator_ema`` (preferred), ``generator`` or ``model`` (``key``:
+    that one only; LongLive reads ``generator``), prefix them with ``model.`` and sometimes FSDP's
+    ``_fsdp_wrapped_module.``, and use the original Wan key names; the result is a flat dict in diffusers' naming.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -121,13 +154,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # noqa: BLE001 - turn any unpickling failure into one line
             raise WeightsError(f"cannot read checkpoint {path}: {exc}") from None
+        keys = (key,) if key else _CHECKPOINT_KEYS
         if isinstance(sd, dict):
-            for key in _CHECKPOINT_KEYS:
-                if key in sd and isinstance(sd[key], dict):
-                    sd = sd[key]
+            for k in keys:
+                if k in sd and isinstance(sd[k], dict):
+                    sd = sd[k]
                     break
+            else:
+                if key:
+                    raise WeightsError(f"{path} has no {key!r} entry (it has: {', '.join(map(str, sd)) or 'nothing'})")
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise WeightsError(f"{path} holds no transformer state dict (looked under {', '.join(_CHECKPOINT_KEYS)})")
+        raise WeightsError(f"{path} holds no transformer state dict (looked under {', '.join(keys)})")
     clean = {}
     for k, v in sd.items():
         k = k.replace("_fsdp_wrapped_module.", "")
@@ -164,3 +201,77 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sourc
                 f"{tuple(ref.shape)}; the preset's architecture config does not match this checkpoint"
             )
     model.load_state_dict(state_dict, strict=True, assign=True)
+
+
+# ---------------------------------------------------------------------- LoRA (LongLive)
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
+_LORA_PREFIXES = ("base_model.model.", "model.", "transformer.")  # peft over the Wan model / its wrapper; diffusers
+
+
+def read_lora(path: Path) -> dict[str, dict]:
+    """Read a LoRA file: ``{diffusers module name: {"A": lora_A, "B": lora_B, "key": the file's lora_A key}}``.
+
+    LongLive's ``lora.pt`` is ``torch.save`` of peft's ``get_peft_model_state_dict`` (training checkpoints nest it
+    under ``generator_lora``): keys ``base_model.model.blocks.N.self_attn.q.lora_A.weight`` in the original Wan
+    names, ``lora_A`` of shape (rank, in) and ``lora_B`` (out, rank). A ``.safetensors`` file, diffusers names
+    (``transformer.blocks.N.attn1.to_q...``), an FSDP prefix or peft's adapter name (``lora_A.default.weight``) are
+    read too. A key that is not a LoRA matrix, or a matrix without its partner, is a WeightsError naming it.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - turn any unpickling failure into one line
+            raise WeightsError(f"cannot read LoRA file {path}: {exc}") from None
+        if isinstance(sd, dict) and isinstance(sd.get("generator_lora"), dict):
+            sd = sd["generator_lora"]
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise WeightsError(f"{path} holds no LoRA state dict (a mapping of lora_A / lora_B tensors)")
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    first_key: dict[str, str] = {}
+    for key, tensor in sd.items():
+        m = _LORA_KEY.match(key.replace("_fsdp_wrapped_module.", ""))
+        if m is None:
+            raise WeightsError(f"{path}: key {key} is not a LoRA matrix (expected ...lora_A.weight / ...lora_B.weight)")
+        module = m["module"]
+        for prefix in _LORA_PREFIXES:
+            if module.startswith(prefix):
+                module = module[len(prefix) :]
+        pairs.setdefault(module, {})[m["part"]] = tensor
+        first_key.setdefault(module, key)
+    names = {m: m for m in pairs}
+    if _uses_original_names({m + ".weight": None for m in pairs}):  # one naming per file, as for the weights
+        from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+        for m in pairs:
+            (converted,) = convert_wan_transformer_to_diffusers({m + ".weight": torch.empty(0)})
+            names[m] = converted[: -len(".weight")]
+    out = {}
+    for m, pair in pairs.items():
+        for part in ("A", "B"):
+            if part not in pair:
+                raise WeightsError(f"{path}: {first_key[m]} has no lora_{part} partner")
+        out[names[m]] = {"A": pair["A"], "B": pair["B"], "key": first_key[m]}
+    return out
+
+
+def merge_lora(weights: dict[str, torch.Tensor], lora: dict[str, dict], scale: float, source: str) -> list[str]:
+    """W <- W + scale * B @ A for every adapted linear layer, in float32, stored back in W's dtype and device (in
+    place in the ``weights`` mapping); returns the names replaced. A LoRA module without a matching
+    ``<module>.weight``, or shapes that do not fit, is a WeightsError naming the LoRA key."""
+    for module, pair in lora.items():
+        name, key = module + ".weight", pair["key"]
+        a, b = pair["A"], pair["B"]
+        if name not in weights:
+            raise WeightsError(f"{source}: LoRA key {key} matches no transformer weight (looked for {name})")
+        w = weights[name]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise WeightsError(f"{source}: LoRA key {key}: lora_B {tuple(b.shape)} @ lora_A {tuple(a.shape)} does not "
+                               f"fit {name} {tuple(w.shape)}")
+        delta = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
+        weights[name] = (w.float() + scale * delta).to(w.dtype)
+    return [m + ".weight" for m in lora]
