@@ -314,3 +314,14 @@ def test_name_template_preset_is_the_preset_items_run(capsys, tmp_path, monkeypa
                             "--name-template", "{preset}-{index}", "--log-format", "jsonl")
     row = json.loads(out)
     assert code == 0 and row["output"] == "toy-0.mp4" and row["preset"] == "toy"
+
+
+def test_settings_hash_of_a_0_1_0_batch_is_unchanged():
+    """Settings added since 0.1.0 (runtime.threads, sampler.switch at its default) stay out of the hash, so a
+    batch begun with 0.1.0 resumes without redoing finished items (the value is 0.1.0's for this item)."""
+    from tokentrim_cli.config import load_preset
+
+    cfg = load_preset("tiny").config.as_dict()
+    assert B.settings_hash(cfg, "a red circle", 1.0, 5) == "18bec84e67d6d73f"
+    cut = load_preset("tiny", ["sampler.switch=cut", "runtime.threads=3"]).config.as_dict()
+    assert B.settings_hash(cut, "a red circle", 1.0, 5) != "18bec84e67d6d73f"  # what changes the video counts

@@ -11,6 +11,10 @@ import re
 from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
+# settings added after tokentrim 0.1.0, left out of the hash at these values so that a batch begun with 0.1.0
+# resumes without redoing its finished items (threads never change the pictures: always left out)
+ANY = object()
+LATER_SETTINGS = {("runtime", "threads"): ANY, ("sampler", "switch"): "recache"}
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -60,8 +64,10 @@ def settings_hash(config: dict | None, prompt: str, seconds: float, seed: int, f
     """sha256 (first 16 hex digits) of the resolved config + prompt + seconds + seed. ``cuda:N`` counts as
     ``cuda`` so that resuming on another GPU layout does not redo finished work."""
     cfg = copy.deepcopy(config) if config is not None else {"unresolved": fallback}
-    if isinstance(cfg.get("runtime"), dict):
-        cfg["runtime"].pop("threads", None)  # how fast, not what: and hashes of batches begun before it stay valid
+    for (section, key), default in LATER_SETTINGS.items():
+        values = cfg.get(section)
+        if isinstance(values, dict) and key in values and (default is ANY or values[key] == default):
+            del values[key]
     dev = cfg.get("runtime", {}).get("device") if isinstance(cfg.get("runtime"), dict) else None
     if isinstance(dev, str) and re.fullmatch(r"cuda:\d+", dev):
         cfg["runtime"]["device"] = "cuda"
