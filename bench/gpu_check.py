@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PRESETS = ["self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed"]
+PRESETS = ["self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed", "longlive"]
 UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
             "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
             "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "layer_norm_epsilon": 1e-6}
@@ -59,7 +59,9 @@ def random_preset(name: str, folder: Path, smoke: bool = False) -> Path:
     data = {
         "description": f"{name} with seeded random weights of the real shapes (bench/gpu_check.py)",
         "extends": str(base),
-        "model": {"transformer": {"weights": "random:0"}, "vae": {"config": {}, "weights": "random:1"},
+        # random weights: no checkpoint entry to pick and no LoRA to merge (longlive's shapes are the base model's)
+        "model": {"transformer": {"weights": "random:0", "checkpoint_key": None, "lora": None},
+                  "vae": {"config": {}, "weights": "random:1"},
                   "text_encoder": {"config": UMT5_XXL, "weights": "random:2"}, "tokenizer": {"kind": "words"}},
     }
     path = folder / f"{name}-random.yaml"
