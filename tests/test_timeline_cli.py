@@ -87,6 +87,14 @@ def test_batch_mixes_prompt_and_timeline_items(capsys, tmp_path):
     assert [row["status"] for row in rows] == ["ok", "ok"] and "timeline" in rows[1] and "timeline" not in rows[0]
     side = json.loads((out / rows[1]["sidecar"]).read_text())
     assert [b["prompt"] for b in side["blocks"]] == [0, 0, 1]
+    code, _, err = run_main(capsys, "batch", str(prompts), "--out-dir", str(out), "--resume")
+    assert code == 0 and "0 ok, 0 failed, 2 skipped" in err, err  # both kinds resume
+    changed = write_jsonl(tmp_path / "p.jsonl", [  # another script for the timeline item: it is made again
+        {"prompt": "a red circle", "seconds": 2},
+        {"timeline": [{"start": 0, "prompt": "a red circle"}, {"start": 1, "prompt": "a green star"}], "seconds": 2},
+    ])
+    code, _, err = run_main(capsys, "batch", str(changed), "--out-dir", str(out), "--resume", "--overwrite")
+    assert code == 0 and "1 ok, 0 failed, 1 skipped" in err, err
 
 
 def test_batch_timeline_problems_listed_with_line_numbers(capsys, tmp_path):
