@@ -224,6 +224,9 @@ def test_one_entry_timeline_is_bit_identical_to_a_plain_run():
     ("tiny", ["cache.sink_frames=3"]),
     ("tiny", ["cache.policy=three_partition", "cache.sink_frames=3", "cache.recent_frames=3",
               "cache.mid_capacity=2", "cache.mid_top_k=1"]),
+    ("tiny", ["cache.policy=full"]),
+    ("tiny", ["cache.policy=sink_window", "cache.sink_frames=3", "cache.window_frames=6"]),
+    ("tiny", ["cache.policy=deep_sink", "cache.sink_frames=3", "cache.recent_frames=3", "cache.budget_frames=6"]),
     ("tiny-rolling", []),
 ])
 def test_every_mode_runs_with_every_sampler(preset, sets):
