@@ -12,7 +12,7 @@ LAYERS = [
     ("command", ["cli", "__main__"]),
     ("batch", ["batch"]),
     ("job", ["job", "loading"]),
-    ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "outputs", "metrics", "toy"]),
+    ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "outputs", "metrics", "toy", "image"]),
     ("methods and presets", ["pruning", "config"]),
     ("engine", ["engine"]),
     ("leaves", ["settings", "checks", "errors", "signals", "timeline", "__init__"]),

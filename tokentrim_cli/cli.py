@@ -95,11 +95,12 @@ def generate(
                                    "the old pair is replaced only when the new run finishes ok."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help=YES_HELP),
+    image: Optional[Path] = typer.Option(None, "--image", help="Start from this picture (png, jpg, webp; see README)."),
 ):
-    """Generate one video from a text prompt (or a timeline of prompts), streaming frames into an MP4 with a JSON
-    sidecar."""
+    """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture),
+    streaming frames into an MP4 with a JSON sidecar."""
     from .checks import require_log_format, require_seconds, require_seed
-    from .job import Job, run_job
+    from .job import Job, Plan, load_image, run_job, timeline_switches
     from .loading import components_loader
     from .progress import make_display
     from .timeline import load_file, parse_prompts
@@ -120,17 +121,16 @@ def generate(
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads)
+    start = load_image(image, p.config.video.height, p.config.video.width) if image is not None else None  # exit 2
     if entries:  # a timeline that does not fit the video: one line before anything loads
-        from .pipeline import Plan, timeline_switches
-
-        timeline_switches(entries, p.config, Plan.for_preset(seconds, p.config))
+        timeline_switches(entries, p.config, Plan.for_preset(seconds, p.config, image=start is not None))
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries), p, loader, display)
+    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files

@@ -22,8 +22,9 @@ from .config import Preset
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
 from .errors import ConfigError, TokentrimError
+from .image import load_image  # noqa: F401 - the command reads --image through the job
 from .outputs import RunOutputs, error_text
-from .pipeline import Plan, generate_blocks, timeline_switches
+from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
@@ -40,6 +41,7 @@ class Job:
     output: Path  # target .mp4; the sidecar is the same name with .json
     overwrite: bool = False  # replace an existing finished output (else refused, exit 2)
     timeline: list | None = None  # timeline.Entry list (its first prompt is ``prompt``); None: one prompt
+    image: object | None = None  # image.StartImage the video starts from (``generate --image``); None: from noise
 
 
 @dataclass
@@ -67,8 +69,10 @@ class Result:
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
     ``overwrite``), another process writes it, or its folder is not writable."""
-    plan = Plan.for_preset(job.seconds, preset.config)
+    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None)
     switches = timeline_switches(job.timeline, preset.config, plan)  # a timeline that does not fit: exit 2
+    if job.image is not None:
+        extra = {**(extra or {}), "image": job.image.as_dict()}
     if job.timeline:
         extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
                  "switches": [s.as_dict() for s in switches]}
@@ -102,8 +106,13 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
         )
     except OSError as exc:  # nothing loaded or written yet
         raise ConfigError(error_text(exc, outputs.running_sidecar)) from None
-    info = {"preset": preset.name, "seed": job.seed, "video": str(job.output), **plan.as_dict()}
+    info = {"preset": preset.name, "seed": job.seed, "video": str(job.output), **plan.as_dict(),
+            **({"image": job.image.as_dict()} if job.image is not None else {})}
     display.start(info)
+    if job.image is not None:
+        im = job.image
+        display.message(f"the video starts from the image {im.path} ({im.size[0]}x{im.size[1]}, resized to "
+                        f"{im.resized[0]}x{im.resized[1]} and centre-cropped to {vid.width}x{vid.height})")
     writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
@@ -136,9 +145,12 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
                 torch.cuda.reset_peak_memory_stats(comps.device)
             decoder = StreamingDecoder(comps.vae)
             decoder.reset()
-            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
             t1 = time.perf_counter()
-            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline):
+            lead = image_latents(comps, job.image.tensor()) if job.image is not None else None
+            if lead is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
+                writer.write(decoder.frames(lead)[: plan.frames])
+            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
+            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead):
                 blocks.put(block)
                 raise_pending()
             blocks.close()

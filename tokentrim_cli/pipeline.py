@@ -16,10 +16,10 @@ from .engine.components import Components
 from .engine.guidance import Guided
 from .engine.noise import NoiseSource
 from .engine.policies import make_cache
-from .engine.samplers import SAMPLERS, Block
+from .engine.samplers import SAMPLERS, Block, write_context
 from .engine.schedule import warp_steps
 from .engine.switch import ContextLatents, switch
-from .engine.vae import StreamingDecoder
+from .engine.vae import StreamingDecoder, encode_image
 from .pruning import make_reviewer
 from .settings import Config, Sampler
 from .timeline import Entry, Switch, blend_weight, prompt_of, snap
@@ -27,7 +27,11 @@ from .timeline import Entry, Switch, blend_weight, prompt_of, snap
 
 @dataclass(frozen=True)
 class Plan:
-    """How many frames a request becomes: seconds -> pixel frames -> latent frames -> whole blocks."""
+    """How many frames a request becomes: seconds -> pixel frames -> latent frames -> whole blocks.
+
+    ``start_frame`` 1 (``generate --image``): the video starts with a given picture, VAE-encoded as latent frame 0
+    (1 pixel frame) and written to the cache as context; the blocks are generated from latent frame 1, so the video
+    is 1 + ``temporal_ratio`` x ``latent_frames`` pixel frames before the trim to ``frames``."""
 
     seconds: float
     fps: int
@@ -37,23 +41,32 @@ class Plan:
     block_frames: int
 
     temporal_ratio: int = 4  # pixel frames per latent frame after the first
+    start_frame: int = 0  # latent frames given before the first block (1: the --image frame)
 
     @classmethod
-    def for_seconds(cls, seconds: float, fps: int, block_frames: int, temporal_ratio: int = 4) -> "Plan":
+    def for_seconds(cls, seconds: float, fps: int, block_frames: int, temporal_ratio: int = 4,
+                    image: bool = False) -> "Plan":
         require_seconds(seconds, "seconds")
         if fps <= 0:
             raise ValueError(f"fps must be a positive integer, got {fps}")
         frames = max(1, round(seconds * fps))
-        latent = 1 + math.ceil((frames - 1) / temporal_ratio)
-        blocks = math.ceil(latent / block_frames)
-        return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames, temporal_ratio)
+        latent = (0 if image else 1) + math.ceil((frames - 1) / temporal_ratio)
+        blocks = max(1, math.ceil(latent / block_frames))
+        return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames, temporal_ratio,
+                   1 if image else 0)
 
     @classmethod
-    def for_preset(cls, seconds: float, cfg: Config) -> "Plan":
-        return cls.for_seconds(seconds, cfg.video.fps, cfg.sampler.block_frames, cfg.model.vae.temporal_ratio)
+    def for_preset(cls, seconds: float, cfg: Config, image: bool = False) -> "Plan":
+        return cls.for_seconds(seconds, cfg.video.fps, cfg.sampler.block_frames, cfg.model.vae.temporal_ratio, image)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.start_frame:  # a plain run's plan reads as before
+            del d["start_frame"]
+        else:
+            d["note"] = "the video starts with the image: latent frame 0 (1 pixel frame), written to the cache as " \
+                         "context; the blocks are generated from latent frame 1"
+        return d
 
 
 def prompted_model(components: Components, samp: Sampler, prompt: str):
@@ -90,11 +103,19 @@ def timeline_switches(timeline: list[Entry] | None, cfg: Config, plan: Plan) -> 
     if not timeline or len(timeline) < 2:
         return []
     return snap(timeline, plan.seconds, plan.blocks, plan.block_frames, plan.fps, plan.temporal_ratio,
-                cfg.sampler.switch)
+                cfg.sampler.switch, plan.start_frame)
+
+
+IMAGE_BLOCK = 2**31  # the start image's noise key (its context pass with context_noise > 0); blocks are 0, 1, ...
+
+
+def image_latents(components: Components, pixels: torch.Tensor) -> torch.Tensor:
+    """A start image (1, 3, 1, H, W) in [-1, 1] as the video's latent frame 0 (normalised, like the blocks')."""
+    return encode_image(components.vae, pixels)
 
 
 def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan,
-                    timeline: list[Entry] | None = None) -> Iterator[Block]:
+                    timeline: list[Entry] | None = None, image: torch.Tensor | None = None) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt, or for a timeline of prompts (then ``prompt`` is unused:
     the first entry's is); each block's record gains cache size, timing and, with a timeline, ``prompt`` (the
     index of the entry it was made under, for Rolling Forcing the one it entered the window under).
@@ -105,7 +126,13 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     finish under the new one; the switch block is denoised wholly under it. A switch with ``blend`` N sets, for
     the switch block and the N - 1 after it, the prompt embeddings k / (N + 1) of the way (k = 1..N) from the old
     prompt's to the new one's (the mode's cache treatment happens once, at the switch block, under the first
-    blend), and the new prompt's from the block after; such blocks' records carry ``blend`` (the weight)."""
+    blend), and the new prompt's from the block after; such blocks' records carry ``blend`` (the weight).
+
+    ``image`` (with ``plan.start_frame`` 1; ``image_latents``): latent frame 0, written to the cache by one context
+    pass (at ``context_noise``) before block 0, which is generated from latent frame 1; it is not yielded (the
+    caller decodes it first). A recache switch rebuilds it with the blocks while the cache holds it."""
+    if (image is not None) != bool(plan.start_frame):
+        raise ValueError("an image goes with a plan for one (Plan.for_preset(..., image=True)), and back")
     samp = cfg.sampler
     switches = timeline_switches(timeline, cfg, plan)
     if timeline:
@@ -120,6 +147,11 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     sigmas = warp_steps(samp.steps, samp.shift)
     kept = ContextLatents() if any(s.mode == "recache" for s in switches) else None
     by_block = {s.block: s for s in switches}
+    if image is not None:
+        lead = Block(IMAGE_BLOCK, list(range(plan.start_frame)), image.to(model.device, torch.float32))
+        write_context(model, cache, lead.latents, torch.tensor(lead.frames), noise, lead.index, samp.context_noise)
+        if kept is not None:
+            kept.add(lead, cache)
 
     embeds = {"now": None, "blend": {}}  # the embeddings in effect (when blending); block -> (weight, embeddings)
 
@@ -139,13 +171,14 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
         else:
             embeds["now"] = None
             set_prompt(model, components, samp, timeline[s.entry].prompt)
-        switch(s.mode, model, cache, kept, noise, i * plan.block_frames, samp.context_noise)
+        switch(s.mode, model, cache, kept, noise, plan.start_frame + i * plan.block_frames, samp.context_noise)
         if reviewer is not None:
             reviewer.restart(i)
 
     started = time.perf_counter()
     for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
-                         solver=samp.solver, before_block=before_block if switches else None):
+                         start_frame=plan.start_frame, solver=samp.solver,
+                         before_block=before_block if switches else None):
         if kept is not None:
             kept.add(block, cache)
         if timeline:
@@ -167,14 +200,17 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
         yield block
 
 
-def generate_video(components: Components, cfg: Config, prompt: str, seed: int, seconds: float) -> tuple[np.ndarray, list[dict]]:
-    """A whole video in memory: (F, H, W, 3) uint8 frames trimmed to the plan, and every block's record.
-    The command streams blocks to the MP4 instead (job.py); this is for tests and benchmarks."""
-    plan = Plan.for_preset(seconds, cfg)
+def generate_video(components: Components, cfg: Config, prompt: str, seed: int, seconds: float,
+                   image: torch.Tensor | None = None) -> tuple[np.ndarray, list[dict]]:
+    """A whole video in memory: (F, H, W, 3) uint8 frames trimmed to the plan, and every block's record; ``image``
+    (1, 3, 1, H, W) in [-1, 1]: the video starts from it. The command streams blocks to the MP4 instead (job.py);
+    this is for tests and benchmarks."""
+    plan = Plan.for_preset(seconds, cfg, image=image is not None)
+    lead = image_latents(components, image) if image is not None else None
     decoder = StreamingDecoder(components.vae)
     decoder.reset()
-    frames, records = [], []
-    for block in generate_blocks(components, cfg, prompt, seed, plan):
+    frames, records = ([decoder.frames(lead)] if lead is not None else []), []
+    for block in generate_blocks(components, cfg, prompt, seed, plan, image=lead):
         frames.append(decoder.frames(block.latents))
         records.append(block.record)
     return np.concatenate(frames)[: plan.frames], records

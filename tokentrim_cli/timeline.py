@@ -174,26 +174,28 @@ def length_problem(entries: list[Entry], seconds: float) -> str | None:
     return None
 
 
-def block_start_seconds(block: int, block_frames: int, fps: int, temporal_ratio: int = 4) -> float:
-    """When a block's first pixel frame is shown."""
-    latent = block * block_frames
+def block_start_seconds(block: int, block_frames: int, fps: int, temporal_ratio: int = 4,
+                        start_frame: int = 0) -> float:
+    """When a block's first pixel frame is shown (``start_frame``: latent frames before block 0, e.g. an image)."""
+    latent = start_frame + block * block_frames
     pixel = 0 if latent == 0 else 1 + (latent - 1) * temporal_ratio
     return pixel / fps
 
 
 def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, fps: int, temporal_ratio: int = 4,
-         default_mode: str = "recache") -> list[Switch]:
-    """The switches of a checked timeline (one per entry after the first), snapped to blocks."""
+         default_mode: str = "recache", start_frame: int = 0) -> list[Switch]:
+    """The switches of a checked timeline (one per entry after the first), snapped to blocks (which start at
+    latent frame ``start_frame``: 1 after a start image)."""
     problem = length_problem(entries, seconds)
     if problem:
         raise ConfigError(f"timeline: {problem}")
     switches: list[Switch] = []
     for i, e in enumerate(entries[1:], 1):
         b = 0
-        while block_start_seconds(b, block_frames, fps, temporal_ratio) < e.start - 1e-9:
+        while block_start_seconds(b, block_frames, fps, temporal_ratio, start_frame) < e.start - 1e-9:
             b += 1
         if b >= blocks:
-            last = block_start_seconds(blocks - 1, block_frames, fps, temporal_ratio)
+            last = block_start_seconds(blocks - 1, block_frames, fps, temporal_ratio, start_frame)
             raise ConfigError(f"timeline: prompt {i + 1} at {e.start:g} s snaps to block {b}, past the video's last "
                               f"block ({blocks - 1}, from {last:g} s)")
         if switches and b == switches[-1].block:
@@ -203,7 +205,7 @@ def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, f
         if switches and b < switches[-1].block + switches[-1].blend:
             raise ConfigError(f"timeline: prompt {i}'s blend over {switches[-1].blend} blocks (from block "
                               f"{switches[-1].block}) runs into prompt {i + 1}'s switch at block {b}")
-        switches.append(Switch(i, b, e.start, block_start_seconds(b, block_frames, fps, temporal_ratio),
+        switches.append(Switch(i, b, e.start, block_start_seconds(b, block_frames, fps, temporal_ratio, start_frame),
                                e.switch or default_mode, e.blend))
     return switches
 
