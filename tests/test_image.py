@@ -215,3 +215,22 @@ def test_cli_bad_image_is_one_line_exit_2(tmp_path, make):
                   "-o", str(tmp_path / "v.mp4"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--image" in r.stderr
     assert not list(tmp_path.glob("v.*"))
+
+
+def test_recache_rewrites_the_image_frame_and_context_noise_works(monkeypatch):
+    """A recache switch rebuilds the cache from the kept latents, the image's frame 0 among them; with
+    context_noise > 0 the image's context pass draws its own noise (key IMAGE_BLOCK)."""
+    from tokentrim_cli import pipeline
+    from tokentrim_cli.pipeline import generate_blocks, image_latents
+
+    cfg, comps = _comps("tiny", "pruning.lambda=0", "cache.sink_frames=3", "sampler.context_noise=50")
+    after = []
+    real = pipeline.switch
+    monkeypatch.setattr(pipeline, "switch", lambda mode, model, cache, *a: (real(mode, model, cache, *a),
+                                                                            after.append((mode, cache.frames)))[0])
+    plan = Plan.for_preset(2, cfg, image=True)
+    lead = image_latents(comps, torch.zeros(1, 3, 1, cfg.video.height, cfg.video.width))
+    tl = [Entry(0.0, "a red circle"), Entry(1.0, "a blue square")]
+    blocks = list(generate_blocks(comps, cfg, "", 0, plan, tl, image=lead))
+    assert after == [("recache", list(range(7)))]  # frame 0 (the image) and blocks 0-1 (frames 1-6), rewritten
+    assert [b.record["prompt"] for b in blocks] == [0, 0, 1] and all(torch.isfinite(b.latents).all() for b in blocks)
