@@ -100,7 +100,8 @@ def generate(
     """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture),
     streaming frames into an MP4 with a JSON sidecar."""
     from .checks import require_log_format, require_seconds, require_seed
-    from .job import Job, Plan, load_image, run_job, timeline_switches
+    from .image import load_image
+    from .job import Job, Plan, run_job, timeline_switches
     from .loading import components_loader
     from .progress import make_display
     from .timeline import load_file, parse_prompts
@@ -170,7 +171,7 @@ def download(
 ):
     """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""
     from .engine import weights as W
-    from .loading import weights_refs
+    from .loading import check_hub_reachable, weights_refs
 
     p = _load(name, None)
     refs = weights_refs(p.config.model)
@@ -178,7 +179,7 @@ def download(
     if not hub:
         print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
         return
-    _check_hub_reachable()
+    check_hub_reachable()
     for ref in hub:
         try:
             path = W.fetch(ref, str(local_dir) if local_dir else None)
@@ -191,26 +192,6 @@ def download(
                 f"a folder and pass --weights-dir"
             ) from None
         print(f"{ref} -> {path}")
-
-
-def _check_hub_reachable() -> None:
-    """Fail in one line now when the hub's name does not resolve (offline), instead of after the hub client's
-    five retries (30 s of log lines). Behind a proxy the proxy resolves it, so there is nothing to check here."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise TokentrimError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it, or copy the files into "
-                             "a folder and pass --weights-dir")
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError as exc:
-        raise TokentrimError(f"cannot reach {host} ({exc.strerror or exc}): check the network (or HF_ENDPOINT / "
-                             "HTTPS_PROXY), or copy the files into a folder and pass --weights-dir") from None
 
 
 @app.command()

@@ -22,7 +22,6 @@ from .config import Preset
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
 from .errors import ConfigError, TokentrimError
-from .image import load_image  # noqa: F401 - the command reads --image through the job
 from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display

@@ -1,6 +1,6 @@
 """Loading a preset's models for a run: every weights reference checked up front (cheap), the models loaded
 on first use (expensive) and reused. The engine says which weights are missing; this layer, which knows the
-preset, says how to fetch them."""
+preset, says how to fetch them (and, for ``download``, fails at once when the hub cannot be reached)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Callable
 from .config import Preset
 from .engine import weights as W
 from .engine.components import Components, load_components
-from .errors import MissingWeights
+from .errors import MissingWeights, TokentrimError
 from .settings import Model
 
 
@@ -55,3 +55,23 @@ def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], C
         return loaded[0]
 
     return load
+
+
+def check_hub_reachable() -> None:
+    """Fail in one line now when the hub's name does not resolve (offline), instead of after the hub client's
+    five retries (30 s of log lines). Behind a proxy the proxy resolves it, so there is nothing to check here."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise TokentrimError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it, or copy the files into "
+                             "a folder and pass --weights-dir")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise TokentrimError(f"cannot reach {host} ({exc.strerror or exc}): check the network (or HF_ENDPOINT / "
+                             "HTTPS_PROXY), or copy the files into a folder and pass --weights-dir") from None
