@@ -121,7 +121,7 @@ def test_lora_on_random_weights_merges_too(tmp_path):
 
 
 def test_presets_name_the_lora_and_download_lists_it(capsys, monkeypatch):
-    from tokentrim_cli import cli
+    from tokentrim_cli import loading
     from tokentrim_cli.engine import weights as W
     from tokentrim_cli.loading import weights_refs
 
@@ -139,7 +139,7 @@ def test_presets_name_the_lora_and_download_lists_it(capsys, monkeypatch):
     assert "lora" not in load_preset("self-forcing").config.model.transformer.as_dict()
 
     fetched = []
-    monkeypatch.setattr(cli, "_check_hub_reachable", lambda: None)
+    monkeypatch.setattr(loading, "check_hub_reachable", lambda: None)
     monkeypatch.setattr(W, "fetch", lambda ref, local_dir=None: fetched.append(ref) or ref)
     with pytest.raises(SystemExit) as exc:
         main(["download", "longlive"])
