@@ -325,8 +325,10 @@ class RollingCache(KVCache):
 def split_sink(segment: Segment, sink_frames: int, origin: int = 0) -> list[Segment]:
     """Split a freshly written (loose) block into its sink part (frames ``origin`` to ``origin + sink_frames - 1``)
     and the rest."""
+    if sink_frames <= 0:
+        return [segment]
     in_sink = (segment.t >= origin) & (segment.t < origin + sink_frames)
-    if sink_frames <= 0 or not bool(in_sink.any()):
+    if not bool(in_sink.any()):
         return [segment]
     if bool(in_sink.all()):
         segment.kind = "sink"

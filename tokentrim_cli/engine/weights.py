@@ -136,6 +136,19 @@ def fetch(ref: str, local_dir: str | None = None) -> Path:
 _CHECKPOINT_KEYS = ("generator_ema", "generator", "model")
 
 
+def _read_tensors(path: Path, what: str, mmap: bool = False):
+    """What a ``.safetensors`` or torch ``.pt`` file holds (tensors only: ``weights_only``); one line if it cannot
+    be read."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - turn any unpickling failure into one line
+        raise WeightsError(f"cannot read {what} {path}: {exc}") from None
+
+
 def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
     """Read a transformer state dict from a Self Forcing / Rolling Forcing / LongLive ``.pt`` or a ``.safetensors``
     file.
@@ -145,24 +158,16 @@ def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tenso
     ``_fsdp_wrapped_module.``, and use the original Wan key names; the result is a flat dict in diffusers' naming.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # noqa: BLE001 - turn any unpickling failure into one line
-            raise WeightsError(f"cannot read checkpoint {path}: {exc}") from None
-        keys = (key,) if key else _CHECKPOINT_KEYS
-        if isinstance(sd, dict):
-            for k in keys:
-                if k in sd and isinstance(sd[k], dict):
-                    sd = sd[k]
-                    break
-            else:
-                if key:
-                    raise WeightsError(f"{path} has no {key!r} entry (it has: {', '.join(map(str, sd)) or 'nothing'})")
+    sd = _read_tensors(path, "checkpoint", mmap=True)
+    keys = (key,) if key else _CHECKPOINT_KEYS
+    if path.suffix != ".safetensors" and isinstance(sd, dict):  # training checkpoints nest the weights
+        for k in keys:
+            if k in sd and isinstance(sd[k], dict):
+                sd = sd[k]
+                break
+        else:
+            if key:
+                raise WeightsError(f"{path} has no {key!r} entry (it has: {', '.join(map(str, sd)) or 'nothing'})")
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise WeightsError(f"{path} holds no transformer state dict (looked under {', '.join(keys)})")
     clean = {}
@@ -218,17 +223,9 @@ def read_lora(path: Path) -> dict[str, dict]:
     read too. A key that is not a LoRA matrix, or a matrix without its partner, is a WeightsError naming it.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - turn any unpickling failure into one line
-            raise WeightsError(f"cannot read LoRA file {path}: {exc}") from None
-        if isinstance(sd, dict) and isinstance(sd.get("generator_lora"), dict):
-            sd = sd["generator_lora"]
+    sd = _read_tensors(path, "LoRA file")
+    if isinstance(sd, dict) and isinstance(sd.get("generator_lora"), dict):
+        sd = sd["generator_lora"]
     if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
         raise WeightsError(f"{path} holds no LoRA state dict (a mapping of lora_A / lora_B tensors)")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
