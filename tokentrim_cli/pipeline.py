@@ -14,9 +14,10 @@ import torch
 from .checks import require_seconds
 from .engine.components import Components
 from .engine.guidance import Guided
+from .engine.journal import Journal, replay
 from .engine.noise import NoiseSource
 from .engine.policies import make_cache
-from .engine.samplers import SAMPLERS, Block, write_context
+from .engine.samplers import SAMPLERS, Block, LoopState, write_context
 from .engine.schedule import warp_steps
 from .engine.switch import ContextLatents, switch
 from .engine.vae import StreamingDecoder, encode_image
@@ -69,17 +70,18 @@ class Plan:
         return d
 
 
+def guided_model(components: Components, samp: Sampler):
+    """The transformer, behind classifier-free guidance where the sampler settings ask for it."""
+    if samp.guidance_scale > 1:
+        return Guided(components.model, samp.guidance_scale, samp.guidance_min_timestep)
+    return components.model
+
+
 def prompted_model(components: Components, samp: Sampler, prompt: str):
-    """The transformer set to ``prompt``, behind classifier-free guidance where the sampler settings ask for it."""
-    model = Guided(components.model, samp.guidance_scale, samp.guidance_min_timestep) if samp.guidance_scale > 1 \
-        else components.model
-    set_prompt(model, components, samp, prompt)
+    """The transformer set to ``prompt`` (its cross-attention K/V, with the negative prompt's when guided)."""
+    model = guided_model(components, samp)
+    model.set_prompt(*encode_prompt(model, components, samp, prompt))
     return model
-
-
-def set_prompt(model, components: Components, samp: Sampler, prompt: str) -> None:
-    """Compute ``prompt``'s cross-attention K/V (with the negative prompt's when ``model`` is guided)."""
-    set_embeddings(model, *encode_prompt(model, components, samp, prompt))
 
 
 def encode_prompt(model, components: Components, samp: Sampler, prompt: str) -> tuple:
@@ -87,10 +89,6 @@ def encode_prompt(model, components: Components, samp: Sampler, prompt: str) -> 
     if isinstance(model, Guided):
         return tuple(components.encode([prompt, samp.negative_prompt]).chunk(2))
     return (components.encode([prompt]),)
-
-
-def set_embeddings(model, *embeds) -> None:
-    model.set_prompt(*embeds)
 
 
 def blended(old: tuple, new: tuple, weight: float) -> tuple:
@@ -115,7 +113,8 @@ def image_latents(components: Components, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan,
-                    timeline: list[Entry] | None = None, image: torch.Tensor | None = None) -> Iterator[Block]:
+                    timeline: list[Entry] | None = None, image: torch.Tensor | None = None,
+                    resumable: bool = False, resume: dict | None = None) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt, or for a timeline of prompts (then ``prompt`` is unused:
     the first entry's is); each block's record gains cache size, timing and, with a timeline, ``prompt`` (the
     index of the entry it was made under, for Rolling Forcing the one it entered the window under).
@@ -130,14 +129,20 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
 
     ``image`` (with ``plan.start_frame`` 1; ``image_latents``): latent frame 0, written to the cache by one context
     pass (at ``context_noise``) before block 0, which is generated from latent frame 1; it is not yielded (the
-    caller decodes it first). A recache switch rebuilds it with the blocks while the cache holds it."""
+    caller decodes it first). A recache switch rebuilds it with the blocks while the cache holds it.
+
+    ``resumable``: every block carries ``state``, what it takes to go on exactly from right after it: the cache's
+    journal (``engine/journal.py``), the sampler's :class:`LoopState`, the reviewer's statistics, the latents a
+    recache would need and the blend in progress (tensors are shared, not copied: save them before the next
+    block). ``resume``: such a state; the cache is rebuilt by replaying its journal and the loop goes on from
+    its next block, giving the same blocks, bit for bit, as the run that left it."""
     if (image is not None) != bool(plan.start_frame):
         raise ValueError("an image goes with a plan for one (Plan.for_preset(..., image=True)), and back")
     samp = cfg.sampler
     switches = timeline_switches(timeline, cfg, plan)
     if timeline:
         prompt = timeline[0].prompt
-    model = prompted_model(components, samp, prompt)
+    model = guided_model(components, samp)
     scale = components.vae.spatial_compression_ratio
     shape = (1, model.config.in_channels, plan.block_frames, cfg.video.height // scale, cfg.video.width // scale)
     noise = NoiseSource(seed, shape, device=model.device, fresh_on_retry=cfg.pruning.noise == "fresh")
@@ -147,19 +152,49 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     sigmas = warp_steps(samp.steps, samp.shift)
     kept = ContextLatents() if any(s.mode == "recache" for s in switches) else None
     by_block = {s.block: s for s in switches}
-    if image is not None:
-        lead = Block(IMAGE_BLOCK, list(range(plan.start_frame)), image.to(model.device, torch.float32))
-        write_context(model, cache, lead.latents, torch.tensor(lead.frames), noise, lead.index, samp.context_noise)
-        if kept is not None:
-            kept.add(lead, cache)
-
+    journal = Journal() if resumable or resume is not None else None
     embeds = {"now": None, "blend": {}}  # the embeddings in effect (when blending); block -> (weight, embeddings)
+    loop = LoopState()
+
+    def use(embeddings: tuple) -> None:  # every prompt goes through the journal, when there is one
+        if journal is not None:
+            journal.set_prompt(model, *embeddings)
+        else:
+            model.set_prompt(*embeddings)
+
+    def use_prompt(text: str) -> None:
+        use(encode_prompt(model, components, samp, text))
+
+    if resume is not None:
+        journal = replay(resume["journal"], model, cache)
+        loop = LoopState(resume["loop"]["next_block"], [dict(w) for w in resume["loop"]["window"]])
+        if reviewer is not None:
+            reviewer.load_state_dict(resume["reviewer"])
+        if kept is not None:
+            kept.blocks = [Block(i, frames, latents) for i, frames, latents in resume["kept"]]
+        embeds = {"now": resume["embeds"]["now"], "blend": dict(resume["embeds"]["blend"])}
+    else:
+        cache.journal = journal
+        use_prompt(prompt)
+        if image is not None:
+            lead = Block(IMAGE_BLOCK, list(range(plan.start_frame)), image.to(model.device, torch.float32))
+            write_context(model, cache, lead.latents, torch.tensor(lead.frames), noise, lead.index,
+                          samp.context_noise)
+            if kept is not None:
+                kept.add(lead, cache)
+
+    def snapshot(index: int) -> dict:
+        return {"block": index, "journal": journal.state(),
+                "loop": {"next_block": loop.next_block, "window": [dict(w) for w in loop.window]},
+                "reviewer": reviewer.state_dict() if reviewer is not None else None,
+                "kept": [(b.index, b.frames, b.latents) for b in kept.blocks] if kept is not None else None,
+                "embeds": {"now": embeds["now"], "blend": dict(embeds["blend"])}}
 
     def before_block(i: int) -> None:
         s = by_block.get(i)
         if s is None:
             if i in embeds["blend"]:  # inside a blend: only the cross-attention moves on
-                set_embeddings(model, *embeds["blend"].pop(i)[1])
+                use(embeds["blend"].pop(i)[1])
             return
         if s.blend:
             old = embeds["now"] or encode_prompt(model, components, samp, timeline[prompt_of(i - 1, switches)].prompt)
@@ -167,10 +202,10 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
             steps = {i + k: (k + 1) / (s.blend + 1) for k in range(s.blend + 1)}
             embeds["blend"] = {b: (w, blended(old, new, w) if w < 1 else new) for b, w in steps.items()}
             embeds["now"] = new
-            set_embeddings(model, *embeds["blend"].pop(i)[1])
+            use(embeds["blend"].pop(i)[1])
         else:
             embeds["now"] = None
-            set_prompt(model, components, samp, timeline[s.entry].prompt)
+            use_prompt(timeline[s.entry].prompt)
         switch(s.mode, model, cache, kept, noise, plan.start_frame + i * plan.block_frames, samp.context_noise)
         if reviewer is not None:
             reviewer.restart(i)
@@ -178,9 +213,11 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     started = time.perf_counter()
     for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
                          start_frame=plan.start_frame, solver=samp.solver,
-                         before_block=before_block if switches else None):
+                         before_block=before_block if switches else None, state=loop):
         if kept is not None:
             kept.add(block, cache)
+        if journal is not None:
+            block.state = snapshot(block.index)
         if timeline:
             block.record["prompt"] = prompt_of(block.index, switches)
             weight = blend_weight(block.index, switches)

@@ -27,6 +27,7 @@ Choices where the paper is silent, and why:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -79,6 +80,16 @@ class TokenTrim:
         self._records: dict[int, dict] = {}
         self.pruned_total = 0
         self._restart_at: int | None = None
+
+    def state_dict(self) -> dict:
+        """The statistics and pending records, for a resumable state (``load_state_dict`` restores them)."""
+        return {"accepted": list(self.accepted), "prev": self._prev, "pruned_total": self.pruned_total,
+                "restart_at": self._restart_at, "records": copy.deepcopy(self._records)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accepted, self._prev = list(state["accepted"]), state["prev"]
+        self.pruned_total, self._restart_at = state["pruned_total"], state["restart_at"]
+        self._records = copy.deepcopy(state["records"])
 
     def restart(self, block: int) -> None:
         """A new prompt from ``block`` on: its first review starts a new warm-up (see the module docstring)."""

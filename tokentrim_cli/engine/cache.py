@@ -19,7 +19,9 @@ keeps every segment un-rotated and concatenates + rotates per call: the plain re
 tested against.
 
 Interface used by the model (per forward): ``begin`` -> per layer ``attend`` -> ``end``. Interface used by
-samplers, the reviewer (TokenTrim) and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``. Policies
+samplers, the reviewer (TokenTrim) and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``. With a
+``journal`` (``journal.py``) every change is recorded so that the cache can be rebuilt exactly; a policy that
+decides something outside a write pass records it too (``choice`` / ``restore_choice``, ``trim``). Policies
 subclass :class:`KVCache` and override ``admit`` (what happens when a written block arrives) and optionally
 ``select`` (which segments join attention for a layer). ``select`` may look at ``writing`` and
 ``current_frames``: a policy can give a context (write) pass a different context from the denoising passes
@@ -151,6 +153,7 @@ class KVCache:
         self._pending: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None
         self._layouts: dict[tuple[int, ...], Layout] = {}
         self._current_pos: torch.Tensor | None = None
+        self.journal = None  # a journal.Journal recording every change (resumable runs), or None
 
     # ------------------------------------------------------------------ model side
     def begin(self, frames: torch.Tensor, grid: tuple[int, int], write: bool, first_step: bool = False,
@@ -220,10 +223,23 @@ class KVCache:
         """Policy hook: segments (in time order) that ``layer`` attends to in this forward."""
         return self.segments
 
+    def choice(self):
+        """Policy hook: the context selection a write pass would use now, as plain data (None: nothing chosen)."""
+        return None
+
+    def restore_choice(self, choice) -> None:
+        """Policy hook: make ``choice`` (from :meth:`choice`) the selection again, before a replayed write pass."""
+
+    def trim(self, keep: torch.Tensor) -> None:
+        """Policy hook: redo a token-budget trim the policy recorded (only policies that trim have one)."""
+        raise NotImplementedError(f"{type(self).__name__} does not trim")
+
     # ------------------------------------------------------------------ reviewer / reporting side
     def prune(self, hw_indices: torch.Tensor) -> int:
         """Remove every cached token whose spatial index is in ``hw_indices`` from all prunable segments."""
         hw_indices = torch.as_tensor(hw_indices).long().cpu()
+        if self.journal is not None:
+            self.journal.add("prune", hw_indices)
         removed = 0
         for seg in self.segments:
             if seg.prunable:
@@ -256,6 +272,8 @@ class KVCache:
 
     def reset(self, sink_origin: int | None = None) -> None:
         """Drop every cached token. ``sink_origin``: the frames from there on form the new sink (a hard cut)."""
+        if self.journal is not None:
+            self.journal.add("reset", sink_origin)
         self.segments = []
         if sink_origin is not None:
             self.sink_origin = int(sink_origin)

@@ -171,6 +171,15 @@ class ThreePartitionCache(KVCache):
         chosen = {id(s) for s in self._chosen[key]}
         return [s for s in self.segments if s.kind != "mid" or id(s) in chosen]
 
+    def choice(self) -> dict[int, list[tuple]] | None:
+        """The mid blocks chosen for this block (by their frames), per layer (or key 0 when shared)."""
+        live = {id(s) for s in self.segments}
+        return {k: [s.frames for s in chosen if id(s) in live] for k, chosen in self._chosen.items()}
+
+    def restore_choice(self, choice) -> None:
+        by_frames = {s.frames: s for s in self.mid}
+        self._chosen = {k: [by_frames[f] for f in frames] for k, frames in (choice or {}).items()}
+
     def _score(self, layer: int, query: torch.Tensor, mid: list[Segment]) -> list[Segment]:
         heads = half_heads(query)
         summary = query_summary(query, self.query_samples, heads)  # once, not once per mid block
@@ -256,6 +265,13 @@ class DeepSinkCache(RollingCache):
         scores = torch.cat([(s.keys[0].index_select(2, heads).float() * qsum[:, None]).sum((0, 2, 3)).cpu() for s in mid])
         keep = torch.zeros(total, dtype=torch.bool)
         keep[torch.topk(scores, budget).indices] = True
+        self.trim(keep)
+
+    def trim(self, keep: torch.Tensor) -> None:
+        """Keep the mid tokens (all mid segments' in order) where ``keep`` is true."""
+        if self.journal is not None:
+            self.journal.add("trim", keep)
+        mid = [s for s in self.segments if s.kind == "mid"]
         start = 0
         for s in mid:
             s.keep(keep[start : start + s.num_tokens])

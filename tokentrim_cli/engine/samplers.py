@@ -13,6 +13,10 @@ the block to be generated again; the samplers only call it at the moments the me
 know nothing about it. ``before_block`` (or None) is called with a block's index just before the sampler
 first runs the model on it (Self Forcing: before its first step; Rolling Forcing: before the forward that admits
 it to the window); a caller changes the prompt or the cache there (prompt timelines, ``engine/switch.py``).
+
+``state`` (a :class:`LoopState`, or None) is where a sampler stands between two blocks: it is up to date whenever
+a block is yielded, and a sampler given one that a previous run left goes on from there (exact resume: the cache
+is rebuilt separately, ``engine/journal.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from .cache import KVCache
+from .journal import context_pass
 from .model import CausalWan
 from .noise import NoiseSource
 
@@ -35,6 +40,15 @@ class Block:
     frames: list[int]
     latents: torch.Tensor  # (B, C, F, H, W) float32, normalised latent space
     record: dict = field(default_factory=dict)  # filled by the reviewer: drift, threshold, regenerations, ...
+    state: dict | None = None  # the run's resumable state right after this block (pipeline.generate_blocks)
+
+
+@dataclass
+class LoopState:
+    """What a sampler carries from one block to the next besides the cache and the reviewer."""
+
+    next_block: int = 0  # the next block to start (Rolling Forcing: to admit to the window)
+    window: list[dict] = field(default_factory=list)  # Rolling Forcing's blocks in flight: block, x, step, attempt
 
 
 class Reviewer(Protocol):
@@ -63,8 +77,7 @@ def _implied_noise(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> tor
 def write_context(model, cache, x0, frames, noise, block, context_noise):
     sigma = context_noise / 1000.0
     x = _renoise(x0, noise.draw(block, -1, frames=x0.shape[2]), sigma) if sigma > 0 else x0
-    ts = torch.full((x0.shape[2],), float(context_noise))
-    model(x, ts, frames, cache=cache, write=True)
+    context_pass(model, cache, x, torch.full((x0.shape[2],), float(context_noise)), frames)
 
 
 @torch.no_grad()
@@ -80,10 +93,12 @@ def self_forcing(
     start_frame: int = 0,
     solver: str = "renoise",
     before_block: Callable[[int], None] | None = None,
+    state: LoopState | None = None,
 ) -> Iterator[Block]:
     """Self Forcing: each block is denoised in ``len(sigmas)`` steps reading the cache, then written to it."""
     sigmas = sigmas.float()
-    for i in range(num_blocks):
+    state = state if state is not None else LoopState()
+    for i in range(state.next_block, num_blocks):
         frames = torch.arange(start_frame + i * block_frames, start_frame + (i + 1) * block_frames)
         if before_block is not None:
             before_block(i)
@@ -109,6 +124,7 @@ def self_forcing(
             attempt += 1
         record = reviewer.accept(i, x0) if reviewer is not None else {}
         write_context(model, cache, x0, frames, noise, i, context_noise)
+        state.next_block = i + 1
         yield Block(i, frames.tolist(), x0, record)
 
 
@@ -125,6 +141,7 @@ def rolling_forcing(
     start_frame: int = 0,
     solver: str = "renoise",
     before_block: Callable[[int], None] | None = None,
+    state: LoopState | None = None,
 ) -> Iterator[Block]:
     """Rolling Forcing: a window of ``len(sigmas)`` blocks at staggered noise levels, one forward per window.
 
@@ -134,14 +151,15 @@ def rolling_forcing(
     """
     sigmas = sigmas.float()
     steps = len(sigmas)
-    window: list[dict] = []  # oldest first: {"block", "x", "step", "attempt"}
-    next_block = 0
-    while window or next_block < num_blocks:
-        if next_block < num_blocks:
+    state = state if state is not None else LoopState()
+    window = state.window  # oldest first: {"block", "x", "step", "attempt"}
+    while window or state.next_block < num_blocks:
+        if state.next_block < num_blocks:
+            b = state.next_block
             if before_block is not None:
-                before_block(next_block)
-            window.append({"block": next_block, "x": noise.draw(next_block, 0), "step": 0, "attempt": 0})
-            next_block += 1
+                before_block(b)
+            window.append({"block": b, "x": noise.draw(b, 0), "step": 0, "attempt": 0})
+            state.next_block = b + 1
         f0 = start_frame + window[0]["block"] * block_frames
         frames = torch.arange(f0, f0 + len(window) * block_frames)
         while True:
@@ -166,16 +184,20 @@ def rolling_forcing(
                    else [None] * len(window))  # renoise draws fresh noise below
         for w, x0, eps in zip(window, x0s, implied):
             w["x0"], w["eps"] = x0, eps
+        done = None
         if window[0]["step"] == steps - 1:
             done = window.pop(0)
             bframes = torch.arange(start_frame + done["block"] * block_frames, start_frame + (done["block"] + 1) * block_frames)
             record = reviewer.accept(done["block"], done["x0"]) if reviewer is not None else {}
             write_context(model, cache, done["x0"], bframes, noise, done["block"], context_noise)
-            yield Block(done["block"], bframes.tolist(), done["x0"], record)
-        for w in window:
+        for w in window:  # before the yield, so that ``state`` is whole while the caller has the block
             w["step"] += 1
-            eps = noise.draw(w["block"], w["step"], w["attempt"]) if solver == "renoise" else w["eps"]
-            w["x"] = _renoise(w["x0"], eps, sigmas[w["step"]])
+            x0, eps = w.pop("x0"), w.pop("eps")
+            if solver == "renoise":
+                eps = noise.draw(w["block"], w["step"], w["attempt"])
+            w["x"] = _renoise(x0, eps, sigmas[w["step"]])
+        if done is not None:
+            yield Block(done["block"], bframes.tolist(), done["x0"], record)
 
 
 SAMPLERS = {"self_forcing": self_forcing, "rolling_forcing": rolling_forcing}
