@@ -96,20 +96,26 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help=YES_HELP),
     image: Optional[Path] = typer.Option(None, "--image", help="Start from this picture (png, jpg, webp; see README)."),
+    resume: bool = typer.Option(False, "--resume", help="Go on exactly where an unfinished run to this --output "
+                                "stopped (its NAME.state/); give the same options, --seed included."),
 ):
     """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture),
     streaming frames into an MP4 with a JSON sidecar."""
+    from .batch import settings_hash
     from .checks import require_log_format, require_seconds, require_seed
     from .image import load_image
     from .job import Job, Plan, run_job, timeline_switches
     from .loading import components_loader
     from .progress import make_display
-    from .timeline import load_file, parse_prompts
+    from .resume import state_dir
+    from .timeline import canonical, load_file, parse_prompts
 
     require_log_format(log_format)
     require_seconds(seconds, confirmed=yes)
     if seed is not None:
         require_seed(seed)
+    elif resume:
+        raise ConfigError("--resume needs the interrupted run's --seed (it printed it when it started)")
     if timeline is not None and prompt:
         raise ConfigError("--timeline and --prompt exclude each other: put every prompt in the timeline file")
     if timeline is None and not prompt:
@@ -131,9 +137,12 @@ def generate(
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start), p, loader, display)
+    shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
+    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start, shash, resume), p, loader, display)
     if result.status != "ok" and result.error:
-        print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
+        again = (f"; {state_dir(out).name} goes on after block {result.resumable}: repeat the command with --resume"
+                 if result.resumable is not None else "")
+        print(f"tokentrim: {result.status}: {result.error}{again}", file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files
     # were being finished; they are, and now we stop
 

@@ -5,6 +5,10 @@ Whatever happens (success, Ctrl-C / SIGTERM, an error, a full disk), every block
 playable MP4 if the disk allows, and the sidecar records the outcome; which files a run creates and when it may
 replace a finished video is ``outputs.py``'s part. ``generate`` and every item of ``batch`` go through
 :func:`run_job`.
+
+A run given its request's settings hash keeps a resumable state in ``NAME.state/`` (``resume.py``) while it
+runs; ``Job.resume`` goes on from one: the cache is rebuilt from its journal, the decoder from its causal state,
+and the new frames follow ``NAME.partial.mp4`` in the final video (joined without re-encoding).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from .errors import ConfigError, TokentrimError
 from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display
+from .resume import StateWriter, fingerprint, load_state, on_cpu, state_dir
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
-from .video import Mp4Writer
+from .video import Mp4Writer, probe
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -41,6 +46,8 @@ class Job:
     overwrite: bool = False  # replace an existing finished output (else refused, exit 2)
     timeline: list | None = None  # timeline.Entry list (its first prompt is ``prompt``); None: one prompt
     image: object | None = None  # image.StartImage the video starts from (``generate --image``); None: from noise
+    settings_hash: str | None = None  # the request's (batch.settings_hash); None: no resumable state is kept
+    resume: bool = False  # go on from the NAME.state/ an unfinished run to ``output`` left
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Result:
     seconds: float
     exit_code: int
     held_signal: int = 0  # a Ctrl-C / SIGTERM that came while the outputs were being finished: the caller's to act on
+    resumable: int | None = None  # an unfinished run's NAME.state/ goes on after this block (``Job.resume``)
 
     def as_dict(self) -> dict:
         return {
@@ -78,12 +86,31 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     outputs = RunOutputs(job.output, job.overwrite)
     outputs.open(display.message)
     try:
-        return _run(job, preset, components, display, extra, plan, outputs)
+        state = _resumable(job, outputs) if job.resume else None  # nothing to resume from: exit 2
+        return _run(job, preset, components, display, extra, plan, outputs, state)
     finally:
         outputs.close()
 
 
-def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> Result:
+def _fingerprint(job: Job) -> str:
+    return fingerprint(job.settings_hash, {"image": job.image.sha256} if job.image is not None else None)
+
+
+def _resumable(job: Job, outputs: RunOutputs) -> dict:
+    """The state an unfinished run to ``job.output`` left, checked against its partial video."""
+    if job.settings_hash is None:
+        raise ValueError("a resumed job needs its settings hash")
+    folder = state_dir(job.output)
+    state = load_state(folder, _fingerprint(job), job.output)
+    frames = probe(outputs.partial_video)["frames"] if outputs.partial_video.is_file() else None
+    if frames != state["frames_written"]:
+        have = f"holds {frames} frames" if frames else "is missing or unreadable"
+        raise ConfigError(f"{outputs.partial_video} {have}, but {folder} goes on after frame "
+                          f"{state['frames_written']}; run without --resume to start {job.output.name} again")
+    return state
+
+
+def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, state: dict | None) -> Result:
     cfg = preset.config
     vid = cfg.video
     t0 = time.perf_counter()
@@ -112,11 +139,26 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
         im = job.image
         display.message(f"the video starts from the image {im.path} ({im.size[0]}x{im.size[1]}, resized to "
                         f"{im.resized[0]}x{im.resized[1]} and centre-cropped to {vid.width}x{vid.height})")
-    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset)
+    saver = StateWriter(state_dir(job.output), _fingerprint(job)) if job.settings_hash is not None else None
+    if state is not None:
+        sidecar.data["blocks"][:] = state["blocks"]
+        sidecar.data["resumed"] = state["resumed"] + [{"after_block": state["block"], "frames": state["frames_written"]}]
+        display.message(f"resuming {job.output.name} after block {state['block']} ({state['frames_written']} frames "
+                        f"in {outputs.partial_video.name}; the cache is rebuilt from "
+                        f"{len(state['journal']['ops'])} journal entries)")
+    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset,
+                       prefix=outputs.partial_video if state is not None else None,
+                       prefix_frames=state["frames_written"] if state is not None else 0)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
     shown = [0]  # the timeline entry whose prompt the display last named
+    last = {"block": None, "unsaved": False}  # the last block in the file, and whether the state on disk is older
+
+    def save_state(block) -> None:
+        history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", [])}
+        saver.save(block.state, decoder.state_dict(), writer.frames, history)
+        last["unsaved"] = False
 
     def written(block, frames):  # a block is in the file: its record goes to the sidecar and the display
         rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": frames}
@@ -129,6 +171,14 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
         rec["seconds"] = round(rec["seconds"], 4)
         sidecar.add_block(rec)
         display.block(rec, frames)
+        if block.state is not None:
+            last["block"], last["unsaved"] = block, True
+            every = cfg.runtime.state_every
+            if every and (block.index + 1) % every == 0:
+                try:
+                    save_state(block)
+                except OSError as exc:  # the video matters more than its resumability
+                    display.warning(f"could not save the resumable state: {error_text(exc, saver.folder)}")
 
     try:
         with terminate_as_interrupt():
@@ -145,11 +195,17 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
             decoder = StreamingDecoder(comps.vae)
             decoder.reset()
             t1 = time.perf_counter()
-            lead = image_latents(comps, job.image.tensor()) if job.image is not None else None
-            if lead is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
+            lead = None
+            if state is not None:
+                decoder.load_state_dict(state["decoder"])
+            elif job.image is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
+                lead = image_latents(comps, job.image.tensor())
                 writer.write(decoder.frames(lead)[: plan.frames])
             blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
-            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead):
+            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead,
+                                         resumable=saver is not None, resume=state):
+                if block.state is not None:  # saved by the writer's thread: no device tensors there
+                    block.state = on_cpu(block.state)
                 blocks.put(block)
                 raise_pending()
             blocks.close()
@@ -172,19 +228,31 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
             status, error, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED
     finally:
         with HeldSignals() as held:
+            written_all = False
             if blocks is not None:
                 try:  # every block already generated goes into the file
                     blocks.close()
+                    written_all = True
                 except Exception as exc:  # noqa: BLE001 - the first error is the one reported
                     if status == "ok":
                         status, error, code = "failed", error_text(exc, job.output), EXIT_FAILED
+            if status != "ok" and last["unsaved"] and written_all:  # the decoder is where the last block left it
+                try:
+                    save_state(last["block"])
+                except OSError as exc:
+                    display.warning(f"could not save the resumable state: {error_text(exc, saver.folder)}")
             timings["total_seconds"] = round(time.perf_counter() - t0, 3)
             sidecar.data.update(status=status, error=error, frames_written=writer.frames, timings=timings,
                                 finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             status, error, video = outputs.finish(writer, sidecar, status, error)
             if status == "failed" and code == EXIT_OK:
                 code = EXIT_FAILED
+            resumable = None
+            if saver is not None and status == "ok":
+                saver.remove()
+            elif saver is not None and saver.saved_block is not None and video is not None:
+                resumable = saver.saved_block
             result = Result(status, video, sidecar.path, error, sidecar.data["frames_written"],
-                            time.perf_counter() - t0, code, held.received)
+                            time.perf_counter() - t0, code, held.received, resumable)
             display.finish(result.as_dict())
     return result

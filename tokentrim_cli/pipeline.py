@@ -136,7 +136,7 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     recache would need and the blend in progress (tensors are shared, not copied: save them before the next
     block). ``resume``: such a state; the cache is rebuilt by replaying its journal and the loop goes on from
     its next block, giving the same blocks, bit for bit, as the run that left it."""
-    if (image is not None) != bool(plan.start_frame):
+    if resume is None and (image is not None) != bool(plan.start_frame):
         raise ValueError("an image goes with a plan for one (Plan.for_preset(..., image=True)), and back")
     samp = cfg.sampler
     switches = timeline_switches(timeline, cfg, plan)
@@ -167,11 +167,12 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
 
     if resume is not None:
         journal = replay(resume["journal"], model, cache)
-        loop = LoopState(resume["loop"]["next_block"], [dict(w) for w in resume["loop"]["window"]])
+        window = [{**w, "x": w["x"].to(model.device)} for w in resume["loop"]["window"]]
+        loop = LoopState(resume["loop"]["next_block"], window)
         if reviewer is not None:
             reviewer.load_state_dict(resume["reviewer"])
         if kept is not None:
-            kept.blocks = [Block(i, frames, latents) for i, frames, latents in resume["kept"]]
+            kept.blocks = [Block(i, frames, latents.to(model.device)) for i, frames, latents in resume["kept"]]
         embeds = {"now": resume["embeds"]["now"], "blend": dict(resume["embeds"]["blend"])}
     else:
         cache.journal = journal

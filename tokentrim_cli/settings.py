@@ -246,6 +246,8 @@ class Runtime(Section):
     compile: bool = setting(_boolean, "true or false (torch.compile the transformer blocks)", False)
     threads: int | None = setting(lambda v: v is None or integer(1, 1024)(v), "a positive integer or null (the CPUs "
                                   "this process may use)", None)
+    state_every: int = setting(integer(0, 1_000_000), "an integer >= 0 (blocks between saves of the resumable state "
+                               "NAME.state/; 0: only when a run stops early)", 8)
 
 
 @dataclass(frozen=True, kw_only=True)

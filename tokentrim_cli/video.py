@@ -34,12 +34,37 @@ def _ffmpeg_error(stderr: str, path: Path, what: str) -> OSError:
     return OSError(errno.EIO, f"ffmpeg failed {what}: {lines[-1] if lines else 'no message'}", str(path))
 
 
+def concat_copy(parts: list[Path], target: Path, comment: str | None = None) -> None:
+    """Join MP4s of the same encoding into ``target`` without re-encoding (ffmpeg's concat demuxer, stream
+    copy; the index at the front), with ``comment`` as its metadata when given."""
+    target = Path(target)
+    listing = target.with_name(f".{target.stem}.{os.getpid()}.concat.txt")
+    # the concat demuxer's list syntax: one quoted path per line, a quote written as '\''
+    listing.write_text("".join("file '{}'\n".format(str(Path(p).absolute()).replace("'", "'\\''")) for p in parts))
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
+           "-map", "0", "-c", "copy", *(["-metadata", f"comment={comment}"] if comment is not None else []),
+           "-movflags", "+faststart", "-f", "mp4", str(target)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, start_new_session=True)
+    finally:
+        listing.unlink(missing_ok=True)
+    if done.returncode != 0:
+        target.unlink(missing_ok=True)
+        raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "joining videos")
+
+
 class Mp4Writer:
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium"):
+    """``prefix`` (a resumed run): an MP4 of ``prefix_frames`` frames of the same encoding that the video
+    continues; the frames written here follow it, and ``publish`` joins the two without re-encoding either."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium",
+                 prefix: Path | None = None, prefix_frames: int = 0):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
-        self.frames = 0
+        self.prefix = Path(prefix) if prefix is not None else None
+        self.frames = prefix_frames  # in the video, the prefix's included
+        self.written = 0  # sent to ffmpeg by this writer
         self.size = (width, height)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
@@ -80,6 +105,7 @@ class Mp4Writer:
             except (BrokenPipeError, OSError, ValueError):
                 raise self._failed() from None
             self.frames += 1
+            self.written += 1
 
     def finish(self) -> bool:
         """Let ffmpeg finish the temporary file; True when it holds a video (False: no frame was written).
@@ -93,20 +119,24 @@ class Mp4Writer:
             self._drain.join(timeout=5)
             if self._proc.returncode != 0 and self._error is None:
                 self._error = _ffmpeg_error(self._stderr.decode(errors="replace"), self.path, "finishing the video")
-        if self.frames == 0:  # nothing to keep, whatever ffmpeg said about an empty input
-            return False
+        if self.written == 0:  # nothing new to keep, whatever ffmpeg said about an empty input
+            return self.prefix is not None
         if self._error is not None:
             raise self._error
-        return self.frames > 0
+        return True
 
     def publish(self, comment: str, target: Path) -> None:
-        """Stream-copy the finished temporary file to ``target`` with ``comment`` (via a hidden staged file)."""
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c", "copy",
-               "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]
-        done = subprocess.run(cmd, capture_output=True, start_new_session=True)
-        if done.returncode != 0:
-            self.staged.unlink(missing_ok=True)
-            raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "copying the video")
+        """Stream-copy the finished temporary file (after the prefix, if any) to ``target`` with ``comment`` (via a
+        hidden staged file)."""
+        if self.prefix is not None:
+            concat_copy([self.prefix] + ([self.tmp] if self.written else []), self.staged, comment)
+        else:
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c",
+                   "copy", "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]
+            done = subprocess.run(cmd, capture_output=True, start_new_session=True)
+            if done.returncode != 0:
+                self.staged.unlink(missing_ok=True)
+                raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "copying the video")
         try:
             os.replace(self.staged, target)
         except OSError:
@@ -116,7 +146,11 @@ class Mp4Writer:
 
     def salvage(self, target: Path) -> tuple[Path | None, int]:
         """Keep the temporary file as ``target`` if ffmpeg can read frames back from it, else remove it.
-        Returns (where it is or None, frames in it)."""
+        Returns (where it is or None, frames in it). With a prefix the prefix is kept as it is and the new frames
+        are lost (the prefix is the unfinished video a later resume goes on from)."""
+        if self.prefix is not None:
+            self.tmp.unlink(missing_ok=True)
+            return (self.prefix, self.frames - self.written) if self.prefix.is_file() else (None, 0)
         frames = probe(self.tmp)["frames"] if self.tmp.is_file() else None
         if frames:
             try:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
 # settings added after tokentrim 0.1.0, left out of the hash at these values so that a batch begun with 0.1.0
-# resumes without redoing its finished items (threads never change the pictures: always left out)
+# resumes without redoing its finished items (threads and state saves never change the pictures:
+# always left out)
 ANY = object()
-LATER_SETTINGS = {("runtime", "threads"): ANY, ("sampler", "switch"): "recache"}
+LATER_SETTINGS = {("runtime", "threads"): ANY, ("runtime", "state_every"): ANY, ("sampler", "switch"): "recache"}
 
 
 def append_line(path: Path, record: dict) -> None:

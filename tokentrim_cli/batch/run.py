@@ -257,6 +257,7 @@ class BatchRun:
 
         from ..job import Job, run_job
         from ..progress import make_display
+        from ..resume import state_dir
 
         o, presets = self.o, self.presets
         out = o.out_dir / (it.name + ".mp4")
@@ -281,8 +282,11 @@ class BatchRun:
             loader = presets.loader(preset)
             extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                                "where": where}}
-            result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline), preset, loader,
-                             make_display(o.quiet, o.log_format), extra)
+            prev = done.get(it.index) or {}
+            resume = (o.resume and prev.get("status") == "interrupted" and prev.get("settings_hash") == shash
+                      and (state_dir(out) / "state.pt").is_file())  # goes on where the interrupted run stopped
+            result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline, settings_hash=shash,
+                                 resume=resume), preset, loader, make_display(o.quiet, o.log_format), extra)
             status, error = result.status, result.error
         except KeyboardInterrupt:
             raise

@@ -34,7 +34,7 @@ class Journal:
 
     def set_prompt(self, model, *embeds) -> None:
         """Set the model's prompt (its cross-attention) and record the embeddings."""
-        self._prompt = ("prompt", *embeds)
+        self._prompt = ("prompt", *(e.detach().cpu() for e in embeds))
         self.add(*self._prompt)
         model.set_prompt(*embeds)
 
@@ -43,10 +43,11 @@ class Journal:
 
 
 def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, frames: torch.Tensor) -> None:
-    """One write forward, recorded when the cache keeps a journal. ``x`` is kept in the model's dtype: the
-    forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the size."""
+    """One write forward, recorded when the cache keeps a journal. ``x`` is kept on the CPU in the model's
+    dtype: the forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the
+    size; the journal holds no device memory (one copy of a block's latents per block)."""
     if cache.journal is not None:
-        cache.journal.add("write", x.detach().to(model.dtype), timesteps, frames, cache.choice())
+        cache.journal.add("write", x.detach().to(model.dtype).cpu(), timesteps.cpu(), frames.cpu(), cache.choice())
     model(x, timesteps, frames, cache=cache, write=True)
 
 
@@ -63,7 +64,7 @@ def replay(state: dict, model, cache: KVCache) -> Journal:
         elif kind == "write":
             x, timesteps, frames, choice = args
             cache.restore_choice(choice)
-            context_pass(model, cache, x, timesteps, frames)
+            context_pass(model, cache, x.to(model.device), timesteps, frames)
         elif kind == "prune":
             cache.prune(args[0])
         elif kind == "reset":

@@ -28,6 +28,20 @@ class StreamingDecoder:
             self.vae.clear_cache()
         self._first = True
 
+    def state_dict(self) -> dict:
+        """The causal state between two blocks (copies of Wan's feature cache), for a resumable state."""
+        feats = getattr(self.vae, "_feat_map", None) if isinstance(self.vae, AutoencoderKLWan) else None
+        return {"first": self._first,
+                "feat_map": None if feats is None else [f.clone() if torch.is_tensor(f) else f for f in feats]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on decoding where the decoder that gave ``state`` stopped."""
+        self.reset()
+        self._first = state["first"]
+        if state["feat_map"] is not None:
+            dev = self.vae.post_quant_conv.weight.device
+            self.vae._feat_map = [f.to(dev) if torch.is_tensor(f) else f for f in state["feat_map"]]
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode normalised latents (B, C, F, H, W) that continue the stream; return pixels in [-1, 1]."""

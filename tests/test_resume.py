@@ -1,0 +1,209 @@
+"""Exact resume: a run stopped at any block (an error, Ctrl-C / SIGTERM) and resumed from its NAME.state/ gives
+the same latents and frames, bit for bit, as the run that was never stopped."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from tokentrim_cli.config import load_preset
+from tokentrim_cli.engine.components import load_components
+from tokentrim_cli.engine.model import CausalWan
+from tokentrim_cli.pipeline import Plan, generate_blocks
+from tokentrim_cli.resume import StateWriter, load_state, state_dir
+from tokentrim_cli.timeline import parse_prompts
+from tokentrim_cli.video import Mp4Writer, probe
+
+from test_cli import ENV, run_main
+
+TP = ["cache.policy=three_partition", "cache.sink_frames=3", "cache.recent_frames=3", "cache.mid_capacity=4",
+      "cache.mid_top_k=1"]  # mid blocks exceed top-K from the 4th block: the selection is exercised
+FORCED = ["pruning.lambda=0"]  # TokenTrim prunes and regenerates on every block after warm-up
+TIMELINE = ["a red kite", "2s recache blend=2: a blue ball", "4s cut: a green square"]
+
+
+def _comps(name, sets):
+    cfg = load_preset(name, sets).config
+    return cfg, load_components(cfg.model, cfg.runtime)
+
+
+# ------------------------------------------------------------------------------------------ the loop itself
+@pytest.mark.parametrize("name, sets, timeline", [
+    ("tiny", FORCED, None),
+    ("tiny-rolling", FORCED, None),
+    ("tiny", FORCED + TP, None),
+    ("tiny-rolling", FORCED + TP, None),
+    ("tiny-rolling", FORCED + ["pruning.measure_at=first_step"], None),
+    ("tiny", FORCED + ["cache.policy=deep_sink", "cache.sink_frames=3", "cache.recent_frames=3",
+                       "cache.budget_frames=2"], None),
+    ("tiny", FORCED + ["sampler.context_noise=100", "sampler.solver=euler"], TIMELINE),
+    ("tiny-rolling", FORCED + TP, TIMELINE),
+], ids=["self-forcing", "rolling-forcing", "self-forcing-three-partition", "rolling-forcing-three-partition",
+        "rolling-first-step", "deep-sink", "timeline-context-noise-euler", "rolling-three-partition-timeline"])
+def test_resumed_blocks_equal_the_uninterrupted_run_bit_for_bit(tmp_path, name, sets, timeline):
+    cfg, comps = _comps(name, sets)
+    plan = Plan.for_preset(6.0, cfg)
+    entries = parse_prompts(timeline) if timeline else None
+    full = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resumable=True))
+    assert len(full) == plan.blocks == 9
+    if "lambda=0" in " ".join(sets) and not timeline:
+        assert sum(b.record["regenerations"] for b in full) > 0  # the forced drift did regenerate
+    for k in (1, 4, 7):  # after the first block, mid-run (a switch pending), near the end
+        writer = StateWriter(tmp_path / f"s{k}", "fp")
+        for b in full[: k + 1]:  # saved block by block, as a run does: the journal goes to disk in pieces
+            writer.save(b.state, {"first": False, "feat_map": None}, 0, {"blocks": [], "resumed": []})
+        state = load_state(tmp_path / f"s{k}", "fp", tmp_path / "x.mp4")
+        rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resume=state))
+        assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
+        for a, b in zip(full[k + 1:], rest):
+            assert torch.equal(a.latents, b.latents), (k, a.index)
+            assert a.record["regenerations"] == b.record["regenerations"]
+
+
+def test_the_replayed_cache_equals_the_one_it_replaces():
+    """The keys and values themselves, not only what comes out of them."""
+    from tokentrim_cli.engine.journal import replay
+    from tokentrim_cli.engine.policies import make_cache
+    from tokentrim_cli.pipeline import guided_model
+
+    cfg, comps = _comps("tiny", FORCED + TP)
+    plan = Plan.for_preset(4.0, cfg)
+    blocks = list(generate_blocks(comps, cfg, "a red kite", 5, plan, resumable=True))
+    model = guided_model(comps, cfg.sampler)
+    original = make_cache(cfg.cache, model.num_layers, model.rope_len)
+    replay(blocks[-1].state["journal"], model, original)
+    again = make_cache(cfg.cache, model.num_layers, model.rope_len)
+    replay(blocks[-1].state["journal"], model, again)
+    assert [s.kind for s in original.segments] == [s.kind for s in again.segments]
+    assert "mid" in {s.kind for s in again.segments} and "sink" in {s.kind for s in again.segments}
+    for a, b in zip(original.segments, again.segments):
+        assert torch.equal(a.t, b.t) and torch.equal(a.hw, b.hw)
+        assert all(torch.equal(x, y) for x, y in zip(a.keys + a.values, b.keys + b.values))
+
+
+# ------------------------------------------------------------------------------------------ the command
+def _capture_frames(monkeypatch):
+    """Every frame any MP4 writer is given, per writer, in order (the frames before encoding)."""
+    runs = []
+    original = Mp4Writer.write
+
+    def write(self, frames):
+        if not runs or runs[-1][0] is not self:
+            runs.append((self, []))
+        runs[-1][1].extend(np.array(f) for f in frames)
+        return original(self, frames)
+
+    monkeypatch.setattr(Mp4Writer, "write", write)
+    return runs
+
+
+def _stop_at_forward(monkeypatch, n, how):
+    """Make the n-th transformer forward raise (``error``) or deliver SIGTERM to this process (``sigterm``)."""
+    original = CausalWan.forward
+    calls = [0]
+
+    def forward(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            if how == "sigterm":
+                signal.raise_signal(signal.SIGTERM)
+            else:
+                raise RuntimeError("injected failure")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CausalWan, "forward", forward)
+    return lambda: monkeypatch.setattr(CausalWan, "forward", original)
+
+
+@pytest.mark.parametrize("preset, sets, how, code, n", [
+    ("tiny", FORCED, "error", 1, 23),  # Self Forcing: 5 forwards a block (4 steps, 1 write) and regenerations
+    ("tiny-rolling", FORCED + TP, "sigterm", 130, 12),  # Rolling Forcing: 2 forwards a block (window, write)
+    ("tiny", FORCED + TP, "sigterm", 130, 23),
+    ("tiny-rolling", FORCED, "error", 1, 12),
+])
+def test_generate_resume_continues_exactly(tmp_path, monkeypatch, capsys, preset, sets, how, code, n):
+    args = ["generate", "-p", "a red kite", "--seconds", "4", "--seed", "7", "--preset", preset, "-q",
+            *[x for s in sets for x in ("--set", s)]]
+    frames = _capture_frames(monkeypatch)
+    twin = tmp_path / "twin.mp4"
+    assert run_main(capsys, *args, "-o", str(twin))[0] == 0
+    out = tmp_path / "clip.mp4"
+    restore = _stop_at_forward(monkeypatch, n, how)  # in the middle of a block, a few blocks in
+    rc, _, err = run_main(capsys, *args, "-o", str(out), "--set", "runtime.state_every=0")
+    restore()
+    assert rc == code, err
+    partial = out.with_name("clip.partial.mp4")
+    state = json.loads((state_dir(out) / "state.json").read_text())
+    assert state["frames_written"] == probe(partial)["frames"] > 0
+    assert "--resume" in err  # says how to go on
+    prefix = iio.imread(partial)
+    rc, _, err = run_main(capsys, *args, "-o", str(out), "--resume")
+    assert rc == 0, err
+    assert not state_dir(out).exists() and not partial.exists()
+    (_, before), (_, interrupted), (_, resumed) = frames
+    assert len(interrupted) == state["frames_written"]
+    assert len(interrupted) + len(resumed) == len(before)
+    assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))  # the frames before encoding
+    joined = iio.imread(out)
+    assert len(joined) == probe(twin)["frames"] == len(before)
+    assert np.array_equal(joined[: len(prefix)], prefix)  # the partial video is copied, not re-encoded
+    side, twin_side = json.loads(out.with_suffix(".json").read_text()), json.loads(twin.with_suffix(".json").read_text())
+    assert side["status"] == "ok" and side["resumed"] == [{"after_block": state["after_block"],
+                                                           "frames": state["frames_written"]}]
+    assert [b["index"] for b in side["blocks"]] == list(range(len(twin_side["blocks"])))
+    assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
+
+
+def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "clip.mp4"
+
+    def argv(seed="7", seconds="3", *more):
+        return ["generate", "-p", "a red kite", "--seconds", seconds, "--seed", seed, "-q", "-o", str(out), *more]
+
+    rc, _, err = run_main(capsys, *argv(), "--resume")
+    assert rc == 2 and "nothing to resume" in err and "without --resume" in err and len(err.strip().splitlines()) == 1
+    restore = _stop_at_forward(monkeypatch, 12, "error")
+    assert run_main(capsys, *argv())[0] == 1
+    restore()
+    for other in (argv("8"), argv("7", "4"), argv("7", "3", "--set", "pruning.lambda=3")):
+        rc, _, err = run_main(capsys, *other, "--resume")
+        assert rc == 2 and "other settings" in err and len(err.strip().splitlines()) == 1, (other, err)
+    rc, _, err = run_main(capsys, *[a for a in argv() if a not in ("--seed", "7")], "--resume")
+    assert rc == 2 and "--seed" in err
+    out.with_name("clip.partial.mp4").unlink()
+    rc, _, err = run_main(capsys, *argv(), "--resume")
+    assert rc == 2 and "clip.partial.mp4 is missing" in err
+    assert state_dir(out).is_dir()  # refusing loses nothing
+
+
+def test_sigterm_to_the_command_then_resume(tmp_path):
+    """The real thing: a separate process, killed by SIGTERM after its 3rd block, resumed by another."""
+    out = tmp_path / "clip.mp4"
+    args = [sys.executable, "-m", "tokentrim_cli", "generate", "-p", "a red circle bouncing", "--seconds", "3",
+            "--seed", "2", "--preset", "toy", "-o", str(out), "--set", "runtime.state_every=2"]
+    proc = subprocess.Popen([*args, "--log-format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    seen = 0
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "block":
+            seen += 1
+            if seen == 3:
+                proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    state = json.loads((state_dir(out) / "state.json").read_text())
+    assert state["after_block"] >= 2 and state["frames_written"] == probe(out.with_name("clip.partial.mp4"))["frames"]
+    done = subprocess.run([*args, "--resume", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    twin = subprocess.run([*args[:-4], "-o", str(tmp_path / "twin.mp4"), "-q"], capture_output=True, env=ENV,
+                          timeout=120)
+    assert twin.returncode == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    twin_side = json.loads((tmp_path / "twin.json").read_text())
+    assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 48
+    assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
+    assert not state_dir(out).exists()
