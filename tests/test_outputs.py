@@ -69,7 +69,7 @@ def test_full_disk_in_the_sidecar_write(tmp_path, capsys, monkeypatch):
     assert code == 1 and "Traceback" not in err, err
     assert last.startswith(f"tokentrim: failed: no space left on device writing {tmp_path}/x.partial.json (")
     assert last.endswith(NO_SPACE), last
-    assert files(tmp_path) == {"x.partial.mp4", "x.partial.json"}
+    assert files(tmp_path) == {"x.partial.mp4", "x.partial.json", "x.state"}  # resumable after block 1
     data = json.loads((tmp_path / "x.partial.json").read_text())
     assert data["status"] == "failed" and data["error"] == last[len("tokentrim: failed: "):]
     assert data["video"] == str(tmp_path / "x.partial.mp4")
@@ -120,7 +120,7 @@ def test_a_real_full_tmpfs(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert (copy / "rc").read_text().strip() == "1"
     assert last.startswith("tokentrim: failed: no space left on device writing /mnt/x") and last.endswith(NO_SPACE)
-    assert files(copy) - {"rc"} <= {"x.partial.mp4", "x.partial.json"} and "x.partial.json" in files(copy)
+    assert files(copy) - {"rc"} <= {"x.partial.mp4", "x.partial.json", "x.state"} and "x.partial.json" in files(copy)
     data = json.loads((copy / "x.partial.json").read_text())
     assert data["status"] == "failed" and data["error"] == last[len("tokentrim: failed: "):]
     if data["video"]:  # kept only when it plays
@@ -200,7 +200,7 @@ def test_interrupted_rerun_keeps_the_finished_pair(tmp_path, capsys, monkeypatch
     assert code == 130, err
     assert {n: (tmp_path / n).read_bytes() for n in ("x.mp4", "x.json")} == before
     assert json.loads(before["x.json"])["status"] == "ok"
-    assert files(tmp_path) == {"x.mp4", "x.json", "x.partial.mp4", "x.partial.json"}
+    assert files(tmp_path) == {"x.mp4", "x.json", "x.partial.mp4", "x.partial.json", "x.state"}
     data = json.loads((tmp_path / "x.partial.json").read_text())
     assert data["status"] == "interrupted" and data["seed"] == 9
     assert probe(tmp_path / "x.partial.mp4")["frames"] == data["frames_written"] >= 21
@@ -220,7 +220,7 @@ def test_a_second_run_to_the_same_output_is_refused(tmp_path, capsys):
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 130, err
-    assert files(tmp_path) == {"long.partial.mp4", "long.partial.json"}  # the first run's, whole
+    assert files(tmp_path) == {"long.partial.mp4", "long.partial.json", "long.state"}  # the first run's, whole
     data = json.loads((tmp_path / "long.partial.json").read_text())
     assert data["status"] == "interrupted" and probe(tmp_path / "long.partial.mp4")["frames"] == data["frames_written"]
 

@@ -207,3 +207,71 @@ def test_sigterm_to_the_command_then_resume(tmp_path):
     assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 48
     assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
     assert not state_dir(out).exists()
+
+
+def test_sigkill_then_resume_from_the_last_saved_state(tmp_path):
+    """No chance to save at the end: the state of every 2nd block and the killed run's streaming file (kept as
+    NAME.partial.mp4) are enough; the frames past that state are generated again, the ones before re-encoded."""
+    out = tmp_path / "clip.mp4"
+    args = [sys.executable, "-m", "tokentrim_cli", "generate", "-p", "a red circle bouncing", "--seconds", "3",
+            "--seed", "2", "--preset", "toy", "-o", str(out), "--set", "runtime.state_every=2"]
+    proc = subprocess.Popen([*args, "--log-format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    seen = 0
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "block":
+            seen += 1
+            if seen == 7:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    state = json.loads((state_dir(out) / "state.json").read_text())
+    assert state["after_block"] in (3, 5, 7)
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cleaned up after a killed run" in done.stderr and "as clip.partial.mp4" in done.stderr
+    assert "re-encoded once" in done.stderr
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["resumed"] == [{"after_block": state["after_block"], "frames": state["frames_written"],
+                                "reencoded": True}]
+    twin = subprocess.run([*args[:-4], "-o", str(tmp_path / "twin.mp4"), "-q"], capture_output=True, env=ENV,
+                          timeout=120)
+    assert twin.returncode == 0
+    twin_side = json.loads((tmp_path / "twin.json").read_text())
+    assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 48
+    assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
+
+
+def test_starting_again_over_a_resumable_run_needs_overwrite(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "clip.mp4"
+    args = ["generate", "-p", "a red kite", "--seconds", "3", "--seed", "7", "-q", "-o", str(out)]
+    restore = _stop_at_forward(monkeypatch, 12, "error")
+    assert run_main(capsys, *args)[0] == 1
+    restore()
+    rc, _, err = run_main(capsys, *args)
+    assert rc == 2 and "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert state_dir(out).is_dir()
+    rc, _, err = run_main(capsys, *[a for a in args if a != "-q"], "--seed", "8")  # another request replaces it
+    assert rc == 0 and "removed clip.state" in err and not state_dir(out).exists()
+
+
+def test_batch_resume_goes_on_with_the_interrupted_item(tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red kite\na blue ball\na green square\n")
+    out = tmp_path / "out"
+    args = ["batch", str(prompts), "--out-dir", str(out), "--seconds", "3", "-q"]
+    restore = _stop_at_forward(monkeypatch, 40, "sigterm")  # in item 1 (about 25 forwards an item)
+    rc, _, err = run_main(capsys, *args)
+    restore()
+    assert rc == 130, err
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["status"]) for r in rows] == [(0, "ok"), (1, "interrupted")]
+    stopped = out / rows[1]["output"].replace(".partial.mp4", ".mp4")
+    after = json.loads((state_dir(stopped) / "state.json").read_text())["after_block"]
+    rc, _, err = run_main(capsys, *args, "--resume")
+    assert rc == 0, err
+    latest = {r["index"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert [latest[i]["status"] for i in range(3)] == ["ok", "ok", "ok"]
+    side = json.loads(stopped.with_suffix(".json").read_text())
+    assert side["resumed"][0]["after_block"] == after and len(side["blocks"]) == side["plan"]["blocks"]
+    assert probe(stopped)["frames"] == side["frames"] and not state_dir(stopped).exists()

@@ -140,9 +140,10 @@ def generate(
     shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
     result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start, shash, resume), p, loader, display)
     if result.status != "ok" and result.error:
-        again = (f"; {state_dir(out).name} goes on after block {result.resumable}: repeat the command with --resume"
-                 if result.resumable is not None else "")
-        print(f"tokentrim: {result.status}: {result.error}{again}", file=sys.stderr)
+        if result.resumable is not None:
+            print(f"tokentrim: {state_dir(out).name}/ goes on after block {result.resumable}: repeat the command "
+                  "with --resume", file=sys.stderr)
+        print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files
     # were being finished; they are, and now we stop
 

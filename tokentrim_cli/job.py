@@ -14,6 +14,7 @@ and the new frames follow ``NAME.partial.mp4`` in the final video (joined withou
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from .errors import ConfigError, TokentrimError
 from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display
-from .resume import StateWriter, fingerprint, load_state, on_cpu, state_dir
+from .resume import StateWriter, fingerprint, load_state, on_cpu, peek_state, state_dir
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
 from .video import Mp4Writer, probe
@@ -86,7 +87,7 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     outputs = RunOutputs(job.output, job.overwrite)
     outputs.open(display.message)
     try:
-        state = _resumable(job, outputs) if job.resume else None  # nothing to resume from: exit 2
+        state = _resumable(job, outputs) if job.resume else _clear_state(job, display.message)  # exit 2 or None
         return _run(job, preset, components, display, extra, plan, outputs, state)
     finally:
         outputs.close()
@@ -96,6 +97,22 @@ def _fingerprint(job: Job) -> str:
     return fingerprint(job.settings_hash, {"image": job.image.sha256} if job.image is not None else None)
 
 
+def _clear_state(job: Job, message: Callable[[str], None]) -> None:
+    """A run that starts afresh replaces an unfinished run's state, unless it is this very request's (then
+    --resume goes on with it; --overwrite starts again)."""
+    folder = state_dir(job.output)
+    if not folder.exists():
+        return None
+    found = peek_state(folder)
+    if found and job.settings_hash is not None and found.get("fingerprint") == _fingerprint(job) and not job.overwrite:
+        raise ConfigError(f"{folder} holds this run, unfinished (after block {found.get('after_block')}): pass "
+                          f"--resume to go on with it, or --overwrite to start again")
+    shutil.rmtree(folder, ignore_errors=True)
+    if found:
+        message(f"tokentrim: removed {folder.name}, an unfinished run's state (this run starts {job.output.name} again)")
+    return None
+
+
 def _resumable(job: Job, outputs: RunOutputs) -> dict:
     """The state an unfinished run to ``job.output`` left, checked against its partial video."""
     if job.settings_hash is None:
@@ -103,11 +120,22 @@ def _resumable(job: Job, outputs: RunOutputs) -> dict:
     folder = state_dir(job.output)
     state = load_state(folder, _fingerprint(job), job.output)
     frames = probe(outputs.partial_video)["frames"] if outputs.partial_video.is_file() else None
-    if frames != state["frames_written"]:
+    if not frames or frames < state["frames_written"]:
         have = f"holds {frames} frames" if frames else "is missing or unreadable"
         raise ConfigError(f"{outputs.partial_video} {have}, but {folder} goes on after frame "
                           f"{state['frames_written']}; run without --resume to start {job.output.name} again")
+    state["reencode"] = frames > state["frames_written"]  # a killed run's video, longer than its last state
     return state
+
+
+def _copy_frames(video: Path, count: int, writer: Mp4Writer) -> None:
+    """The first ``count`` frames of ``video``, decoded and written again (one more lossy generation)."""
+    import imageio.v3 as iio
+
+    for i, frame in enumerate(iio.imiter(video)):
+        if i == count:
+            break
+        writer.write(frame[None])
 
 
 def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, state: dict | None) -> Result:
@@ -140,15 +168,20 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
         display.message(f"the video starts from the image {im.path} ({im.size[0]}x{im.size[1]}, resized to "
                         f"{im.resized[0]}x{im.resized[1]} and centre-cropped to {vid.width}x{vid.height})")
     saver = StateWriter(state_dir(job.output), _fingerprint(job)) if job.settings_hash is not None else None
+    joined = state is not None and not state["reencode"]
     if state is not None:
         sidecar.data["blocks"][:] = state["blocks"]
-        sidecar.data["resumed"] = state["resumed"] + [{"after_block": state["block"], "frames": state["frames_written"]}]
+        sidecar.data["resumed"] = state["resumed"] + [{"after_block": state["block"], "frames": state["frames_written"],
+                                                       **({"reencoded": True} if state["reencode"] else {})}]
         display.message(f"resuming {job.output.name} after block {state['block']} ({state['frames_written']} frames "
                         f"in {outputs.partial_video.name}; the cache is rebuilt from "
                         f"{len(state['journal']['ops'])} journal entries)")
+        if state["reencode"]:
+            display.message(f"{outputs.partial_video.name} (a killed run's) goes on past its last saved state: its "
+                            f"first {state['frames_written']} frames are re-encoded once, the rest generated again")
     writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset,
-                       prefix=outputs.partial_video if state is not None else None,
-                       prefix_frames=state["frames_written"] if state is not None else 0)
+                       prefix=outputs.partial_video if joined else None,
+                       prefix_frames=state["frames_written"] if joined else 0)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
@@ -198,6 +231,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             lead = None
             if state is not None:
                 decoder.load_state_dict(state["decoder"])
+                if state["reencode"]:
+                    _copy_frames(outputs.partial_video, state["frames_written"], writer)
             elif job.image is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
                 lead = image_latents(comps, job.image.tensor())
                 writer.write(decoder.frames(lead)[: plan.frames])

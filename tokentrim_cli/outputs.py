@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError
+from .video import probe
 
 try:
     import fcntl
@@ -36,9 +37,6 @@ except ImportError:  # not POSIX: no lock
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied"}
-# what ffmpeg prints for each (it reports the C library's strerror)
-FFMPEG_ERRNO = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
-                "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
 
 
 def sidecar_path(video: Path) -> Path:
@@ -153,6 +151,17 @@ class OutputLock:
         self.fd = None
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _playable(path: Path) -> bool:
+    return bool(probe(path)["frames"])
+
+
 class RunOutputs:
     """The files of one run to ``video`` (see the module docstring)."""
 
@@ -193,16 +202,24 @@ class RunOutputs:
     def _clean_stale(self, message: Callable[[str], None]) -> None:
         n = re.escape(self.name)
         temp = re.compile(rf"\.{n}(\.partial)?\.(\d+)\.(tmp|final)\.mp4|\.{n}(\.partial)?\.json\.(\d+)\.tmp")
-        removed, pids = [], set()
+        removed, pids, kept = [], set(), None
         try:
-            names = sorted(os.listdir(self.video.parent))
+            names = sorted(os.listdir(self.video.parent), key=lambda e: _mtime(self.video.parent / e), reverse=True)
         except OSError:
             names = []
-        for entry in names:
+        for entry in names:  # newest first
             m = temp.fullmatch(entry)
             if m:
                 pids.add(m.group(2) or m.group(5))
-                (self.video.parent / entry).unlink(missing_ok=True)
+                path = self.video.parent / entry
+                if kept is None and not m.group(1) and m.group(3) == "tmp" and _playable(path):
+                    try:  # a killed run's streaming file plays up to its last fragment: keep it as its partial video
+                        os.replace(path, self.partial_video)
+                        kept = f"kept {entry} as {self.partial_video.name}"
+                        continue
+                    except OSError:
+                        pass
+                path.unlink(missing_ok=True)
                 removed.append(entry)
         said = []
         for side in (self.sidecar, self.partial_sidecar):
@@ -214,10 +231,11 @@ class RunOutputs:
         if self.sidecar.name in said:  # an older layout's record of a killed run, describing no video
             self.sidecar.unlink(missing_ok=True)
             removed.append(self.sidecar.name)
-        if removed or said:
+        if removed or said or kept:
             who = f" (PID {', '.join(sorted(pids))})" if pids else ""
             text = f"tokentrim: cleaned up after a killed run to {self.video.name}{who}: "
-            text += f"removed {', '.join(removed)}" if removed else "nothing to remove"
+            text += "; ".join(([kept] if kept else []) + ([f"removed {', '.join(removed)}"] if removed else [])) \
+                or "nothing to remove"
             text += f"; {', '.join(said)} said running" if said else ""
             message(text)
 

@@ -20,6 +20,7 @@ must match the resuming run's, or the state is refused with one line.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -47,9 +48,13 @@ def fingerprint(settings_hash: str, start: dict | None = None) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
+    """Via a temporary and a rename; serialised in memory first, so that a full disk is an OSError with its
+    errno (torch.save writing a file itself turns it into a RuntimeError)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     try:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getbuffer())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -111,6 +116,15 @@ class StateWriter:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def peek_state(folder: Path) -> dict | None:
+    """A state's summary (``state.json``), None when it has none that reads."""
+    try:
+        found = json.loads((Path(folder) / "state.json").read_text())
+        return found if isinstance(found, dict) and (Path(folder) / "state.pt").is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def load_state(folder: Path, fingerprint: str, video: Path) -> dict:

@@ -22,7 +22,9 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from .outputs import FFMPEG_ERRNO
+# what ffmpeg prints for each errno it reports (the C library's strerror)
+FFMPEG_ERRNO = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
 
 
 def _ffmpeg_error(stderr: str, path: Path, what: str) -> OSError:
