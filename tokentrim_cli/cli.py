@@ -96,14 +96,20 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help=YES_HELP),
     image: Optional[Path] = typer.Option(None, "--image", help="Start from this picture (png, jpg, webp; see README)."),
+    extend: Optional[Path] = typer.Option(None, "--extend", help="Continue this video (an MP4 at the preset's fps): "
+                                          "the output is its frames (stream-copied when they are H.264 at the "
+                                          "preset's size and encoder settings, else re-encoded) followed by "
+                                          "--seconds new ones; timeline times count from its end (see README)."),
 ):
-    """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture),
-    streaming frames into an MP4 with a JSON sidecar."""
+    """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture;
+    --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
     from .checks import require_log_format, require_seconds, require_seed
+    from .continuation import extend_plan
     from .image import load_image
     from .job import Job, Plan, run_job, timeline_switches
     from .loading import components_loader
     from .progress import make_display
+    from .source_video import load_source
     from .timeline import load_file, parse_prompts
 
     require_log_format(log_format)
@@ -112,6 +118,8 @@ def generate(
         require_seed(seed)
     if timeline is not None and prompt:
         raise ConfigError("--timeline and --prompt exclude each other: put every prompt in the timeline file")
+    if image is not None and extend is not None:
+        raise ConfigError("--image and --extend exclude each other: a continued video starts from its own frames")
     if timeline is None and not prompt:
         raise ConfigError("give --prompt (or --timeline FILE), e.g. --prompt 'a red kite over a beach'")
     if timeline is None and len(prompt) == 1 and not prompt[0].strip():
@@ -122,16 +130,20 @@ def generate(
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads)
-    start = load_image(image, p.config.video.height, p.config.video.width) if image is not None else None  # exit 2
+    vid = p.config.video
+    start = load_image(image, vid.height, vid.width) if image is not None else None  # exit 2
+    plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
+    if extend is not None:  # exit 2 for a file that cannot be continued, before anything loads
+        plan, cont = extend_plan(load_source(extend, vid.height, vid.width, vid.fps), p.config, seconds)
     if entries:  # a timeline that does not fit the video: one line before anything loads
-        timeline_switches(entries, p.config, Plan.for_preset(seconds, p.config, image=start is not None))
+        timeline_switches(entries, p.config, plan)
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start), p, loader, display)
+    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start, cont), p, loader, display)
     if result.status != "ok" and result.error:
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files

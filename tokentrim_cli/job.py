@@ -19,6 +19,7 @@ import torch
 
 from .block_writer import BlockWriter
 from .config import Preset
+from .continuation import source_latents
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
 from .errors import ConfigError, TokentrimError
@@ -41,6 +42,7 @@ class Job:
     overwrite: bool = False  # replace an existing finished output (else refused, exit 2)
     timeline: list | None = None  # timeline.Entry list (its first prompt is ``prompt``); None: one prompt
     image: object | None = None  # image.StartImage the video starts from (``generate --image``); None: from noise
+    extend: object | None = None  # continuation.Continuation of the video it continues (``generate --extend``)
 
 
 @dataclass
@@ -68,10 +70,13 @@ class Result:
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
     ``overwrite``), another process writes it, or its folder is not writable."""
-    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None)
+    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None,
+                           extend=job.extend.latent_frames if job.extend is not None else 0)
     switches = timeline_switches(job.timeline, preset.config, plan)  # a timeline that does not fit: exit 2
     if job.image is not None:
         extra = {**(extra or {}), "image": job.image.as_dict()}
+    if job.extend is not None:
+        extra = {**(extra or {}), "extend": job.extend.as_dict()}
     if job.timeline:
         extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
                  "switches": [s.as_dict() for s in switches]}
@@ -87,6 +92,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
     cfg = preset.config
     vid = cfg.video
     t0 = time.perf_counter()
+    ext = job.extend
+    seam = ext.seam_frame if ext is not None else 0  # the input's frames come first in the output
     try:
         sidecar = Sidecar(
             outputs.running_sidecar,
@@ -95,7 +102,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
             prompt=job.prompt,
             seed=job.seed,
             fps=vid.fps,
-            frames=plan.frames,
+            frames=seam + plan.frames,
             seconds_requested=job.seconds,
             plan=plan.as_dict(),
             started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -112,7 +119,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
         im = job.image
         display.message(f"the video starts from the image {im.path} ({im.size[0]}x{im.size[1]}, resized to "
                         f"{im.resized[0]}x{im.resized[1]} and centre-cropped to {vid.width}x{vid.height})")
-    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset)
+    if ext is not None:
+        display.message(ext.describe(vid))
+    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset,
+                       prefix=ext.source.path if ext is not None and ext.copied else None, prefix_frames=seam)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
@@ -128,7 +138,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
                             f"({sw['snapped']:g} s, {sw['mode']}): {job.timeline[entry].prompt}")
         rec["seconds"] = round(rec["seconds"], 4)
         sidecar.add_block(rec)
-        display.block(rec, frames)
+        display.block(rec, frames - seam)  # the display counts the new part's frames (its plan's)
 
     try:
         with terminate_as_interrupt():
@@ -148,8 +158,11 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs) -> 
             lead = image_latents(comps, job.image.tensor()) if job.image is not None else None
             if lead is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
                 writer.write(decoder.frames(lead)[: plan.frames])
-            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
-            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead):
+            context = None
+            if ext is not None:  # the input streams through the encoder (and the decoder, warming it)
+                context = source_latents(comps, ext, decoder, None if ext.copied else writer.write)
+            blocks = BlockWriter(decoder, writer, seam + plan.frames, written, threaded=cfg.runtime.overlap_decode)
+            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead, context):
                 blocks.put(block)
                 raise_pending()
             blocks.close()

@@ -7,6 +7,11 @@ the temporary file as it is when that copy cannot be made (a full disk), if it p
 is decided by ``outputs.py``. ffmpeg runs in its own process group, so a Ctrl-C in the terminal reaches only us
 and we get to finish the file. Its errors become an OSError naming the video (errno from ffmpeg's message, e.g.
 ENOSPC), never lines of its own on our stderr.
+
+A writer with a ``prefix`` (``generate --extend``) publishes that MP4's frames, stream-copied, followed by its own:
+:func:`concat_copy` joins H.264 MP4s without re-encoding when their parameter sets match
+(:func:`h264_parameter_sets`); ``frames`` then counts the prefix's frames too. ``salvage`` keeps only the
+writer's own frames.
 """
 
 from __future__ import annotations
@@ -34,12 +39,47 @@ def _ffmpeg_error(stderr: str, path: Path, what: str) -> OSError:
     return OSError(errno.EIO, f"ffmpeg failed {what}: {lines[-1] if lines else 'no message'}", str(path))
 
 
+def concat_copy(parts: list[Path], target: Path, comment: str | None = None) -> None:
+    """Join the video streams of MP4 ``parts`` into ``target`` without re-encoding (ffmpeg's concat demuxer,
+    ``-c copy``, +faststart), with ``comment`` as its metadata. The parts must be one codec with the same
+    parameters (H.264: the same SPS / PPS, see :func:`h264_parameter_sets`); ffmpeg does not check that."""
+    target = Path(target)
+    listing = target.with_name(f".{target.stem}.{os.getpid()}.concat.txt")
+    lines = ["ffconcat version 1.0"] + ["file '" + str(Path(p).absolute()).replace("'", "'\\''") + "'" for p in parts]
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error", "-f", "concat", "-safe", "0",
+               "-i", str(listing), "-map", "0:v:0", "-c", "copy"]
+        cmd += ["-metadata", f"comment={comment}"] if comment is not None else []
+        cmd += ["-movflags", "+faststart", "-f", "mp4", str(target)]
+        done = subprocess.run(cmd, capture_output=True, start_new_session=True)
+    finally:
+        listing.unlink(missing_ok=True)
+    if done.returncode != 0:
+        target.unlink(missing_ok=True)
+        raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "joining the videos")
+
+
+def h264_parameter_sets(path: Path) -> list[bytes] | None:
+    """The SPS and PPS NAL units an H.264 MP4 starts with (None when it has none: not H.264, unreadable)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c:v",
+           "copy", "-bsf:v", "h264_mp4toannexb", "-frames:v", "1", "-f", "h264", "-"]
+    done = subprocess.run(cmd, capture_output=True)
+    if done.returncode != 0:
+        return None
+    units = [u.rstrip(b"\x00") for u in re.split(b"\x00\x00\x01", done.stdout)]
+    found = [u for u in units if u and (u[0] & 0x1F) in (7, 8)]
+    return found or None
+
+
 class Mp4Writer:
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium"):
+    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium",
+                 prefix: Path | None = None, prefix_frames: int = 0):
         self.path = Path(path)
+        self.prefix, self.prefix_frames = (Path(prefix) if prefix else None), (prefix_frames if prefix else 0)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
-        self.frames = 0
+        self.frames = self.prefix_frames  # in the published file: the prefix's, then those written here
         self.size = (width, height)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
@@ -93,20 +133,24 @@ class Mp4Writer:
             self._drain.join(timeout=5)
             if self._proc.returncode != 0 and self._error is None:
                 self._error = _ffmpeg_error(self._stderr.decode(errors="replace"), self.path, "finishing the video")
-        if self.frames == 0:  # nothing to keep, whatever ffmpeg said about an empty input
+        if self.frames == self.prefix_frames:  # nothing to keep, whatever ffmpeg said about an empty input
             return False
         if self._error is not None:
             raise self._error
-        return self.frames > 0
+        return True
 
     def publish(self, comment: str, target: Path) -> None:
-        """Stream-copy the finished temporary file to ``target`` with ``comment`` (via a hidden staged file)."""
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c", "copy",
-               "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]
-        done = subprocess.run(cmd, capture_output=True, start_new_session=True)
-        if done.returncode != 0:
-            self.staged.unlink(missing_ok=True)
-            raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "copying the video")
+        """Stream-copy the finished temporary file (after the prefix, if any) to ``target`` with ``comment`` (via a
+        hidden staged file)."""
+        if self.prefix is not None:
+            concat_copy([self.prefix, self.tmp], self.staged, comment)  # removes what it staged when it fails
+        else:
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c", "copy",
+                   "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]
+            done = subprocess.run(cmd, capture_output=True, start_new_session=True)
+            if done.returncode != 0:
+                self.staged.unlink(missing_ok=True)
+                raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "copying the video")
         try:
             os.replace(self.staged, target)
         except OSError:
