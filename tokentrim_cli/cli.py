@@ -96,18 +96,21 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help=YES_HELP),
     image: Optional[Path] = typer.Option(None, "--image", help="Start from this picture (png, jpg, webp; see README)."),
-    resume: bool = typer.Option(False, "--resume", help="Go on exactly where an unfinished run to this --output "
-                                "stopped (its NAME.state/); give the same options, --seed included."),
+    extend: Optional[Path] = typer.Option(None, "--extend", help="Continue this MP4 (at the preset's fps): its "
+                                          "frames, then --seconds new ones; timeline times count from its end."),
+    resume: bool = typer.Option(False, "--resume", help="Go on where a run to --output stopped (same options)."),
 ):
-    """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture),
-    streaming frames into an MP4 with a JSON sidecar."""
+    """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture;
+    --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
     from .batch import settings_hash
     from .checks import require_log_format, require_seconds, require_seed
+    from .continuation import extend_plan
     from .image import load_image
     from .job import Job, Plan, run_job, timeline_switches
     from .loading import components_loader
     from .progress import make_display
     from .resume import state_dir
+    from .source_video import load_source
     from .timeline import canonical, load_file, parse_prompts
 
     require_log_format(log_format)
@@ -118,6 +121,8 @@ def generate(
         raise ConfigError("--resume needs the interrupted run's --seed (it printed it when it started)")
     if timeline is not None and prompt:
         raise ConfigError("--timeline and --prompt exclude each other: put every prompt in the timeline file")
+    if image is not None and extend is not None:
+        raise ConfigError("--image and --extend exclude each other: a continued video starts from its own frames")
     if timeline is None and not prompt:
         raise ConfigError("give --prompt (or --timeline FILE), e.g. --prompt 'a red kite over a beach'")
     if timeline is None and len(prompt) == 1 and not prompt[0].strip():
@@ -128,9 +133,13 @@ def generate(
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads)
-    start = load_image(image, p.config.video.height, p.config.video.width) if image is not None else None  # exit 2
+    vid = p.config.video
+    start = load_image(image, vid.height, vid.width) if image is not None else None  # exit 2
+    plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
+    if extend is not None:  # exit 2 for a file that cannot be continued, before anything loads
+        plan, cont = extend_plan(load_source(extend, vid.height, vid.width, vid.fps), p.config, seconds)
     if entries:  # a timeline that does not fit the video: one line before anything loads
-        timeline_switches(entries, p.config, Plan.for_preset(seconds, p.config, image=start is not None))
+        timeline_switches(entries, p.config, plan)
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
@@ -138,14 +147,14 @@ def generate(
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
     shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
-    result = run_job(Job(prompt, seconds, seed, out, overwrite, entries, start, shash, resume), p, loader, display)
+    job = Job(prompt, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont)
+    result = run_job(job, p, loader, display)
     if result.status != "ok" and result.error:
         if result.resumable is not None:
             print(f"tokentrim: {state_dir(out).name}/ goes on after block {result.resumable}: repeat the command "
                   "with --resume", file=sys.stderr)
         print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
-    raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while the files
-    # were being finished; they are, and now we stop
+    raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while finishing
 
 
 @presets_app.command("list")

@@ -24,6 +24,7 @@ import torch
 
 from .block_writer import BlockWriter
 from .config import Preset
+from .continuation import source_latents
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
 from .errors import ConfigError, TokentrimError
@@ -49,6 +50,7 @@ class Job:
     image: object | None = None  # image.StartImage the video starts from (``generate --image``); None: from noise
     settings_hash: str | None = None  # the request's (batch.settings_hash); None: no resumable state is kept
     resume: bool = False  # go on from the NAME.state/ an unfinished run to ``output`` left
+    extend: object | None = None  # continuation.Continuation of the video it continues (``generate --extend``)
 
 
 @dataclass
@@ -77,10 +79,13 @@ class Result:
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
     ``overwrite``), another process writes it, or its folder is not writable."""
-    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None)
+    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None,
+                           extend=job.extend.latent_frames if job.extend is not None else 0)
     switches = timeline_switches(job.timeline, preset.config, plan)  # a timeline that does not fit: exit 2
     if job.image is not None:
         extra = {**(extra or {}), "image": job.image.as_dict()}
+    if job.extend is not None:
+        extra = {**(extra or {}), "extend": job.extend.as_dict()}
     if job.timeline:
         extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
                  "switches": [s.as_dict() for s in switches]}
@@ -94,7 +99,10 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
 
 
 def _fingerprint(job: Job) -> str:
-    return fingerprint(job.settings_hash, {"image": job.image.sha256} if job.image is not None else None)
+    start = {"image": job.image.sha256} if job.image is not None else None
+    if job.extend is not None:
+        start = {"extend": job.extend.source.sha256}
+    return fingerprint(job.settings_hash, start)
 
 
 def _clear_state(job: Job, message: Callable[[str], None]) -> None:
@@ -142,6 +150,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     cfg = preset.config
     vid = cfg.video
     t0 = time.perf_counter()
+    ext = job.extend
+    seam = ext.seam_frame if ext is not None else 0  # the input's frames come first in the output
     try:
         sidecar = Sidecar(
             outputs.running_sidecar,
@@ -150,7 +160,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             prompt=job.prompt,
             seed=job.seed,
             fps=vid.fps,
-            frames=plan.frames,
+            frames=seam + plan.frames,
             seconds_requested=job.seconds,
             plan=plan.as_dict(),
             started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -179,9 +189,13 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
         if state["reencode"]:
             display.message(f"{outputs.partial_video.name} (a killed run's) goes on past its last saved state: its "
                             f"first {state['frames_written']} frames are re-encoded once, the rest generated again")
-    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset,
-                       prefix=outputs.partial_video if joined else None,
-                       prefix_frames=state["frames_written"] if joined else 0)
+    elif ext is not None:
+        display.message(ext.describe(vid))
+    if state is not None:
+        prefix, prefix_frames = (outputs.partial_video, state["frames_written"]) if joined else (None, 0)
+    else:
+        prefix, prefix_frames = (ext.source.path, seam) if ext is not None and ext.copied else (None, 0)
+    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset, prefix, prefix_frames)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
@@ -203,7 +217,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
                             f"({sw['snapped']:g} s, {sw['mode']}): {job.timeline[entry].prompt}")
         rec["seconds"] = round(rec["seconds"], 4)
         sidecar.add_block(rec)
-        display.block(rec, frames)
+        display.block(rec, frames - seam)  # the display counts the new part's frames (its plan's)
         if block.state is not None:
             last["block"], last["unsaved"] = block, True
             every = cfg.runtime.state_every
@@ -236,8 +250,11 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             elif job.image is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
                 lead = image_latents(comps, job.image.tensor())
                 writer.write(decoder.frames(lead)[: plan.frames])
-            blocks = BlockWriter(decoder, writer, plan.frames, written, threaded=cfg.runtime.overlap_decode)
-            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead,
+            context = None
+            if ext is not None and state is None:  # the input streams through the encoder (and the decoder, warming it)
+                context = source_latents(comps, ext, decoder, None if ext.copied else writer.write)
+            blocks = BlockWriter(decoder, writer, seam + plan.frames, written, threaded=cfg.runtime.overlap_decode)
+            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead, context,
                                          resumable=saver is not None, resume=state):
                 if block.state is not None:  # saved by the writer's thread: no device tensors there
                     block.state = on_cpu(block.state)

@@ -32,7 +32,11 @@ class Plan:
 
     ``start_frame`` 1 (``generate --image``): the video starts with a given picture, VAE-encoded as latent frame 0
     (1 pixel frame) and written to the cache as context; the blocks are generated from latent frame 1, so the video
-    is 1 + ``temporal_ratio`` x ``latent_frames`` pixel frames before the trim to ``frames``."""
+    is 1 + ``temporal_ratio`` x ``latent_frames`` pixel frames before the trim to ``frames``.
+
+    ``continued`` (``generate --extend``, ``start_frame`` N: the input's latent frames): the blocks continue a
+    video; ``seconds`` and ``frames`` are the new part's only (time 0 at the seam), every new latent frame is
+    ``temporal_ratio`` pixel frames, so the new part is ``temporal_ratio`` x ``latent_frames`` before the trim."""
 
     seconds: float
     fps: int
@@ -42,28 +46,41 @@ class Plan:
     block_frames: int
 
     temporal_ratio: int = 4  # pixel frames per latent frame after the first
-    start_frame: int = 0  # latent frames given before the first block (1: the --image frame)
+    start_frame: int = 0  # latent frames given before the first block (1: the --image frame; --extend: the input's)
+    continued: bool = False  # the blocks continue a video (--extend): frames and seconds count from the seam
 
     @classmethod
     def for_seconds(cls, seconds: float, fps: int, block_frames: int, temporal_ratio: int = 4,
-                    image: bool = False) -> "Plan":
+                    image: bool = False, extend: int = 0) -> "Plan":
+        """``extend``: the latent frames of the video the blocks continue (0: none)."""
         require_seconds(seconds, "seconds")
         if fps <= 0:
             raise ValueError(f"fps must be a positive integer, got {fps}")
+        if image and extend:
+            raise ValueError("a plan starts from an image or continues a video, not both")
         frames = max(1, round(seconds * fps))
-        latent = (0 if image else 1) + math.ceil((frames - 1) / temporal_ratio)
+        if extend:
+            latent = math.ceil(frames / temporal_ratio)
+        else:
+            latent = (0 if image else 1) + math.ceil((frames - 1) / temporal_ratio)
         blocks = max(1, math.ceil(latent / block_frames))
         return cls(float(seconds), fps, frames, blocks * block_frames, blocks, block_frames, temporal_ratio,
-                   1 if image else 0)
+                   extend or (1 if image else 0), bool(extend))
 
     @classmethod
-    def for_preset(cls, seconds: float, cfg: Config, image: bool = False) -> "Plan":
-        return cls.for_seconds(seconds, cfg.video.fps, cfg.sampler.block_frames, cfg.model.vae.temporal_ratio, image)
+    def for_preset(cls, seconds: float, cfg: Config, image: bool = False, extend: int = 0) -> "Plan":
+        return cls.for_seconds(seconds, cfg.video.fps, cfg.sampler.block_frames, cfg.model.vae.temporal_ratio, image,
+                               extend)
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        if not self.continued:
+            del d["continued"]
         if not self.start_frame:  # a plain run's plan reads as before
             del d["start_frame"]
+        elif self.continued:
+            d["note"] = (f"the blocks continue the --extend video's {self.start_frame} latent frames (its context "
+                         f"is written to the cache first); frames and seconds are the new part's")
         else:
             d["note"] = "the video starts with the image: latent frame 0 (1 pixel frame), written to the cache as " \
                          "context; the blocks are generated from latent frame 1"
@@ -101,10 +118,61 @@ def timeline_switches(timeline: list[Entry] | None, cfg: Config, plan: Plan) -> 
     if not timeline or len(timeline) < 2:
         return []
     return snap(timeline, plan.seconds, plan.blocks, plan.block_frames, plan.fps, plan.temporal_ratio,
-                cfg.sampler.switch, plan.start_frame)
+                cfg.sampler.switch, plan.start_frame, plan.continued)
 
 
 IMAGE_BLOCK = 2**31  # the start image's noise key (its context pass with context_noise > 0); blocks are 0, 1, ...
+# the lead's context passes are IMAGE_BLOCK, IMAGE_BLOCK + 1, ... (one pass for an image)
+
+
+@dataclass(frozen=True)
+class Lead:
+    """Latent frames given before block 0, written to the cache as clean context by context (write) passes at
+    their absolute latent frame indices: ``generate --image``'s frame 0, or the frames of an ``--extend`` video
+    its cache policy keeps (``continuation.py``: sink + tail, with a gap the cache's layout closes)."""
+
+    latents: torch.Tensor  # (B, C, len(frames), h, w), normalised like the blocks'
+    frames: tuple[int, ...]  # increasing
+
+    def passes(self, block_frames: int) -> list[Block]:
+        """The context passes, in time order: each run of consecutive frames cut into pieces of ``block_frames``;
+        the last run is cut from its end (the newest pass is a whole block, as a generated block's), earlier runs
+        (the sink) from their start (as the blocks that made them were)."""
+        runs, start = [], 0
+        for k in range(1, len(self.frames) + 1):
+            if k == len(self.frames) or self.frames[k] != self.frames[k - 1] + 1:
+                runs.append((start, k))
+                start = k
+        pieces = []
+        for r, (a, b) in enumerate(runs):
+            if r == len(runs) - 1:
+                cuts = list(range(b, a, -block_frames))[::-1]
+                pieces += list(zip([a] + cuts[:-1], cuts))
+            else:
+                pieces += [(i, min(i + block_frames, b)) for i in range(a, b, block_frames)]
+        return [Block(IMAGE_BLOCK + k, list(self.frames[a:b]), self.latents[:, :, a:b]) for k, (a, b) in enumerate(pieces)]
+
+
+def write_lead(model, cache, lead: Lead, noise: NoiseSource, block_frames: int, context_noise: float,
+               kept: ContextLatents | None) -> None:
+    """Write ``lead``'s context passes into ``cache`` (each admitted by the policy's rules, as a block would be)."""
+    for block in lead.passes(block_frames):
+        block.latents = block.latents.to(model.device, torch.float32)
+        write_context(model, cache, block.latents, torch.tensor(block.frames), noise, block.index, context_noise)
+        if kept is not None:
+            kept.add(block, cache)
+
+
+def lead_of(plan: Plan, image: torch.Tensor | None, lead: Lead | None) -> Lead | None:
+    """The lead a run starts with (a start image is a lead of frame 0), checked against the plan."""
+    if image is not None:
+        lead = Lead(image, (0,)) if lead is None else None
+        if lead is None:
+            raise ValueError("give an image or a lead, not both")
+    if (lead is not None) != bool(plan.start_frame) or (lead is not None and max(lead.frames) >= plan.start_frame):
+        raise ValueError("an image or a lead goes with a plan for one (Plan.for_preset(..., image=True) or "
+                         "extend=N), and back")
+    return lead
 
 
 def image_latents(components: Components, pixels: torch.Tensor) -> torch.Tensor:
@@ -114,7 +182,7 @@ def image_latents(components: Components, pixels: torch.Tensor) -> torch.Tensor:
 
 def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan,
                     timeline: list[Entry] | None = None, image: torch.Tensor | None = None,
-                    resumable: bool = False, resume: dict | None = None) -> Iterator[Block]:
+                    lead: Lead | None = None, resumable: bool = False, resume: dict | None = None) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt, or for a timeline of prompts (then ``prompt`` is unused:
     the first entry's is); each block's record gains cache size, timing and, with a timeline, ``prompt`` (the
     index of the entry it was made under, for Rolling Forcing the one it entered the window under).
@@ -129,15 +197,16 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
 
     ``image`` (with ``plan.start_frame`` 1; ``image_latents``): latent frame 0, written to the cache by one context
     pass (at ``context_noise``) before block 0, which is generated from latent frame 1; it is not yielded (the
-    caller decodes it first). A recache switch rebuilds it with the blocks while the cache holds it.
+    caller decodes it first). A recache switch rebuilds it with the blocks while the cache holds it. ``lead``
+    (instead of ``image``; ``generate --extend``): the latent frames written first, by context passes of
+    ``block_frames`` (:class:`Lead`); ``plan.start_frame`` is then the continued video's latent frame count.
 
     ``resumable``: every block carries ``state``, what it takes to go on exactly from right after it: the cache's
     journal (``engine/journal.py``), the sampler's :class:`LoopState`, the reviewer's statistics, the latents a
     recache would need and the blend in progress (tensors are shared, not copied: save them before the next
-    block). ``resume``: such a state; the cache is rebuilt by replaying its journal and the loop goes on from
-    its next block, giving the same blocks, bit for bit, as the run that left it."""
-    if resume is None and (image is not None) != bool(plan.start_frame):
-        raise ValueError("an image goes with a plan for one (Plan.for_preset(..., image=True)), and back")
+    block). ``resume``: such a state; the cache is rebuilt by replaying its journal (the image or lead included)
+    and the loop goes on from its next block, giving the same blocks, bit for bit, as the run that left it."""
+    lead = lead_of(plan, image, lead) if resume is None else None
     samp = cfg.sampler
     switches = timeline_switches(timeline, cfg, plan)
     if timeline:
@@ -177,12 +246,8 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     else:
         cache.journal = journal
         use_prompt(prompt)
-        if image is not None:
-            lead = Block(IMAGE_BLOCK, list(range(plan.start_frame)), image.to(model.device, torch.float32))
-            write_context(model, cache, lead.latents, torch.tensor(lead.frames), noise, lead.index,
-                          samp.context_noise)
-            if kept is not None:
-                kept.add(lead, cache)
+        if lead is not None:
+            write_lead(model, cache, lead, noise, plan.block_frames, samp.context_noise, kept)
 
     def snapshot(index: int) -> dict:
         return {"block": index, "journal": journal.state(),

@@ -15,7 +15,9 @@ the N - 1 blocks after it (weights 1/(N+1) .. N/(N+1)); the next block has the n
 before the next switch; it may run past the end of the video.
 
 Snapping: a switch at time t takes effect at the first block whose first pixel frame is at or after t (pixel
-frame p shows at p / fps; latent frame k > 0 starts at pixel 1 + (k - 1) * temporal_ratio). A timeline is
+frame p shows at p / fps; latent frame k > 0 starts at pixel 1 + (k - 1) * temporal_ratio; when the blocks continue
+a video, ``generate --extend``, time 0 is the seam and block b starts at pixel b * block_frames * temporal_ratio
+after it). A timeline is
 refused (one-line ConfigError, exit 2) when its times do not increase, a switch lies at or past the video's end
 or snaps past its last block, two switches snap to the same block, a prompt is empty, a field is unknown or a
 mode is not one of MODES.
@@ -175,27 +177,31 @@ def length_problem(entries: list[Entry], seconds: float) -> str | None:
 
 
 def block_start_seconds(block: int, block_frames: int, fps: int, temporal_ratio: int = 4,
-                        start_frame: int = 0) -> float:
-    """When a block's first pixel frame is shown (``start_frame``: latent frames before block 0, e.g. an image)."""
+                        start_frame: int = 0, continued: bool = False) -> float:
+    """When a block's first pixel frame is shown (``start_frame``: latent frames before block 0, e.g. an image;
+    ``continued``: the blocks continue a video and the time counts from the seam)."""
+    if continued:
+        return block * block_frames * temporal_ratio / fps
     latent = start_frame + block * block_frames
     pixel = 0 if latent == 0 else 1 + (latent - 1) * temporal_ratio
     return pixel / fps
 
 
 def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, fps: int, temporal_ratio: int = 4,
-         default_mode: str = "recache", start_frame: int = 0) -> list[Switch]:
+         default_mode: str = "recache", start_frame: int = 0, continued: bool = False) -> list[Switch]:
     """The switches of a checked timeline (one per entry after the first), snapped to blocks (which start at
-    latent frame ``start_frame``: 1 after a start image)."""
+    latent frame ``start_frame``: 1 after a start image; ``continued``: after a video, time 0 at the seam)."""
+    at = lambda b: block_start_seconds(b, block_frames, fps, temporal_ratio, start_frame, continued)  # noqa: E731
     problem = length_problem(entries, seconds)
     if problem:
         raise ConfigError(f"timeline: {problem}")
     switches: list[Switch] = []
     for i, e in enumerate(entries[1:], 1):
         b = 0
-        while block_start_seconds(b, block_frames, fps, temporal_ratio, start_frame) < e.start - 1e-9:
+        while at(b) < e.start - 1e-9:
             b += 1
         if b >= blocks:
-            last = block_start_seconds(blocks - 1, block_frames, fps, temporal_ratio, start_frame)
+            last = at(blocks - 1)
             raise ConfigError(f"timeline: prompt {i + 1} at {e.start:g} s snaps to block {b}, past the video's last "
                               f"block ({blocks - 1}, from {last:g} s)")
         if switches and b == switches[-1].block:
@@ -205,8 +211,7 @@ def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, f
         if switches and b < switches[-1].block + switches[-1].blend:
             raise ConfigError(f"timeline: prompt {i}'s blend over {switches[-1].blend} blocks (from block "
                               f"{switches[-1].block}) runs into prompt {i + 1}'s switch at block {b}")
-        switches.append(Switch(i, b, e.start, block_start_seconds(b, block_frames, fps, temporal_ratio, start_frame),
-                               e.switch or default_mode, e.blend))
+        switches.append(Switch(i, b, e.start, at(b), e.switch or default_mode, e.blend))
     return switches
 
 

@@ -7,6 +7,11 @@ the temporary file as it is when that copy cannot be made (a full disk), if it p
 is decided by ``outputs.py``. ffmpeg runs in its own process group, so a Ctrl-C in the terminal reaches only us
 and we get to finish the file. Its errors become an OSError naming the video (errno from ffmpeg's message, e.g.
 ENOSPC), never lines of its own on our stderr.
+
+A writer with a ``prefix`` (``generate --extend``) publishes that MP4's frames, stream-copied, followed by its own:
+:func:`concat_copy` joins H.264 MP4s without re-encoding when their parameter sets match
+(:func:`h264_parameter_sets`); ``frames`` then counts the prefix's frames too. ``salvage`` keeps only the
+writer's own frames.
 """
 
 from __future__ import annotations
@@ -37,35 +42,50 @@ def _ffmpeg_error(stderr: str, path: Path, what: str) -> OSError:
 
 
 def concat_copy(parts: list[Path], target: Path, comment: str | None = None) -> None:
-    """Join MP4s of the same encoding into ``target`` without re-encoding (ffmpeg's concat demuxer, stream
-    copy; the index at the front), with ``comment`` as its metadata when given."""
+    """Join the video streams of MP4 ``parts`` into ``target`` without re-encoding (ffmpeg's concat demuxer,
+    ``-c copy``, +faststart), with ``comment`` as its metadata. The parts must be one codec with the same
+    parameters (H.264: the same SPS / PPS, see :func:`h264_parameter_sets`); ffmpeg does not check that."""
     target = Path(target)
     listing = target.with_name(f".{target.stem}.{os.getpid()}.concat.txt")
-    # the concat demuxer's list syntax: one quoted path per line, a quote written as '\''
-    listing.write_text("".join("file '{}'\n".format(str(Path(p).absolute()).replace("'", "'\\''")) for p in parts))
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
-           "-map", "0", "-c", "copy", *(["-metadata", f"comment={comment}"] if comment is not None else []),
-           "-movflags", "+faststart", "-f", "mp4", str(target)]
+    lines = ["ffconcat version 1.0"] + ["file '" + str(Path(p).absolute()).replace("'", "'\\''") + "'" for p in parts]
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
     try:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error", "-f", "concat", "-safe", "0",
+               "-i", str(listing), "-map", "0:v:0", "-c", "copy"]
+        cmd += ["-metadata", f"comment={comment}"] if comment is not None else []
+        cmd += ["-movflags", "+faststart", "-f", "mp4", str(target)]
         done = subprocess.run(cmd, capture_output=True, start_new_session=True)
     finally:
         listing.unlink(missing_ok=True)
     if done.returncode != 0:
         target.unlink(missing_ok=True)
-        raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "joining videos")
+        raise _ffmpeg_error(done.stderr.decode(errors="replace"), target, "joining the videos")
+
+
+def h264_parameter_sets(path: Path) -> list[bytes] | None:
+    """The SPS and PPS NAL units an H.264 MP4 starts with (None when it has none: not H.264, unreadable)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c:v",
+           "copy", "-bsf:v", "h264_mp4toannexb", "-frames:v", "1", "-f", "h264", "-"]
+    done = subprocess.run(cmd, capture_output=True)
+    if done.returncode != 0:
+        return None
+    units = [u.rstrip(b"\x00") for u in re.split(b"\x00\x00\x01", done.stdout)]
+    found = [u for u in units if u and (u[0] & 0x1F) in (7, 8)]
+    return found or None
 
 
 class Mp4Writer:
-    """``prefix`` (a resumed run): an MP4 of ``prefix_frames`` frames of the same encoding that the video
-    continues; the frames written here follow it, and ``publish`` joins the two without re-encoding either."""
+    """``prefix``: an MP4 of ``prefix_frames`` frames of the same encoding that the video continues (a resumed
+    run's partial video, an extended input); the frames written here follow it, and ``publish`` joins the two
+    without re-encoding either."""
 
     def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium",
                  prefix: Path | None = None, prefix_frames: int = 0):
         self.path = Path(path)
+        self.prefix, self.prefix_frames = (Path(prefix) if prefix else None), (prefix_frames if prefix else 0)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
-        self.prefix = Path(prefix) if prefix is not None else None
-        self.frames = prefix_frames  # in the video, the prefix's included
+        self.frames = self.prefix_frames  # in the published file: the prefix's, then those written here
         self.written = 0  # sent to ffmpeg by this writer
         self.size = (width, height)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
@@ -148,9 +168,9 @@ class Mp4Writer:
 
     def salvage(self, target: Path) -> tuple[Path | None, int]:
         """Keep the temporary file as ``target`` if ffmpeg can read frames back from it, else remove it.
-        Returns (where it is or None, frames in it). With a prefix the prefix is kept as it is and the new frames
-        are lost (the prefix is the unfinished video a later resume goes on from)."""
-        if self.prefix is not None:
+        Returns (where it is or None, frames in it). When ``target`` is the prefix (a resumed run's partial video)
+        it is kept as it is and the new frames are lost: it is what a later resume goes on from."""
+        if self.prefix is not None and self.prefix == Path(target):
             self.tmp.unlink(missing_ok=True)
             return (self.prefix, self.frames - self.written) if self.prefix.is_file() else (None, 0)
         frames = probe(self.tmp)["frames"] if self.tmp.is_file() else None

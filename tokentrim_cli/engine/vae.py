@@ -1,9 +1,17 @@
-"""Streaming decode: latent blocks in, uint8 RGB frames out, with the causal decoder state kept across blocks.
+"""Streaming decode (latent blocks in, uint8 RGB frames out) and streaming encode (pixel frames in, latent frames
+out), each with its causal state kept across calls.
 
 Wan's VAE decoder is causal in time and carries a feature cache from one latent frame to the next, so decoding
 each block with ``vae.decode`` would restart that state and break continuity at every block boundary. Here the
 cache is cleared once per video and each latent frame is pushed through the decoder in order, exactly as the
 one-shot decode does internally: the very first latent frame yields 1 pixel frame, every later one 4.
+
+The encoder is causal the same way (``AutoencoderKLWan._encode``: the first pixel frame alone, then 4 pixel frames
+per latent frame, with the encoder's own feature cache ``_enc_feat_map`` carried from chunk to chunk), so
+:class:`StreamingEncoder` pushes a video through it a few frames at a time and gives the same latents as one
+``vae.encode`` of the whole video (bit-identical on the tiny Wan VAE, tests/test_extend.py) with memory bounded
+by one call's frames. It keeps that cache itself, not in the VAE: ``vae.clear_cache`` (which a decode's first
+call runs) cannot wipe it, so a video can be encoded and decoded in turns, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 
 class StreamingDecoder:
@@ -80,3 +89,63 @@ def encode_image(vae, pixels: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
     return (z - mean) / std
+
+
+class StreamingEncoder:
+    """Stateful encoder for one video at a time: ``reset`` at the start, then ``latents`` per chunk of pixel frames
+    in order, of any sizes: frames that do not yet complete a latent frame (the first one alone, then 4 per latent
+    frame) wait inside for the next call; those still waiting at the end are never encoded (``pending`` says how
+    many). Returns normalised latents (posterior mode, ``(z - latents_mean) / latents_std``) like
+    :func:`encode_image`. The toy world's stateless PatchCodec just encodes every frame."""
+
+    def __init__(self, vae):
+        self.vae = vae
+        self._wan = isinstance(vae, AutoencoderKLWan)
+        # pixel frames per latent frame after the first: 4 for Wan2.1 (the constant diffusers' _encode chunks by)
+        self.ratio = 2 ** sum(bool(t) for t in vae.config.temperal_downsample) if self._wan else 1
+        if self._wan:
+            self._mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+            self._std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self._first = True
+        self._wait: torch.Tensor | None = None
+        if self._wan:  # its own feature cache, as _encode's _enc_feat_map
+            self._cache = [None] * self.vae._cached_conv_counts["encoder"]
+
+    @property
+    def pending(self) -> int:
+        """Pixel frames given that do not complete a latent frame yet."""
+        return 0 if self._wait is None else int(self._wait.shape[2])
+
+    @torch.no_grad()
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel frames (B, 3, F, H, W) in [-1, 1] that continue the stream -> the latent frames they complete,
+        (B, C, n, H/s, W/s) float32 (n may be 0)."""
+        vae = self.vae
+        if not self._wan:  # stateless codecs (the toy world's PatchCodec)
+            return vae.encode(pixels.to(vae.mean.device)).float()
+        dev, dtype = vae.post_quant_conv.weight.device, vae.post_quant_conv.weight.dtype
+        x = pixels.to(dev, dtype)
+        if self._wait is not None:
+            x = torch.cat([self._wait, x], dim=2)
+        outs, start = [], 0
+        while True:
+            size = 1 if self._first else self.ratio
+            if x.shape[2] - start < size:
+                break
+            chunk = x[:, :, start : start + size]
+            if vae.config.patch_size is not None:
+                from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
+                chunk = patchify(chunk, patch_size=vae.config.patch_size)
+            outs.append(vae.encoder(chunk, feat_cache=self._cache, feat_idx=[0]))
+            self._first, start = False, start + size
+        self._wait = x[:, :, start:].clone() if start < x.shape[2] else None
+        b, _, _, h, w = x.shape
+        s = vae.spatial_compression_ratio
+        if not outs:
+            return torch.zeros(b, vae.config.z_dim, 0, h // s, w // s)
+        z = DiagonalGaussianDistribution(vae.quant_conv(torch.cat(outs, dim=2))).mode().float()
+        return (z - self._mean.to(dev)) / self._std.to(dev)
