@@ -1,9 +1,9 @@
 """How big a resumable state (NAME.state/) is at 480x832, and what resuming costs.
 
-Part 1 (the loop's state at the full-size latent shape): the tiny transformer generates 30 s at 480x832 in bf16
+Part 1 (the loop's state at the full-size latent shape): the tiny transformer (cast to bf16) generates 30 s at 480x832
 (60 x 104 latents, 16 channels: what the journal and the window hold depends on the latent shape and dtype, not
 on the transformer's size), for Self Forcing and Rolling Forcing; the state after the last block is saved with
-the real StateWriter and its files are measured. The prompt embeddings the journal keeps are the tiny text
+the real StateWriter and its files are measured (state.pt mid-run, when Rolling Forcing's window is full). The prompt embeddings the journal keeps are the tiny text
 encoder's; Wan's umT5 gives 512 x 4096 per prompt (4 MiB in bf16, twice that with guidance), added by hand.
 Part 2 (the decoder's causal state): Wan2.1's VAE architecture (diffusers' default config, random weights) decodes
 two latent frames at 1/4 and 1/2 of 480x832 in float32; its feature cache scales with the area exactly, so the
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokentrim_cli.config import load_preset  # noqa: E402
-from tokentrim_cli.engine.components import load_components  # noqa: E402
+from tokentrim_cli.engine.components import cast, load_components  # noqa: E402
 from tokentrim_cli.engine.journal import replay  # noqa: E402
 from tokentrim_cli.engine.policies import make_cache  # noqa: E402
 from tokentrim_cli.pipeline import Plan, generate_blocks, guided_model  # noqa: E402
@@ -39,22 +39,27 @@ UMT5_PROMPT_BYTES = 512 * 4096 * 2  # one prompt's embeddings, bf16
 
 
 def loop_state(preset: str, seconds: float) -> dict:
-    cfg = load_preset(preset, ["video.height=480", "video.width=832", "runtime.dtype=bfloat16"]).config
+    cfg = load_preset(preset, ["video.height=480", "video.width=832"]).config
     comps = load_components(cfg.model, cfg.runtime)
+    cast(comps.model.transformer, torch.bfloat16)  # the loader keeps float32 on a CPU; the real presets run bf16
     plan = Plan.for_preset(seconds, cfg)
     t0 = time.perf_counter()
-    last = None
+    mid = last = None
     for last in generate_blocks(comps, cfg, "a red kite over a beach", 1, plan, resumable=True):
-        pass
+        if last.index == plan.blocks // 2:
+            mid = last  # with Rolling Forcing's window full
     gen = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = StateWriter(Path(tmp) / "clip.state", "bench")
-        writer.save(last.state, {"first": False, "feat_map": None}, plan.frames, {"blocks": [], "resumed": []})
-        files = {f.name: f.stat().st_size for f in writer.folder.iterdir()}
-    journal = sum(v for k, v in files.items() if k.startswith("journal-"))
+    sizes = {}
+    for name, block in (("mid", mid), ("last", last)):
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = StateWriter(Path(tmp) / "clip.state", "bench")
+            writer.save(block.state, {"first": False, "feat_map": None}, plan.frames, {"blocks": [], "resumed": []})
+            sizes[name] = {f.name: f.stat().st_size for f in writer.folder.iterdir()}
+    journal = sum(v for k, v in sizes["last"].items() if k.startswith("journal-"))
+    x = next(op[1] for op in last.state["journal"]["ops"] if op[0] == "write")
     return {"preset": preset, "seconds": seconds, "blocks": plan.blocks, "generate_seconds": round(gen, 1),
-            "journal_bytes": journal, "journal_bytes_per_block": journal // plan.blocks,
-            "state_pt_bytes": files["state.pt"], "window_blocks": len(last.state["loop"]["window"])}
+            "journal_dtype": str(x.dtype), "journal_bytes": journal, "journal_bytes_per_block": journal // plan.blocks,
+            "state_pt_bytes_mid_run": sizes["mid"]["state.pt"], "window_blocks_mid_run": len(mid.state["loop"]["window"])}
 
 
 def decoder_state() -> dict:
@@ -111,10 +116,11 @@ def main() -> None:
     loops = [loop_state("tiny", 30.0), loop_state("tiny-rolling", 30.0)]
     dec = decoder_state()
     cost = replay_cost()
-    print(f"{'480x832, 30 s (bf16)':34s} {'journal/block':>14s} {'journal':>10s} {'state.pt':>10s} {'window':>7s}")
+    print(f"{'480x832, 30 s (' + loops[0]['journal_dtype'] + ')':34s} {'journal/block':>14s} {'journal':>10s} "
+          f"{'state.pt mid-run':>17s} {'window':>7s}")
     for r in loops:
         print(f"{r['preset']:34s} {r['journal_bytes_per_block'] / MIB:11.2f} MiB {r['journal_bytes'] / MIB:7.1f} MiB "
-              f"{r['state_pt_bytes'] / MIB:7.2f} MiB {r['window_blocks']:7d}")
+              f"{r['state_pt_bytes_mid_run'] / MIB:13.2f} MiB {r['window_blocks_mid_run']:7d}")
     print(f"Wan VAE decoder state at 480x832: {dec['480x832_bf16_bytes'] / MIB:.0f} MiB in bf16 "
           f"({dec['480x832_float32_bytes'] / MIB:.0f} MiB float32; half/quarter area ratio "
           f"{dec['scaling_half_over_quarter']})")

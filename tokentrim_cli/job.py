@@ -201,8 +201,11 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     blocks = None
     shown = [0]  # the timeline entry whose prompt the display last named
     last = {"block": None, "unsaved": False}  # the last block in the file, and whether the state on disk is older
+    writer_device = [None]
 
     def save_state(block) -> None:
+        if writer_device[0] is not None and writer_device[0].type == "cuda":  # the decoder ran on a side stream
+            torch.cuda.synchronize(writer_device[0])
         history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", [])}
         saver.save(block.state, decoder.state_dict(), writer.frames, history)
         last["unsaved"] = False
@@ -237,6 +240,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             sidecar.data["warnings"] = warnings  # written with the first block (or the final record)
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
             cuda = comps.device.type == "cuda"
+            writer_device[0] = comps.device
             if cuda:  # the peak while generating (text encoding included), not while loading
                 torch.cuda.reset_peak_memory_stats(comps.device)
             decoder = StreamingDecoder(comps.vae)

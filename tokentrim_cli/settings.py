@@ -247,7 +247,7 @@ class Runtime(Section):
     threads: int | None = setting(lambda v: v is None or integer(1, 1024)(v), "a positive integer or null (the CPUs "
                                   "this process may use)", None)
     state_every: int = setting(integer(0, 1_000_000), "an integer >= 0 (blocks between saves of the resumable state "
-                               "NAME.state/; 0: only when a run stops early)", 8)
+                               "NAME.state/; 0: only when a run stops early)", 32)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,7 +47,8 @@ def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor
     dtype: the forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the
     size; the journal holds no device memory (one copy of a block's latents per block)."""
     if cache.journal is not None:
-        cache.journal.add("write", x.detach().to(model.dtype).cpu(), timesteps.cpu(), frames.cpu(), cache.choice())
+        x_kept = x.detach().to("cpu", model.dtype, copy=True)  # a copy: a view would keep (and save) its whole base
+        cache.journal.add("write", x_kept, timesteps.cpu(), frames.cpu(), cache.choice())
     model(x, timesteps, frames, cache=cache, write=True)
 
 

@@ -187,6 +187,7 @@ def rolling_forcing(
         done = None
         if window[0]["step"] == steps - 1:
             done = window.pop(0)
+            done["x0"] = done["x0"].clone()  # its own storage, not a view of the whole window's prediction
             bframes = torch.arange(start_frame + done["block"] * block_frames, start_frame + (done["block"] + 1) * block_frames)
             record = reviewer.accept(done["block"], done["x0"]) if reviewer is not None else {}
             write_context(model, cache, done["x0"], bframes, noise, done["block"], context_noise)
