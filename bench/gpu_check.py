@@ -10,6 +10,8 @@ encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and i
 2. command: ``tokentrim generate`` for a few seconds in a subprocess: exit code, the MP4 read back (frames, fps,
    size agree with the sidecar), status ok; command FPS (frames / generate seconds) and peak GPU memory from the
    sidecar.
+3. resume (in the loop step): the loop's resumable state 3 blocks before the end is resumed (the cache rebuilt from
+   its journal) and the last blocks generated again: bit-identical to the first time on this device and dtype?
 Plus self-forcing-packed for 120 s: the loop (peak memory at 30 s vs 120 s) and the whole command with TokenTrim on.
 
 Every step runs in its own subprocess under its own timeout and a global deadline; results go to the JSON after
@@ -102,8 +104,9 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     times, records, kept, peak_30 = [], [], [], None
+    snap, tail = None, []  # the resumable state 3 blocks before the end, and the blocks after it
     t = time.perf_counter()
-    for blk in generate_blocks(comps, cfg, PROMPT, 0, plan):
+    for blk in generate_blocks(comps, cfg, PROMPT, 0, plan, resumable=True):  # journaled, as the command runs
         sync()
         now = time.perf_counter()
         times.append(now - t)
@@ -111,6 +114,10 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
         records.append(blk.record)
         if len(kept) < 6:
             kept.append(blk.latents.clone())
+        if blk.index == plan.blocks - 3:
+            snap = blk.state
+        elif snap is not None:
+            tail.append(blk.latents.clone())
         if peak_30 is None and (blk.frames[-1] + 1) * 4 >= 30 * fps:
             peak_30 = peak_bytes()
     steady = times[2:] or times
@@ -123,6 +130,14 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
         "peak_gpu_bytes": peak_bytes(), "peak_gpu_bytes_at_30s": peak_30,
     }
     Path(out).write_text(json.dumps(res))  # the loop's numbers are safe before the decode starts
+    if snap is not None:  # exact resume on this device: replay the journal, generate the last blocks again
+        t = time.perf_counter()
+        again = [b.latents for b in generate_blocks(comps, cfg, PROMPT, 0, plan, resume=snap)]
+        sync()
+        res["resume_seconds"] = time.perf_counter() - t
+        res["resume_bit_identical"] = len(again) == len(tail) and all(torch.equal(a, b) for a, b in zip(again, tail))
+        res["resume_max_abs_diff"] = max(float((a.float() - b.float()).abs().max()) for a, b in zip(again, tail))
+        Path(out).write_text(json.dumps(res))
     res.update(decode(comps.vae, kept, StreamingDecoder))
     Path(out).write_text(json.dumps(res))
 
@@ -235,18 +250,25 @@ def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) ->
     return res
 
 
+def _resume(loop: dict) -> str:
+    if "resume_bit_identical" not in loop:
+        return "-"
+    return "exact" if loop["resume_bit_identical"] else f"{loop['resume_max_abs_diff']:.1e}"
+
+
 def table(results: dict) -> str:
     gib = lambda b: f"{b / 2**30:.2f}" if isinstance(b, (int, float)) else "-"  # noqa: E731
     num = lambda v, f="{:.3f}": f.format(v) if isinstance(v, (int, float)) else "-"  # noqa: E731
     head = (f"{'preset':24s} {'loop s/blk':>10s} {'loop FPS':>8s} {'decode s/blk':>12s} {'PSNR dB':>8s} "
-            f"{'cmd FPS':>8s} {'peak GiB':>8s} {'KV GiB':>7s} {'mp4':>4s}")
+            f"{'cmd FPS':>8s} {'peak GiB':>8s} {'KV GiB':>7s} {'mp4':>4s} {'resume':>7s}")
     lines = [head]
     for name, cell in results["presets"].items():
         loop, cmd = cell.get("loop", {}), cell.get("command", {})
         lines.append(f"{name:24s} {num(loop.get('median_block_s')):>10s} {num(loop.get('loop_fps'), '{:.1f}'):>8s} "
                      f"{num(loop.get('decode_block_s_preset')):>12s} {num(loop.get('decode_psnr_db_vs_float32'), '{:.1f}'):>8s} "
                      f"{num(cmd.get('command_fps'), '{:.1f}'):>8s} {gib(cmd.get('peak_gpu_bytes') or loop.get('peak_gpu_bytes')):>8s} "
-                     f"{gib(loop.get('kv_bytes')):>7s} {('ok' if cmd.get('mp4_ok') else '-'):>4s}")
+                     f"{gib(loop.get('kv_bytes')):>7s} {('ok' if cmd.get('mp4_ok') else '-'):>4s} "
+                     f"{_resume(loop):>7s}")
         for key in ("loop", "command", "loop_120s", "command_120s"):
             if cell.get(key, {}).get("error"):
                 lines.append(f"    {key}: {str(cell[key]['error'])[:200]}")

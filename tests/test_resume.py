@@ -181,65 +181,62 @@ def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, m
     assert state_dir(out).is_dir()  # refusing loses nothing
 
 
-def test_sigterm_to_the_command_then_resume(tmp_path):
-    """The real thing: a separate process, killed by SIGTERM after its 3rd block, resumed by another."""
-    out = tmp_path / "clip.mp4"
-    args = [sys.executable, "-m", "tokentrim_cli", "generate", "-p", "a red circle bouncing", "--seconds", "3",
+def _command(out):
+    return [sys.executable, "-m", "tokentrim_cli", "generate", "-p", "a red circle bouncing", "--seconds", "3",
             "--seed", "2", "--preset", "toy", "-o", str(out), "--set", "runtime.state_every=2"]
+
+
+def _signal_after(args, blocks: int, sig) -> int:
+    """Run the command in its own process, send ``sig`` once it has reported ``blocks`` blocks; its exit code."""
     proc = subprocess.Popen([*args, "--log-format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
     seen = 0
     for line in proc.stdout:
         if json.loads(line).get("event") == "block":
             seen += 1
-            if seen == 3:
-                proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130
-    state = json.loads((state_dir(out) / "state.json").read_text())
-    assert state["after_block"] >= 2 and state["frames_written"] == probe(out.with_name("clip.partial.mp4"))["frames"]
-    done = subprocess.run([*args, "--resume", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
-    assert done.returncode == 0, done.stderr
-    twin = subprocess.run([*args[:-4], "-o", str(tmp_path / "twin.mp4"), "-q"], capture_output=True, env=ENV,
-                          timeout=120)
+            if seen == blocks:
+                proc.send_signal(sig)
+                if sig == signal.SIGKILL:
+                    break
+    return proc.wait(timeout=120)
+
+
+def _same_as_twin(out, tmp_path):
+    twin = subprocess.run([*_command(tmp_path / "twin.mp4")[:-2], "-q"], capture_output=True, env=ENV, timeout=120)
     assert twin.returncode == 0
     side = json.loads(out.with_suffix(".json").read_text())
     twin_side = json.loads((tmp_path / "twin.json").read_text())
     assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 48
     assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
     assert not state_dir(out).exists()
+    return side
+
+
+def test_sigterm_to_the_command_then_resume(tmp_path):
+    """The real thing: a separate process, stopped by SIGTERM after its 3rd block, resumed by another."""
+    out = tmp_path / "clip.mp4"
+    assert _signal_after(_command(out), 3, signal.SIGTERM) == 130
+    state = json.loads((state_dir(out) / "state.json").read_text())
+    assert state["after_block"] >= 2 and state["frames_written"] == probe(out.with_name("clip.partial.mp4"))["frames"]
+    done = subprocess.run([*_command(out), "--resume", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    _same_as_twin(out, tmp_path)
 
 
 def test_sigkill_then_resume_from_the_last_saved_state(tmp_path):
     """No chance to save at the end: the state of every 2nd block and the killed run's streaming file (kept as
     NAME.partial.mp4) are enough; the frames past that state are generated again, the ones before re-encoded."""
     out = tmp_path / "clip.mp4"
-    args = [sys.executable, "-m", "tokentrim_cli", "generate", "-p", "a red circle bouncing", "--seconds", "3",
-            "--seed", "2", "--preset", "toy", "-o", str(out), "--set", "runtime.state_every=2"]
-    proc = subprocess.Popen([*args, "--log-format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
-    seen = 0
-    for line in proc.stdout:
-        if json.loads(line).get("event") == "block":
-            seen += 1
-            if seen == 7:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait(timeout=60)
+    _signal_after(_command(out), 7, signal.SIGKILL)
     state = json.loads((state_dir(out) / "state.json").read_text())
     assert state["after_block"] in (3, 5, 7)
-    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
+    done = subprocess.run([*_command(out), "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "cleaned up after a killed run" in done.stderr and "as clip.partial.mp4" in done.stderr
     assert "re-encoded once" in done.stderr
-    side = json.loads(out.with_suffix(".json").read_text())
+    side = _same_as_twin(out, tmp_path)
     assert side["resumed"] == [{"after_block": state["after_block"], "frames": state["frames_written"],
                                 "reencoded": True}]
-    twin = subprocess.run([*args[:-4], "-o", str(tmp_path / "twin.mp4"), "-q"], capture_output=True, env=ENV,
-                          timeout=120)
-    assert twin.returncode == 0
-    twin_side = json.loads((tmp_path / "twin.json").read_text())
-    assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 48
-    assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
 
 
 def test_starting_again_over_a_resumable_run_needs_overwrite(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,7 @@ from .errors import ConfigError, TokentrimError
 from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display
-from .resume import StateWriter, fingerprint, load_state, on_cpu, peek_state, state_dir
+from .resume import StateWriter, fingerprint, load_state, peek_state, state_dir
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
 from .video import Mp4Writer, probe
@@ -204,8 +204,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     writer_device = [None]
 
     def save_state(block) -> None:
-        if writer_device[0] is not None and writer_device[0].type == "cuda":  # the decoder ran on a side stream
-            torch.cuda.synchronize(writer_device[0])
+        if writer_device[0] is not None and writer_device[0].type == "cuda":  # the decoder ran on a side stream,
+            torch.cuda.synchronize(writer_device[0])  # the journal's copies are asynchronous
         history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", [])}
         saver.save(block.state, decoder.state_dict(), writer.frames, history)
         last["unsaved"] = False
@@ -260,8 +260,6 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             blocks = BlockWriter(decoder, writer, seam + plan.frames, written, threaded=cfg.runtime.overlap_decode)
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead, context,
                                          resumable=saver is not None, resume=state):
-                if block.state is not None:  # saved by the writer's thread: no device tensors there
-                    block.state = on_cpu(block.state)
                 blocks.put(block)
                 raise_pending()
             blocks.close()

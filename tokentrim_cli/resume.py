@@ -61,14 +61,14 @@ def _atomic_save(obj, path: Path) -> None:
         raise
 
 
-def on_cpu(obj):
+def _on_cpu(obj):
     """Tensors moved to the CPU (state files load on any machine), containers rebuilt alike."""
     if torch.is_tensor(obj):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: on_cpu(v) for k, v in obj.items()}
+        return {k: _on_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(on_cpu(v) for v in obj)
+        return type(obj)(_on_cpu(v) for v in obj)
     return obj
 
 
@@ -93,13 +93,13 @@ class StateWriter:
             self._chunks, self._entries = [], 0  # the history was cut: write it anew
         if len(ops) > self._entries:
             name = f"journal-{epoch}-{self._entries}.pt"
-            _atomic_save(on_cpu(ops[self._entries:]), self.folder / name)
+            _atomic_save(_on_cpu(ops[self._entries:]), self.folder / name)
             self._chunks.append((name, epoch, self._entries))
             self._entries = len(ops)
         state = {"format": STATE_FORMAT, "version": __version__, "fingerprint": self.fingerprint,
                  "block": snap["block"], "frames_written": frames, **history,
                  "journal": {"epoch": epoch, "chunks": [c[0] for c in self._chunks], "entries": len(ops)},
-                 **on_cpu({k: snap[k] for k in ("loop", "reviewer", "kept", "embeds")}), "decoder": on_cpu(decoder)}
+                 **_on_cpu({k: snap[k] for k in ("loop", "reviewer", "kept", "embeds")}), "decoder": _on_cpu(decoder)}
         _atomic_save(state, self.folder / "state.pt")
         keep = {"state.pt", "state.json"} | {c[0] for c in self._chunks}
         for entry in os.listdir(self.folder):

@@ -45,10 +45,12 @@ class Journal:
 def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, frames: torch.Tensor) -> None:
     """One write forward, recorded when the cache keeps a journal. ``x`` is kept on the CPU in the model's
     dtype: the forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the
-    size; the journal holds no device memory (one copy of a block's latents per block)."""
+    size; the journal holds no device memory. From a GPU the copy is asynchronous (synchronise before reading
+    it); on the CPU it is a copy too, since a view would keep (and save) its whole base."""
     if cache.journal is not None:
-        x_kept = x.detach().to("cpu", model.dtype, copy=True)  # a copy: a view would keep (and save) its whole base
-        cache.journal.add("write", x_kept, timesteps.cpu(), frames.cpu(), cache.choice())
+        kept = x.detach().to(model.dtype)
+        kept = kept.to("cpu", non_blocking=True) if kept.is_cuda else kept.clone()
+        cache.journal.add("write", kept, timesteps.cpu(), frames.cpu(), cache.choice())
     model(x, timesteps, frames, cache=cache, write=True)
 
 
