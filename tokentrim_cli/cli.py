@@ -254,7 +254,7 @@ def batch(
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of each video unless the item says otherwise."),
     seed: int = typer.Option(0, "--seed", help="Batch seed; items without a seed get one derived from it and their index."),
-    resume: bool = typer.Option(False, "--resume", help="Skip items already done with the same settings (per manifest)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip items done with the same settings; go on with interrupted ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate items whose video exists (without it the batch "
                                    "refuses to start, exit 2, if any item it would run has one; --resume skips "
                                    "finished items first)."),
