@@ -272,3 +272,52 @@ def test_batch_resume_goes_on_with_the_interrupted_item(tmp_path, monkeypatch, c
     side = json.loads(stopped.with_suffix(".json").read_text())
     assert side["resumed"][0]["after_block"] == after and len(side["blocks"]) == side["plan"]["blocks"]
     assert probe(stopped)["frames"] == side["frames"] and not state_dir(stopped).exists()
+
+
+def test_an_interrupted_extension_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """--extend with Rolling Forcing on the tiny Wan VAE (the decoder warmed by the input): the resumed run skips
+    the input (its context is in the journal, the warm decoder in the state) and gives the twin's frames."""
+    from test_extend import _clip
+
+    _clip(tmp_path / "in.mp4", 21, 64, 96)
+    args = ["generate", "--extend", str(tmp_path / "in.mp4"), "-p", "a red circle", "--seconds", "3", "--seed", "4",
+            "--preset", "tiny-rolling", "-q", *[x for s in FORCED for x in ("--set", s)]]
+    frames = _capture_frames(monkeypatch)
+    assert run_main(capsys, *args, "-o", str(tmp_path / "twin.mp4"))[0] == 0
+    out = tmp_path / "clip.mp4"
+    restore = _stop_at_forward(monkeypatch, 12, "error")
+    assert run_main(capsys, *args, "-o", str(out))[0] == 1
+    restore()
+    rc, _, err = run_main(capsys, *args, "-o", str(out), "--resume")
+    assert rc == 0, err
+    runs = [f for w, f in frames if w.path.name != "probe.mp4"]  # not the encoder-settings probe of the copy check
+    before, interrupted, resumed = runs  # the new frames (the input is stream-copied)
+    assert len(interrupted) > 0 and len(interrupted) + len(resumed) == len(before) == 48
+    assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))
+    assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 21 + 48
+    assert np.array_equal(iio.imread(out)[:21], iio.imread(tmp_path / "in.mp4"))
+
+
+def test_an_interrupted_run_from_an_image_resumes_exactly(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from test_image import _toy_picture
+
+    Image.fromarray(_toy_picture(64, 96)).save(tmp_path / "first.png")
+    args = ["generate", "--image", str(tmp_path / "first.png"), "-p", "a red circle", "--seconds", "3", "--seed", "4",
+            "-q", *[x for s in FORCED + ["sampler.context_noise=100"] for x in ("--set", s)]]
+    frames = _capture_frames(monkeypatch)
+    assert run_main(capsys, *args, "-o", str(tmp_path / "twin.mp4"))[0] == 0
+    out = tmp_path / "clip.mp4"
+    restore = _stop_at_forward(monkeypatch, 14, "sigterm")
+    assert run_main(capsys, *args, "-o", str(out))[0] == 130
+    restore()
+    other = tmp_path / "other.png"
+    Image.fromarray(_toy_picture(64, 96)[::-1].copy()).save(other)
+    rc, _, err = run_main(capsys, *[str(other) if a.endswith("first.png") else a for a in args], "-o", str(out),
+                          "--resume")
+    assert rc == 2 and "other settings" in err  # another picture is another request
+    assert run_main(capsys, *args, "-o", str(out), "--resume")[0] == 0
+    (_, before), (_, interrupted), (_, resumed) = frames
+    assert len(interrupted) + len(resumed) == len(before) == 48
+    assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))
