@@ -201,18 +201,25 @@ def _signal_after(args, blocks: int, sig) -> int:
     return proc.wait(timeout=120)
 
 
-def _same_as_twin(out, tmp_path):
-    twin = subprocess.run([*_command(tmp_path / "twin.mp4")[:-2], "-q"], capture_output=True, env=ENV, timeout=120)
-    assert twin.returncode == 0
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    """The uninterrupted run of ``_command`` (made once for the tests that stop it)."""
+    video = tmp_path_factory.mktemp("twin") / "twin.mp4"
+    done = subprocess.run([*_command(video)[:-2], "-q"], capture_output=True, env=ENV, timeout=120)
+    assert done.returncode == 0
+    return video
+
+
+def _same_as_twin(out, twin):
     side = json.loads(out.with_suffix(".json").read_text())
-    twin_side = json.loads((tmp_path / "twin.json").read_text())
-    assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 48
+    twin_side = json.loads(twin.with_suffix(".json").read_text())
+    assert probe(out)["frames"] == probe(twin)["frames"] == 48
     assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
     assert not state_dir(out).exists()
     return side
 
 
-def test_sigterm_to_the_command_then_resume(tmp_path):
+def test_sigterm_to_the_command_then_resume(tmp_path, twin):
     """The real thing: a separate process, stopped by SIGTERM after its 3rd block, resumed by another."""
     out = tmp_path / "clip.mp4"
     assert _signal_after(_command(out), 3, signal.SIGTERM) == 130
@@ -220,10 +227,10 @@ def test_sigterm_to_the_command_then_resume(tmp_path):
     assert state["after_block"] >= 2 and state["frames_written"] == probe(out.with_name("clip.partial.mp4"))["frames"]
     done = subprocess.run([*_command(out), "--resume", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr
-    _same_as_twin(out, tmp_path)
+    _same_as_twin(out, twin)
 
 
-def test_sigkill_then_resume_from_the_last_saved_state(tmp_path):
+def test_sigkill_then_resume_from_the_last_saved_state(tmp_path, twin):
     """No chance to save at the end: the state of every 2nd block and the killed run's streaming file (kept as
     NAME.partial.mp4) are enough; the frames past that state are generated again, the ones before re-encoded."""
     out = tmp_path / "clip.mp4"
@@ -234,7 +241,7 @@ def test_sigkill_then_resume_from_the_last_saved_state(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "cleaned up after a killed run" in done.stderr and "as clip.partial.mp4" in done.stderr
     assert "re-encoded once" in done.stderr
-    side = _same_as_twin(out, tmp_path)
+    side = _same_as_twin(out, twin)
     assert side["resumed"] == [{"after_block": state["after_block"], "frames": state["frames_written"],
                                 "reencoded": True}]
 
