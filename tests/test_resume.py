@@ -281,6 +281,25 @@ def test_batch_resume_goes_on_with_the_interrupted_item(tmp_path, monkeypatch, c
     assert probe(stopped)["frames"] == side["frames"] and not state_dir(stopped).exists()
 
 
+def _twin_stop_resume(capsys, monkeypatch, tmp_path, args, n, how, code, between=lambda out: None):
+    """The twin, the same run stopped at forward ``n``, its resume; checks the frames before encoding add up to the
+    twin's and returns (the resumed video, the twin, the twin's frames)."""
+    frames = _capture_frames(monkeypatch)
+    twin, out = tmp_path / "twin.mp4", tmp_path / "clip.mp4"
+    assert run_main(capsys, *args, "-o", str(twin))[0] == 0
+    restore = _stop_at_forward(monkeypatch, n, how)
+    rc, _, err = run_main(capsys, *args, "-o", str(out))
+    restore()
+    assert rc == code, err
+    between(out)
+    rc, _, err = run_main(capsys, *args, "-o", str(out), "--resume")
+    assert rc == 0, err
+    before, interrupted, resumed = [f for w, f in frames if w.path.name != "probe.mp4"]  # not --extend's probe
+    assert len(interrupted) > 0 and len(interrupted) + len(resumed) == len(before)
+    assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))
+    return out, twin, before
+
+
 def test_an_interrupted_extension_resumes_exactly(tmp_path, monkeypatch, capsys):
     """--extend with Rolling Forcing on the tiny Wan VAE (the decoder warmed by the input): the resumed run skips
     the input (its context is in the journal, the warm decoder in the state) and gives the twin's frames."""
@@ -289,19 +308,9 @@ def test_an_interrupted_extension_resumes_exactly(tmp_path, monkeypatch, capsys)
     _clip(tmp_path / "in.mp4", 21, 64, 96)
     args = ["generate", "--extend", str(tmp_path / "in.mp4"), "-p", "a red circle", "--seconds", "3", "--seed", "4",
             "--preset", "tiny-rolling", "-q", *[x for s in FORCED for x in ("--set", s)]]
-    frames = _capture_frames(monkeypatch)
-    assert run_main(capsys, *args, "-o", str(tmp_path / "twin.mp4"))[0] == 0
-    out = tmp_path / "clip.mp4"
-    restore = _stop_at_forward(monkeypatch, 12, "error")
-    assert run_main(capsys, *args, "-o", str(out))[0] == 1
-    restore()
-    rc, _, err = run_main(capsys, *args, "-o", str(out), "--resume")
-    assert rc == 0, err
-    runs = [f for w, f in frames if w.path.name != "probe.mp4"]  # not the encoder-settings probe of the copy check
-    before, interrupted, resumed = runs  # the new frames (the input is stream-copied)
-    assert len(interrupted) > 0 and len(interrupted) + len(resumed) == len(before) == 48
-    assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))
-    assert probe(out)["frames"] == probe(tmp_path / "twin.mp4")["frames"] == 21 + 48
+    out, twin, frames = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 12, "error", 1)
+    assert len(frames) == 48  # the new ones: the input is stream-copied
+    assert probe(out)["frames"] == probe(twin)["frames"] == 21 + 48
     assert np.array_equal(iio.imread(out)[:21], iio.imread(tmp_path / "in.mp4"))
 
 
@@ -311,20 +320,16 @@ def test_an_interrupted_run_from_an_image_resumes_exactly(tmp_path, monkeypatch,
     from test_image import _toy_picture
 
     Image.fromarray(_toy_picture(64, 96)).save(tmp_path / "first.png")
-    args = ["generate", "--image", str(tmp_path / "first.png"), "-p", "a red circle", "--seconds", "3", "--seed", "4",
-            "-q", *[x for s in FORCED + ["sampler.context_noise=100"] for x in ("--set", s)]]
-    frames = _capture_frames(monkeypatch)
-    assert run_main(capsys, *args, "-o", str(tmp_path / "twin.mp4"))[0] == 0
-    out = tmp_path / "clip.mp4"
-    restore = _stop_at_forward(monkeypatch, 14, "sigterm")
-    assert run_main(capsys, *args, "-o", str(out))[0] == 130
-    restore()
     other = tmp_path / "other.png"
     Image.fromarray(_toy_picture(64, 96)[::-1].copy()).save(other)
-    rc, _, err = run_main(capsys, *[str(other) if a.endswith("first.png") else a for a in args], "-o", str(out),
-                          "--resume")
-    assert rc == 2 and "other settings" in err  # another picture is another request
-    assert run_main(capsys, *args, "-o", str(out), "--resume")[0] == 0
-    (_, before), (_, interrupted), (_, resumed) = frames
-    assert len(interrupted) + len(resumed) == len(before) == 48
-    assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))
+    args = ["generate", "--image", str(tmp_path / "first.png"), "-p", "a red circle", "--seconds", "3", "--seed", "4",
+            "-q", *[x for s in FORCED + ["sampler.context_noise=100"] for x in ("--set", s)]]
+
+    def another_picture_is_refused(out):
+        changed = [str(other) if a.endswith("first.png") else a for a in args]
+        rc, _, err = run_main(capsys, *changed, "-o", str(out), "--resume")
+        assert rc == 2 and "other settings" in err  # another picture is another request
+
+    _, _, frames = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 14, "sigterm", 130,
+                                     another_picture_is_refused)
+    assert len(frames) == 48
