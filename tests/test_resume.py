@@ -333,3 +333,17 @@ def test_an_interrupted_run_from_an_image_resumes_exactly(tmp_path, monkeypatch,
     _, _, frames = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 14, "sigterm", 130,
                                      another_picture_is_refused)
     assert len(frames) == 48
+
+
+def test_a_state_from_another_device_is_resumed_with_a_warning(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "clip.mp4"
+    args = ["generate", "-p", "a red kite", "--seconds", "3", "--seed", "7", "-o", str(out)]
+    restore = _stop_at_forward(monkeypatch, 12, "error")
+    assert run_main(capsys, *args, "-q")[0] == 1
+    restore()
+    path = state_dir(out) / "state.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["device"] == f"cpu, torch {torch.__version__}"
+    torch.save({**state, "device": "NVIDIA H200, torch 2.13.0"}, path)
+    rc, _, err = run_main(capsys, *args, "--resume")
+    assert rc == 0 and "was saved on NVIDIA H200" in err and "may differ slightly" in err

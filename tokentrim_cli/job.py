@@ -136,6 +136,12 @@ def _resumable(job: Job, outputs: RunOutputs) -> dict:
     return state
 
 
+def _device_label(device) -> str:
+    """Where a state was made: the GPU's name or cpu, and the torch version (bit-exact resumes need both)."""
+    name = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "cpu"
+    return f"{name}, torch {torch.__version__}"
+
+
 def _copy_frames(video: Path, count: int, writer: Mp4Writer) -> None:
     """The first ``count`` frames of ``video``, decoded and written again (one more lossy generation)."""
     import imageio.v3 as iio
@@ -206,7 +212,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     def save_state(block) -> None:
         if writer_device[0] is not None and writer_device[0].type == "cuda":  # the decoder ran on a side stream,
             torch.cuda.synchronize(writer_device[0])  # the journal's copies are asynchronous
-        history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", [])}
+        history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", []),
+                   "device": _device_label(writer_device[0])}
         saver.save(block.state, decoder.state_dict(), writer.frames, history)
         last["unsaved"] = False
 
@@ -248,6 +255,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             t1 = time.perf_counter()
             lead = None
             if state is not None:
+                here = _device_label(comps.device)
+                if state.get("device") != here:  # the same numbers need the same kernels
+                    display.warning(f"{state_dir(job.output).name} was saved on {state.get('device')}, this run is "
+                                    f"on {here}: the rest may differ slightly from an uninterrupted run's")
                 decoder.load_state_dict(state["decoder"])
                 if state["reencode"]:
                     _copy_frames(outputs.partial_video, state["frames_written"], writer)
