@@ -179,6 +179,9 @@ def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, m
     rc, _, err = run_main(capsys, *argv(), "--resume")
     assert rc == 2 and "clip.partial.mp4 is missing" in err
     assert state_dir(out).is_dir()  # refusing loses nothing
+    assert run_main(capsys, *argv(), "--overwrite")[0] == 0
+    rc, _, err = run_main(capsys, *argv(), "--resume")
+    assert rc == 2 and "nothing to resume" in err and "is finished" in err
 
 
 def _command(out):

@@ -89,6 +89,9 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     if job.timeline:
         extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
                  "switches": [s.as_dict() for s in switches]}
+    if job.resume and job.output.is_file() and not state_dir(job.output).exists():
+        raise ConfigError(f"nothing to resume: {job.output} is finished (pass --overwrite without --resume to make "
+                          "it again)")
     outputs = RunOutputs(job.output, job.overwrite)
     outputs.open(display.message)
     try:
