@@ -265,7 +265,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
                 decoder.load_state_dict(state["decoder"])
                 if state["reencode"]:
                     _copy_frames(outputs.partial_video, state["frames_written"], writer)
-            elif job.image is not None:  # the image's frame first (encoded before any decoding: Wan's encode clears it)
+            elif job.image is not None:  # the image's frame first
                 lead = image_latents(comps, job.image.tensor())
                 writer.write(decoder.frames(lead)[: plan.frames])
             context = None

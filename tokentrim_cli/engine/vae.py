@@ -76,19 +76,11 @@ class StreamingDecoder:
         return px.permute(1, 2, 3, 0).cpu().numpy()
 
 
-@torch.no_grad()
 def encode_image(vae, pixels: torch.Tensor) -> torch.Tensor:
     """One picture (B, 3, 1, H, W) in [-1, 1] -> its normalised latent frame (B, C, 1, H/s, W/s), float32: the
     inverse of :meth:`StreamingDecoder.decode` for a video's first frame (Wan's causal VAE encodes a single frame
-    to one latent frame; the latent is the posterior mean, normalised with latents_mean / latents_std). Call it
-    before a video's decoding starts: Wan's encode clears the VAE's feature caches, the decoder's included."""
-    if not isinstance(vae, AutoencoderKLWan):  # stateless codecs (the toy world's PatchCodec)
-        return vae.encode(pixels.to(vae.mean.device)).float()
-    dev, dtype = vae.post_quant_conv.weight.device, vae.post_quant_conv.weight.dtype
-    z = vae.encode(pixels.to(dev, dtype)).latent_dist.mode().float()
-    mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
-    return (z - mean) / std
+    to one latent frame). A stream of one frame: the decoder's feature cache is left alone."""
+    return StreamingEncoder(vae).latents(pixels)
 
 
 class StreamingEncoder:
