@@ -86,7 +86,6 @@ class Mp4Writer:
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
         self.frames = self.prefix_frames  # in the published file: the prefix's, then those written here
-        self.written = 0  # sent to ffmpeg by this writer
         self.size = (width, height)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
@@ -127,7 +126,11 @@ class Mp4Writer:
             except (BrokenPipeError, OSError, ValueError):
                 raise self._failed() from None
             self.frames += 1
-            self.written += 1
+
+    @property
+    def written(self) -> int:
+        """Frames sent to ffmpeg by this writer (the prefix's not included)."""
+        return self.frames - self.prefix_frames
 
     def finish(self) -> bool:
         """Let ffmpeg finish the temporary file; True when it holds a video (False: no frame was written).
@@ -172,7 +175,7 @@ class Mp4Writer:
         it is kept as it is and the new frames are lost: it is what a later resume goes on from."""
         if self.prefix is not None and self.prefix == Path(target):
             self.tmp.unlink(missing_ok=True)
-            return (self.prefix, self.frames - self.written) if self.prefix.is_file() else (None, 0)
+            return (self.prefix, self.prefix_frames) if self.prefix.is_file() else (None, 0)
         frames = probe(self.tmp)["frames"] if self.tmp.is_file() else None
         if frames:
             try:

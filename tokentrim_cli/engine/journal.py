@@ -42,14 +42,17 @@ class Journal:
         return {"ops": list(self.ops), "epoch": self.epoch}
 
 
-def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, frames: torch.Tensor) -> None:
+def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, frames: torch.Tensor,
+                 kept: torch.Tensor | None = None) -> None:
     """One write forward, recorded when the cache keeps a journal. ``x`` is kept on the CPU in the model's
     dtype: the forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the
     size; the journal holds no device memory. From a GPU the copy is asynchronous (synchronise before reading
-    it); on the CPU it is a copy too, since a view would keep (and save) its whole base."""
+    it); on the CPU it is a copy too, since a view would keep (and save) its whole base. ``kept``: that copy
+    already (a replay records the entry it replays)."""
     if cache.journal is not None:
-        kept = x.detach().to(model.dtype)
-        kept = kept.to("cpu", non_blocking=True) if kept.is_cuda else kept.clone()
+        if kept is None:
+            kept = x.detach().to(model.dtype)
+            kept = kept.to("cpu", non_blocking=True) if kept.is_cuda else kept.clone()
         cache.journal.add("write", kept, timesteps.cpu(), frames.cpu(), cache.choice())
     model(x, timesteps, frames, cache=cache, write=True)
 
@@ -59,7 +62,6 @@ def replay(state: dict, model, cache: KVCache) -> Journal:
     """Rebuild ``cache`` (new, of the run's policy) from a journal's ``state()``; return the journal that now
     records it (equal to the one replayed, so a resumed run can be resumed again)."""
     journal = Journal()
-    journal.epoch = state["epoch"]
     cache.journal = journal
     for kind, *args in state["ops"]:
         if kind == "prompt":
@@ -67,7 +69,7 @@ def replay(state: dict, model, cache: KVCache) -> Journal:
         elif kind == "write":
             x, timesteps, frames, choice = args
             cache.restore_choice(choice)
-            context_pass(model, cache, x.to(model.device), timesteps, frames)
+            context_pass(model, cache, x.to(model.device), timesteps, frames, kept=x)
         elif kind == "prune":
             cache.prune(args[0])
         elif kind == "reset":
