@@ -166,6 +166,12 @@ def validate(cfg: dict, source: str) -> Config:
     one ConfigError for the first problem."""
     config = _build(Config, {k: v for k, v in cfg.items() if k != "extends"}, "", source)
     _check_architecture(config, source)
+    if config.sampler.first_block_steps is not None and config.sampler.kind != "self_forcing":
+        raise ConfigError(f"{source}: sampler.first_block_steps needs sampler.kind self_forcing (a Rolling Forcing "
+                          "window has no first block of its own); remove it or set it to null")
+    if config.cache.policy == "ema_sink" and config.cache.window_frames is None:
+        raise ConfigError(f"{source}: cache.policy ema_sink needs cache.window_frames (the frames kept besides the "
+                          "sink), e.g. --set cache.window_frames=3")
     return config
 
 

@@ -219,6 +219,7 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     reviewer = make_reviewer(cfg.pruning)
     sampler = SAMPLERS[samp.kind]
     sigmas = warp_steps(samp.steps, samp.shift)
+    first = {"first_sigmas": warp_steps(samp.first_block_steps, samp.shift)} if samp.first_block_steps else {}
     kept = ContextLatents() if any(s.mode == "recache" for s in switches) else None
     by_block = {s.block: s for s in switches}
     journal = Journal() if resumable or resume is not None else None
@@ -279,7 +280,7 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     started = time.perf_counter()
     for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
                          start_frame=plan.start_frame, solver=samp.solver,
-                         before_block=before_block if switches else None, state=loop):
+                         before_block=before_block if switches else None, state=loop, **first):
         if kept is not None:
             kept.add(block, cache)
         if journal is not None:

@@ -144,7 +144,15 @@ class Transformer(Weights):
         return out
 
 
-_LATER = ("checkpoint_key", "lora", "lora_scale")
+_LATER = ("checkpoint_key", "lora", "lora_scale", "first_block_steps", "ema_alpha")
+
+
+def _without_unset_later(sec: Section, out: dict) -> dict:
+    """Drop the fields added after the first release that still hold their default (see Transformer.as_dict)."""
+    for f in dataclasses.fields(sec):
+        if f.name in _LATER and out[f.name] == (list(f.default) if isinstance(f.default, tuple) else f.default):
+            del out[f.name]
+    return out
 
 
 def _tokenizer(v) -> bool:
@@ -178,6 +186,13 @@ class Sampler(Section):
                          "models: an ODE step that keeps the noise the model sees)")
     switch: str = choice("recache", "keep", "cut", allowed="recache, keep or cut (how a prompt timeline changes "
                          "prompt: rebuild the cache under the new prompt, keep it, or clear it)")
+    first_block_steps: tuple | None = setting(lambda v: v is None or _steps(v), "null (the first block uses steps) "
+                                              "or a decreasing list of integers in 1..1000 for the first block only "
+                                              "(Causal Forcing++'s 1- and 2-step models: [1000, 750, 500, 250])",
+                                              None, convert=tuple)
+
+    def as_dict(self) -> dict:
+        return _without_unset_later(self, super().as_dict())
 
 
 def _compression(v) -> bool:
@@ -187,7 +202,7 @@ def _compression(v) -> bool:
 @dataclass(frozen=True, kw_only=True)
 class Cache(Section):
     policy: str = choice("full", "rolling", "rolling_forcing", "sink_window", "deep_sink", "three_partition",
-                         default="rolling")
+                         "ema_sink", default="rolling")
     window_frames: int | None = setting(lambda v: v is None or integer(1)(v), "a positive integer or null (no limit)",
                                         None)
     sink_frames: int = setting(integer(0), "an integer >= 0", 0)
@@ -201,6 +216,11 @@ class Cache(Section):
                                  (2, 4, 4), convert=tuple)
     selection: str = choice("per_layer", "shared")
     query_samples: int = setting(integer(1), "a positive integer", 256)
+    ema_alpha: float = setting(number(0, 1), "a number from 0 to 1 (ema_sink: sink = alpha sink + (1 - alpha) evicted)",
+                               0.999)
+
+    def as_dict(self) -> dict:
+        return _without_unset_later(self, super().as_dict())
 
 
 @dataclass(frozen=True, kw_only=True)

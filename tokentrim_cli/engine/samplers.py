@@ -94,11 +94,15 @@ def self_forcing(
     solver: str = "renoise",
     before_block: Callable[[int], None] | None = None,
     state: LoopState | None = None,
+    first_sigmas: torch.Tensor | None = None,
 ) -> Iterator[Block]:
-    """Self Forcing: each block is denoised in ``len(sigmas)`` steps reading the cache, then written to it."""
-    sigmas = sigmas.float()
+    """Self Forcing: each block is denoised in ``len(sigmas)`` steps reading the cache, then written to it.
+
+    ``first_sigmas``: the levels of block 0 alone, when they differ (Causal Forcing++'s 1- and 2-step models denoise
+    the first block in 4 steps, ``denoising_step_list_first_chunk`` in thu-ml/Causal-Forcing)."""
     state = state if state is not None else LoopState()
     for i in range(state.next_block, num_blocks):
+        sigmas_i = (first_sigmas if i == 0 and first_sigmas is not None else sigmas).float()
         frames = torch.arange(start_frame + i * block_frames, start_frame + (i + 1) * block_frames)
         if before_block is not None:
             before_block(i)
@@ -106,7 +110,7 @@ def self_forcing(
         while True:
             x = noise.draw(i, 0, attempt)
             retry = False
-            for j, sigma in enumerate(sigmas):
+            for j, sigma in enumerate(sigmas_i):
                 ts = torch.full((block_frames,), float(sigma) * 1000.0)
                 v = model(x, ts, frames, cache=cache, first_step=(j == 0))
                 x0 = _to_x0(x, v, sigma)
@@ -114,9 +118,9 @@ def self_forcing(
                     if reviewer.review(i, x0, cache, attempt):
                         retry = True
                         break
-                if j + 1 < len(sigmas):
+                if j + 1 < len(sigmas_i):
                     eps = noise.draw(i, j + 1, attempt) if solver == "renoise" else _implied_noise(x, v, sigma)
-                    x = _renoise(x0, eps, sigmas[j + 1])
+                    x = _renoise(x0, eps, sigmas_i[j + 1])
             if not retry and reviewer is not None and reviewer.measure_at == "final":
                 retry = reviewer.review(i, x0, cache, attempt)
             if not retry:
