@@ -32,6 +32,7 @@ from tokentrim_cli.engine.policies import EmaSinkCache, make_cache
 from tokentrim_cli.engine.rope import rotate
 from tokentrim_cli.engine.samplers import rolling_forcing, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
+from tokentrim_cli.engine.switch import switch
 from tokentrim_cli.errors import ConfigError
 from tokentrim_cli.pruning import TokenTrim
 
@@ -69,6 +70,16 @@ class ReferenceCache:
         self.local, self.sink, self.alpha = local_attn_size, sink_size, alpha
         self.layers = [None] * num_layers
         self.global_end = self.local_end = 0
+        self.scene_cut = False
+
+    def kv_flush(self, scene_cut):
+        """Infinity-RoPE's ``kv_flush`` at a prompt boundary: buffer frames 1-2 <- its last 2 frames, local end 3
+        frames (the sink frame 0 stays); ``scene_cut`` lays the next block out with ``rope_cut``."""
+        n = self.n
+        for c in self.layers:
+            c["k"][:, n : 3 * n] = c["k"][:, -2 * n :].clone()
+            c["v"][:, n : 3 * n] = c["v"][:, -2 * n :].clone()
+        self.local_end, self.scene_cut = 3 * n, scene_cut
 
     # -- the model's side
     def begin(self, frames, grid, write, first_step=False, rope=None):
@@ -86,6 +97,12 @@ class ReferenceCache:
             raise RuntimeError("the reference's KV buffer is full (Self Forcing's 21-frame limit)")
         if self.style == "self_forcing":
             self._q_pos = self.frames
+        elif self.style == "infinity_rope":
+            frames_att = self.max_att // self.n
+            f = len(self.frames)
+            start = int(self.frames[0])
+            rel = frames_att - f if self.evict or start >= frames_att else start
+            self._q_pos = torch.arange(45, 45 + f) if self.scene_cut else torch.arange(rel, rel + f)
         else:
             kv_start = max(self.sink_t, self.new_local_end - self.max_att + self.sink_t)
             q_start = (self.sink_t + (self.new_local_end - kv_start) - new) // self.n
@@ -124,6 +141,19 @@ class ReferenceCache:
         if self.style == "self_forcing":
             lo = max(0, end - self.max_att)
             return c["k"][:, lo:end], c["v"][:, lo:end]
+        if self.style == "infinity_rope":
+            lo, n = max(0, end - self.max_att), self.n
+            k_for_rope = c["k"][:, lo:end]
+            frames = k_for_rope.shape[1] // n
+            pos = torch.arange(frames)
+            if self.scene_cut:  # rope_cut: the last 3 frames at transition_from (45) on
+                pos = torch.cat([torch.arange(frames - 3), torch.arange(45, 48)])
+            roped = self._rot(k_for_rope, pos)
+            if end - new == 0:  # block 0: the sink frame is stored rotated at position 0
+                c["k"][:, :n] = roped[:, :n]
+            else:
+                roped[:, :n] = k_for_rope[:, :n]
+            return roped, c["v"][:, lo:end]
         keys = torch.cat([c["k"][:, : self.sink_t], c["k"][:, self.kv_start : end]], 1)
         values = torch.cat([c["v"][:, : self.sink_t], c["v"][:, self.kv_start : end]], 1)
         return self._rot(keys, torch.arange(keys.shape[1] // self.n)), values
@@ -133,14 +163,21 @@ class ReferenceCache:
             self.global_end, self.local_end = self.cur_end, self.new_local_end
 
 
-def reference_loop(model, cache, blocks, block_frames, steps, first_steps=None, seed=5):
+def reference_loop(model, cache, blocks, block_frames, steps, first_steps=None, seed=5, scenes=None):
     """``CausalInferencePipeline.inference`` for text-to-video: per block, its step list (the first chunk's own
     list when the config has one), x0 = x_t - sigma v, re-noised with fresh noise at the next level, then a forward
-    at t = context_noise (0) over x0 that leaves the clean keys in the cache."""
+    at t = context_noise (0) over x0 that leaves the clean keys in the cache. ``scenes`` (Infinity-RoPE): block ->
+    (prompt embeddings, scene cut): at that block the prompt changes and the cache is flushed."""
     noise = NoiseSource(seed, (1, 16, block_frames, *GRID))
     out = []
     with torch.no_grad():
         for i in range(blocks):
+            if scenes and i in scenes:
+                prompt, cut = scenes[i]
+                model.set_prompt(prompt)
+                cache.kv_flush(cut)
+            elif scenes:
+                cache.scene_cut = False
             sig = _warped(first_steps if i == 0 and first_steps else steps)
             frames = torch.arange(i * block_frames, (i + 1) * block_frames)
             x = noise.draw(i, 0)
@@ -163,17 +200,29 @@ AUTHORS = {
     "causal-forcing-framewise-1step": (1, [1000], [1000, 750, 500, 250], dict(style="self_forcing"), 21),
     "reward-forcing": (3, [1000, 750, 500, 250], None,
                        dict(style="reward_forcing", local_attn_size=9, sink_size=3, alpha=0.999), 8),
+    "infinity-rope": (3, [1000, 750, 500, 250], None, dict(style="infinity_rope", local_attn_size=6, sink_size=1), 8),
+    "infinity-rope-causal-forcing": (3, [1000, 750, 500, 250], None,
+                                     dict(style="infinity_rope", local_attn_size=6, sink_size=1), 8),
 }
 
 
-def ours(model, preset, blocks, seed=5, cache=None, first=True, reviewer=None, overrides=()):
-    """tokentrim's side: the preset's sampler settings and cache policy (tiny model, RoPE table of 64)."""
+def ours(model, preset, blocks, seed=5, cache=None, first=True, reviewer=None, overrides=(), scenes=None):
+    """tokentrim's side: the preset's sampler settings and cache policy (tiny model, RoPE table of 64);
+    ``scenes``: block -> (prompt embeddings, switch mode), applied as the pipeline applies a timeline's switches."""
     cfg = load_preset(preset, list(overrides)).config
     samp = cfg.sampler
     cache = cache if cache is not None else make_cache(cfg.cache, model.num_layers, model.rope_len)
     noise = NoiseSource(seed, (1, 16, samp.block_frames, *GRID))
     extra = {"first_sigmas": warp_steps(samp.first_block_steps, samp.shift)} if samp.first_block_steps and first else {}
     sampler = self_forcing if samp.kind == "self_forcing" else rolling_forcing
+
+    def before_block(i):
+        if i in scenes:
+            model.set_prompt(scenes[i][0])
+            switch(scenes[i][1], model, cache, None, noise, i * samp.block_frames)
+
+    if scenes:
+        extra["before_block"] = before_block
     return [b.latents for b in sampler(model, cache, noise, blocks, warp_steps(samp.steps, samp.shift),
                                        samp.block_frames, samp.context_noise, reviewer, **extra)]
 
@@ -234,6 +283,85 @@ def test_a_mutated_rule_fails_the_comparison(causal_model, name):
     assert max(block_diffs(ours(causal_model, preset, blocks, overrides=base), ref)) <= TOL
     mutated = ours(causal_model, preset, blocks, overrides=base + overrides, **kwargs)
     assert max(block_diffs(mutated, ref)) > TOL
+
+
+# ---------------------------------------------------------------------- Infinity-RoPE's prompt changes
+def _scenes(cut_mode="rope_cut"):
+    """Three prompts: a change at block 3 (a flush) and a scene cut at block 6 ("...[Ns] | ...[Ns#]")."""
+    g = torch.Generator().manual_seed(8)
+    p2, p3 = torch.randn(1, 16, 32, generator=g), torch.randn(1, 16, 32, generator=g)
+    return {3: (p2, False), 6: (p3, True)}, {3: (p2, "keep"), 6: (p3, cut_mode)}
+
+
+@pytest.mark.parametrize("cut_mode,cut_position,exact", [("rope_cut", 45, True), ("keep", 45, False),
+                                                         ("rope_cut", 44, False)],
+                         ids=["exact", "mutation: no RoPE cut", "mutation: cut at 44"])
+def test_infinity_rope_prompt_changes_match_its_loop(causal_model, cut_mode, cut_position, exact):
+    """10 blocks with a prompt change at block 3 (KV flush: tokentrim's keep) and a scene cut at block 6 (the cut
+    block at RoPE positions 45-47 for all its forwards, then contiguous again); a missing cut or a cut one position
+    off fails."""
+    first = causal_model.state.prompt_kv
+    ref_scenes, our_scenes = _scenes(cut_mode)
+    ref = reference_loop(causal_model, ReferenceCache(2, style="infinity_rope", local_attn_size=6, sink_size=1), 10, 3,
+                         [1000, 750, 500, 250], scenes=ref_scenes)
+    causal_model.state.prompt_kv = first
+    cache = make_cache(load_preset("infinity-rope").config.cache, 2, 64)
+    cache.cut_position = cut_position
+    got = ours(causal_model, "infinity-rope", 10, cache=cache, scenes=our_scenes)
+    diffs = block_diffs(got, ref)
+    assert max(diffs[:6]) <= TOL  # up to the cut every variant agrees
+    assert (max(diffs) <= TOL) == exact, diffs
+
+
+def test_rope_cut_needs_the_infinity_rope_policy(causal_model):
+    from tokentrim_cli.pipeline import Plan, timeline_switches
+    from tokentrim_cli.timeline import parse_prompts
+
+    cfg = load_preset("self-forcing").config
+    plan = Plan.for_preset(6.0, cfg)
+    timeline = parse_prompts(["a corgi", "3s rope_cut: a cat"])
+    with pytest.raises(ConfigError, match="rope_cut switch needs cache.policy infinity_rope"):
+        timeline_switches(timeline, cfg, plan)
+    assert [s.mode for s in timeline_switches(timeline, load_preset("infinity-rope").config, plan)] == ["rope_cut"]
+
+
+def test_rope_cut_fast_path_and_resume(causal_model):
+    """The cut block's layout through the fast path equals the plain path; a cache rebuilt from the journal right
+    after the cut block (the RoPE cut recorded, then replayed before that block's write) goes on bit for bit."""
+    from tokentrim_cli.engine.journal import Journal, replay
+    from tokentrim_cli.engine.policies import InfinityRopeCache
+    from tokentrim_cli.engine.samplers import LoopState
+
+    first = causal_model.state.prompt_kv
+    _, scenes = _scenes()
+    runs = []
+    for arena in (True, False):
+        causal_model.state.prompt_kv = first
+        runs.append(ours(causal_model, "infinity-rope", 10, scenes=scenes,
+                         cache=InfinityRopeCache(2, 2, 1, rope_len=64, arena=arena)))
+    assert max(block_diffs(*runs)) <= 1e-5
+
+    cache = InfinityRopeCache(2, 2, 1, rope_len=64)
+    cache.journal = journal = Journal()
+    journal.set_prompt(causal_model, torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(9)))
+    noise = NoiseSource(5, (1, 16, 3, *GRID))
+    sig = warp_steps([1000, 750, 500, 250])
+
+    def before(i):
+        if i in scenes:
+            journal.set_prompt(causal_model, scenes[i][0])
+            switch(scenes[i][1], causal_model, cache, None, noise, 3 * i)
+
+    saved, out = None, []
+    for blk in self_forcing(causal_model, cache, noise, 10, sig, before_block=before):
+        out.append(blk.latents)
+        if blk.index == 6:
+            saved = journal.state()
+    assert any(op[0] == "rope_cut" for op in saved["ops"])
+    again = InfinityRopeCache(2, 2, 1, rope_len=64)
+    replay(saved, causal_model, again)
+    tail = [b.latents for b in self_forcing(causal_model, again, noise, 10, sig, state=LoopState(7))]
+    assert all(torch.equal(a, b) for a, b in zip(tail, out[7:]))
 
 
 # ---------------------------------------------------------------------- Causal Forcing's long-video model
@@ -330,6 +458,9 @@ LAYOUTS = {
                                                                           "blocks."): v for k, v in sd.items()},
                                               "generator": decoy},
     "reward-forcing": lambda sd, decoy: sd,  # inference.py: load_state_dict(torch.load(path)), flat
+    "infinity-rope": lambda sd, decoy: {"generator_ema": {k.replace("model.blocks.", "model._fsdp_wrapped_module."
+                                                                    "blocks."): v for k, v in sd.items()},
+                                        "generator": decoy},
 }
 
 
@@ -354,7 +485,7 @@ def test_checkpoint_in_the_authors_layout_loads_exactly(tmp_path, preset):
 
 
 NEW = ["causal-forcing", "causal-forcing-framewise", "causal-forcing-framewise-2step", "causal-forcing-framewise-1step",
-       "causal-forcing-long", "causal-forcing-packed", "reward-forcing"]
+       "causal-forcing-long", "causal-forcing-packed", "reward-forcing", "infinity-rope", "infinity-rope-causal-forcing"]
 HUB = {
     "causal-forcing": "hf://zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",
     "causal-forcing-framewise": "hf://zhuhz22/Causal-Forcing/framewise/causal_forcing.pt",
@@ -363,6 +494,8 @@ HUB = {
     "causal-forcing-long": "hf://zhuhz22/Causal-Forcing/chunkwise/longvideo.pt",
     "causal-forcing-packed": "hf://zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",
     "reward-forcing": "hf://JaydenLu666/Reward-Forcing-T2V-1.3B/rewardforcing.pt",
+    "infinity-rope": "hf://SOTAMak1r/Infinite-Forcing/ema_model.pt",
+    "infinity-rope-causal-forcing": "hf://zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",
 }
 
 

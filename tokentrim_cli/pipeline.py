@@ -21,6 +21,7 @@ from .engine.samplers import SAMPLERS, Block, LoopState, write_context
 from .engine.schedule import warp_steps
 from .engine.switch import ContextLatents, switch
 from .engine.vae import StreamingDecoder, encode_image
+from .errors import ConfigError
 from .pruning import make_reviewer
 from .settings import Config, Sampler
 from .timeline import Entry, Switch, blend_weight, prompt_of, snap
@@ -117,8 +118,12 @@ def timeline_switches(timeline: list[Entry] | None, cfg: Config, plan: Plan) -> 
     """The snapped switches of a timeline (ConfigError when it does not fit the video); [] without one."""
     if not timeline or len(timeline) < 2:
         return []
-    return snap(timeline, plan.seconds, plan.blocks, plan.block_frames, plan.fps, plan.temporal_ratio,
-                cfg.sampler.switch, plan.start_frame, plan.continued)
+    switches = snap(timeline, plan.seconds, plan.blocks, plan.block_frames, plan.fps, plan.temporal_ratio,
+                    cfg.sampler.switch, plan.start_frame, plan.continued)
+    if cfg.cache.policy != "infinity_rope" and any(s.mode == "rope_cut" for s in switches):
+        raise ConfigError(f"a rope_cut switch needs cache.policy infinity_rope (this preset's is {cfg.cache.policy}); "
+                          "use cut, keep or recache")
+    return switches
 
 
 IMAGE_BLOCK = 2**31  # the start image's noise key (its context pass with context_noise > 0); blocks are 0, 1, ...

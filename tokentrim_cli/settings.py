@@ -184,8 +184,10 @@ class Sampler(Section):
     negative_prompt: str = setting(_string, "a string (the guidance's unconditional prompt)", "")
     solver: str = choice("renoise", "euler", allowed="renoise (distilled few-step models) or euler (flow-matching "
                          "models: an ODE step that keeps the noise the model sees)")
-    switch: str = choice("recache", "keep", "cut", allowed="recache, keep or cut (how a prompt timeline changes "
-                         "prompt: rebuild the cache under the new prompt, keep it, or clear it)")
+    switch: str = choice("recache", "keep", "cut", "rope_cut", allowed="recache, keep, cut or rope_cut (how a prompt "
+                         "timeline changes prompt: rebuild the cache under the new prompt, keep it, clear it, or keep "
+                         "it and jump the RoPE distance for one block: Infinity-RoPE's scene cut, cache.policy "
+                         "infinity_rope only)")
     first_block_steps: tuple | None = setting(lambda v: v is None or _steps(v), "null (the first block uses steps) "
                                               "or a decreasing list of integers in 1..1000 for the first block only "
                                               "(Causal Forcing++'s 1- and 2-step models: [1000, 750, 500, 250])",
@@ -202,7 +204,7 @@ def _compression(v) -> bool:
 @dataclass(frozen=True, kw_only=True)
 class Cache(Section):
     policy: str = choice("full", "rolling", "rolling_forcing", "sink_window", "deep_sink", "three_partition",
-                         "ema_sink", default="rolling")
+                         "ema_sink", "infinity_rope", default="rolling")
     window_frames: int | None = setting(lambda v: v is None or integer(1)(v), "a positive integer or null (no limit)",
                                         None)
     sink_frames: int = setting(integer(0), "an integer >= 0", 0)

@@ -7,7 +7,7 @@ Forms (all give a list of :class:`Entry`, the first starting at 0 s):
   entry may omit it (it starts at 0), every later one needs it. A prompt that merely contains a colon is left
   alone unless it starts so.
 - a timeline file (``--timeline``, YAML or JSON) or a batch item's ``timeline`` field: a list of
-  ``{start: seconds, prompt: "...", switch: recache|keep|cut, blend: N}`` (``switch`` optional:
+  ``{start: seconds, prompt: "...", switch: recache|keep|cut|rope_cut, blend: N}`` (``switch`` optional:
   ``sampler.switch``; ``blend`` optional: 0, no blend).
 
 ``blend: N``: the prompt embeddings move linearly from the old prompt's to the new one's over the switch block and
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-MODES = ("recache", "keep", "cut")
+MODES = ("recache", "keep", "cut", "rope_cut")
 FIELDS = ("start", "prompt", "switch", "blend")
 _PREFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:(.*)$", re.S)
 

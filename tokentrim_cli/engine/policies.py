@@ -29,7 +29,7 @@ from typing import Protocol
 import torch
 
 from ..settings import Cache
-from .cache import KVCache, RollingCache, Segment, split_sink
+from .cache import KVCache, Layout, RollingCache, Segment, split_sink
 
 
 class Compressor(Protocol):
@@ -355,6 +355,52 @@ class EmaSinkCache(RollingCache):
         return out
 
 
+class InfinityRopeCache(RollingCache):
+    """Infinity-RoPE's cache (read in yesiltepe-hidir/infinity-rope at 63d7b84, ``wan/modules/causal_model.py``
+    ``CausalWanSelfAttention.forward``, ``block_relativistic_rope``, ``rope_cut``; ``pipeline/causal_inference.py``
+    ``kv_flush``): a sink plus a rolling window (``local_attn_size`` 6, ``sink_size`` 1: sink 1 + window 2 + the
+    3-frame block), keys rotated per call at positions 0, 1, ... over [sink ; window ; current] (block-relative),
+    which is the base layout. A prompt change (its KV flush) keeps the sink and the 2 newest frames, which is what the
+    window already holds: tokentrim's ``keep`` switch. A scene cut (``rope_cut`` switch) places the cut block, for
+    all its forwards, at positions ``cut_position``.. (45: ``transition_from``) while its context keeps 0, 1, ...: a
+    jump in RoPE distance for one block; the next block is laid out contiguously again.
+    """
+
+    def __init__(self, num_layers: int, window_frames: int = 2, sink_frames: int = 1, cut_position: int = 45,
+                 rope_len: int = 1024, arena: bool = True):
+        super().__init__(num_layers, window_frames, sink_frames, rope_len, arena)
+        self.cut_position = cut_position
+        self.cut_frame: int | None = None  # the first frame of the block a scene cut applies to
+        self._cutting = False
+
+    def rope_cut(self, next_frame: int) -> None:
+        """The block starting at latent frame ``next_frame`` is laid out after a RoPE cut."""
+        if self.journal is not None:
+            self.journal.add("rope_cut", int(next_frame))
+        self.cut_frame = int(next_frame)
+
+    def begin(self, frames, grid, write, first_step=False, rope=None):
+        super().begin(frames, grid, write, first_step, rope)
+        self._cutting = self.cut_frame is not None and int(self.current_frames[0]) == self.cut_frame
+        if self._cutting:
+            if self.cut_position + len(frames) > self.rope_len:
+                raise ValueError(f"a RoPE cut at position {self.cut_position} does not fit the {self.rope_len}-entry "
+                                 "RoPE table")
+            _, inverse = torch.unique(self.current_frames, return_inverse=True)
+            self._current_pos = inverse + self.cut_position
+
+    def layout(self, segs):
+        if not self._cutting:
+            return super().layout(segs)
+        key = tuple(id(s) for s in segs)
+        if key not in self._layouts:
+            context = sorted({f for s in segs for f in s.distinct_frames})
+            pos = {f: i for i, f in enumerate(context)}
+            pos.update(zip(self.current_frames.tolist(), self._current_pos.tolist()))
+            self._layouts[key] = Layout(pos, self._current_pos)
+        return self._layouts[key]
+
+
 def make_cache(cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
     """The KV-cache policy a preset's ``cache:`` section selects."""
     policy = cfg.policy
@@ -362,6 +408,8 @@ def make_cache(cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
         return KVCache(num_layers, rope_len)
     if policy in ("rolling", "sink_window"):
         return RollingCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len)
+    if policy == "infinity_rope":
+        return InfinityRopeCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len)
     if policy == "ema_sink":
         return EmaSinkCache(num_layers, cfg.window_frames, cfg.sink_frames, cfg.ema_alpha, rope_len)
     if policy == "rolling_forcing":

@@ -8,6 +8,8 @@
 - ``keep``: only the cross-attention changes; the cache is left exactly as it is (pruning persists).
 - ``cut``: the cache is emptied (nothing is kept) and the sink moves: the first ``sink_frames`` frames from the
   cut on become the new sink. Frame indices (RoPE positions) continue.
+- ``rope_cut`` (Infinity-RoPE's scene cut; ``cache.policy: infinity_rope``): the cache is kept, and the next block
+  is laid out with a jump in RoPE distance from its context (``InfinityRopeCache.rope_cut``).
 
 The caller (the pipeline) sets the new prompt's cross-attention first and keeps the latents with
 :class:`ContextLatents`. Knows no files and no terminals.
@@ -62,5 +64,7 @@ def switch(mode: str, model, cache: KVCache, kept: ContextLatents | None, noise:
         recache(model, cache, kept, noise, context_noise)
     elif mode == "cut":
         cut(cache, kept, next_frame)
+    elif mode == "rope_cut":
+        cache.rope_cut(next_frame)
     elif mode != "keep":
         raise ValueError(f"unknown switch mode {mode!r}")
