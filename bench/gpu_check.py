@@ -1,9 +1,9 @@
 """GPU check: every real preset on one CUDA GPU, with random weights of the real shapes (no download).
 
 For each preset (self-forcing, self-forcing-packed, rolling-forcing, rolling-forcing-packed, longlive, the Causal
-Forcing presets and reward-forcing; ``--presets`` picks some: the default budget does not fit all twelve, and the
-steps past it are recorded as skipped), with a preset that extends it with seeded random weights: the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text
-encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and is then offloaded, as in a real run):
+Forcing presets, reward-forcing and infinity-rope; ``--presets`` picks some: the default budget does not fit all
+thirteen, and the steps past it are recorded as skipped), with a preset that extends it with seeded random weights:
+the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and is then offloaded, as in a real run):
 
 1. loop: the command's own components and ``generate_blocks`` (TokenTrim as the preset has it), blocks only,
    synchronised per block: median s/block over blocks 3.., KV bytes, peak GPU memory; then the streaming decode
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 PRESETS = ["self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed", "longlive",
            "causal-forcing", "causal-forcing-framewise", "causal-forcing-framewise-2step", "causal-forcing-framewise-1step",
-           "causal-forcing-long", "causal-forcing-packed", "reward-forcing"]
+           "causal-forcing-long", "causal-forcing-packed", "reward-forcing", "infinity-rope"]
 UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
             "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
             "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "layer_norm_epsilon": 1e-6}
