@@ -3,7 +3,8 @@
 For each preset (self-forcing, self-forcing-packed, rolling-forcing, rolling-forcing-packed, longlive, the Causal
 Forcing presets, reward-forcing and infinity-rope; ``--presets`` picks some: the default budget does not fit all
 thirteen, and the steps past it are recorded as skipped), with a preset that extends it with seeded random weights:
-the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and is then offloaded, as in a real run):
+the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text encoder (24 layers, 4096 wide: the real peak
+memory; it encodes on the GPU and is then offloaded, as in a real run):
 
 1. loop: the command's own components and ``generate_blocks`` (TokenTrim as the preset has it), blocks only,
    synchronised per block: median s/block over blocks 3.., KV bytes, peak GPU memory; then the streaming decode
