@@ -163,14 +163,19 @@ class ReferenceCache:
             self.global_end, self.local_end = self.cur_end, self.new_local_end
 
 
-def reference_loop(model, cache, blocks, block_frames, steps, first_steps=None, seed=5, scenes=None):
+def reference_loop(model, cache, blocks, block_frames, steps, first_steps=None, seed=5, scenes=None, initial=None):
     """``CausalInferencePipeline.inference`` for text-to-video: per block, its step list (the first chunk's own
     list when the config has one), x0 = x_t - sigma v, re-noised with fresh noise at the next level, then a forward
     at t = context_noise (0) over x0 that leaves the clean keys in the cache. ``scenes`` (Infinity-RoPE): block ->
-    (prompt embeddings, scene cut): at that block the prompt changes and the cache is flushed."""
+    (prompt embeddings, scene cut): at that block the prompt changes and the cache is flushed. ``initial`` (image to
+    video, frame-wise): an encoded first frame, run once at t = 0 before the blocks, which start at frame 1."""
     noise = NoiseSource(seed, (1, 16, block_frames, *GRID))
     out = []
+    start = 0
     with torch.no_grad():
+        if initial is not None:
+            model(initial, torch.zeros(1), torch.arange(1), cache=cache, write=True)
+            start = 1
         for i in range(blocks):
             if scenes and i in scenes:
                 prompt, cut = scenes[i]
@@ -179,7 +184,7 @@ def reference_loop(model, cache, blocks, block_frames, steps, first_steps=None, 
             elif scenes:
                 cache.scene_cut = False
             sig = _warped(first_steps if i == 0 and first_steps else steps)
-            frames = torch.arange(i * block_frames, (i + 1) * block_frames)
+            frames = torch.arange(start + i * block_frames, start + (i + 1) * block_frames)
             x = noise.draw(i, 0)
             for j, s in enumerate(sig):
                 v = model(x, torch.full((block_frames,), s * 1000), frames, cache=cache)
@@ -247,6 +252,24 @@ def test_preset_matches_its_authors_loop_block_for_block(causal_model, preset):
     blocks = AUTHORS[preset][4]
     diffs = block_diffs(ours(causal_model, preset, blocks), reference(causal_model, preset))
     assert max(diffs) <= TOL, diffs
+
+
+def test_framewise_image_to_video_matches_its_authors_loop(causal_model):
+    """``inference.py --i2v`` (frame-wise models only): the image's latent is frame 0, written at t = 0; then 20
+    one-frame blocks, the first of them in the first-chunk steps (2-step model). tokentrim's --image path: one context
+    pass for frame 0, then the sampler from frame 1."""
+    from tokentrim_cli.engine.samplers import write_context
+
+    image = torch.randn(1, 16, 1, *GRID, generator=torch.Generator().manual_seed(4))
+    bf, steps, first, kw, _ = AUTHORS["causal-forcing-framewise-2step"]
+    ref = reference_loop(causal_model, ReferenceCache(2, **kw), 20, bf, steps, first, initial=image)
+    cfg = load_preset("causal-forcing-framewise-2step").config
+    cache = make_cache(cfg.cache, 2, 64)
+    noise = NoiseSource(5, (1, 16, 1, *GRID))
+    write_context(causal_model, cache, image, torch.arange(1), noise, 2**31, 0)
+    got = [b.latents for b in self_forcing(causal_model, cache, noise, 20, warp_steps(cfg.sampler.steps), 1,
+                                           start_frame=1, first_sigmas=warp_steps(cfg.sampler.first_block_steps))]
+    assert max(block_diffs(got, ref)) <= TOL
 
 
 def test_causal_forcing_reference_stops_at_21_frames(causal_model):
