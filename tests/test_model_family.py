@@ -549,3 +549,30 @@ def test_settings_that_do_not_fit_are_one_line_errors():
     assert "first_block_steps" not in cfg.sampler.as_dict() and "ema_alpha" not in cfg.cache.as_dict()
     assert load_preset("causal-forcing-framewise-1step").config.sampler.as_dict()["first_block_steps"] == [
         1000, 750, 500, 250]
+
+
+# ---------------------------------------------------------------------- resume (the command's loop)
+@pytest.mark.parametrize("sets, timeline", [
+    (["cache.policy=ema_sink", "cache.sink_frames=3", "cache.window_frames=3", "cache.ema_alpha=0.5",
+      "pruning.lambda=0"], None),
+    (["sampler.block_frames=1", "sampler.steps=[1000]", "sampler.first_block_steps=[1000,750,500,250]",
+      "cache.window_frames=20"], None),
+    (["cache.policy=infinity_rope", "cache.sink_frames=1", "cache.window_frames=2", "sampler.switch=keep"],
+     ["a red kite", "2s: a blue ball", "4s rope_cut: a green square"]),
+], ids=["ema-sink-pruning", "first-block-steps", "infinity-rope-timeline"])
+def test_resumed_blocks_equal_the_uninterrupted_run(sets, timeline):
+    """``generate --resume`` goes on bit for bit with each new rule: the fold replayed from the journal (with
+    TokenTrim pruning on every block), the first block's own steps not reapplied, a RoPE cut recorded and replayed."""
+    from tokentrim_cli.engine.components import load_components
+    from tokentrim_cli.pipeline import Plan, generate_blocks
+    from tokentrim_cli.timeline import parse_prompts
+
+    cfg = load_preset("tiny", sets).config
+    comps = load_components(cfg.model, cfg.runtime)
+    plan = Plan.for_preset(6.0, cfg)
+    entries = parse_prompts(timeline) if timeline else None
+    full = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resumable=True))
+    for k in (1, plan.blocks // 2, plan.blocks - 2):
+        rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resume=full[k].state))
+        assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
+        assert all(torch.equal(a.latents, b.latents) for a, b in zip(full[k + 1 :], rest)), k
