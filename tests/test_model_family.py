@@ -576,3 +576,14 @@ def test_resumed_blocks_equal_the_uninterrupted_run(sets, timeline):
         rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resume=full[k].state))
         assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
         assert all(torch.equal(a.latents, b.latents) for a, b in zip(full[k + 1 :], rest)), k
+
+
+def test_extend_writes_the_sink_and_the_window_as_context():
+    """``generate --extend``: the input's sink frames and the window's last frames, as the policy would hold them
+    after generating the input itself (not the whole input, which the window would evict at once)."""
+    from tokentrim_cli.continuation import context_frames
+
+    for preset, want in (("reward-forcing", ((0, 1, 2, 27, 28, 29), 3)), ("infinity-rope", ((0, 28, 29), 1)),
+                         ("causal-forcing-framewise", (tuple(range(10, 30)), 0))):
+        cfg = load_preset(preset).config
+        assert context_frames(cfg.cache, cfg.sampler.block_frames, 30, 1024, 20) == want, preset

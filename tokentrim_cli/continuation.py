@@ -10,10 +10,10 @@ every frame (one latent frame each).
 
 Context (the input's latent frames L; what the cache policy would hold after generating them itself):
 - the first ``cache.sink_frames`` latent frames, when the policy has a sink (rolling / sink_window,
-  rolling_forcing, deep_sink, three_partition, ema_sink), and
-- the last frames that fill the policy's attention span: rolling / sink_window / ema_sink ``window_frames`` (no window:
-  everything, bounded by the RoPE table like ``full``); rolling_forcing ``span_frames - block_frames``;
-  deep_sink ``recent_frames + budget_frames`` (its importance budget then trims them at the first block);
+  rolling_forcing, deep_sink, three_partition, ema_sink, infinity_rope), and
+- the last frames that fill the policy's attention span: rolling / sink_window / ema_sink / infinity_rope
+  ``window_frames`` (no window: everything, bounded by the RoPE table like ``full``); rolling_forcing
+  ``span_frames - block_frames``; deep_sink ``recent_frames + budget_frames`` (its importance budget then trims them at the first block);
   three_partition ``recent_frames`` rounded up to whole blocks plus ``mid_capacity`` blocks (the policy
   compresses what ages out of recent, and its top-K picks among them); full: everything that leaves room in the
   RoPE table for the new part's latent frames.
@@ -53,7 +53,8 @@ from .source_video import SourceVideo
 from .video import Mp4Writer, h264_parameter_sets
 
 CHUNK_PIXELS = 16  # pixel frames per encoder call: memory holds this many frames (plus up to 3 waiting)
-SINK_POLICIES = ("rolling", "sink_window", "rolling_forcing", "deep_sink", "three_partition", "ema_sink")
+SINK_POLICIES = ("rolling", "sink_window", "rolling_forcing", "deep_sink", "three_partition", "ema_sink",
+                 "infinity_rope")
 
 
 def latent_count(frames: int, temporal_ratio: int) -> tuple[int, int]:
@@ -69,7 +70,7 @@ def context_frames(cache: Cache, block_frames: int, latent_frames: int, rope_len
     """(the input's latent frames written as context, how many of them are the sink): module docstring."""
     room = max(1, rope_len - new_frames)  # what a cache without a bound may hold and still fit the RoPE table
     policy = cache.policy
-    if policy in ("rolling", "sink_window", "ema_sink"):
+    if policy in ("rolling", "sink_window", "ema_sink", "infinity_rope"):
         tail = cache.window_frames if cache.window_frames is not None else room
     elif policy == "rolling_forcing":
         tail = cache.span_frames - block_frames
