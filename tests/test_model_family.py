@@ -286,7 +286,8 @@ MUTATIONS = {
     "chunk-wise span one block short": ("causal-forcing", dict(overrides=["cache.window_frames=15"]), None),
     "frame-wise span one frame short": ("causal-forcing-framewise", dict(overrides=["cache.window_frames=19"]), None),
     "EMA sink off (a plain sink)": ("reward-forcing", dict(overrides=["cache.policy=sink_window"]), 0.9),
-    "EMA sink off, the checkpoint's alpha 0.999": ("reward-forcing", dict(overrides=["cache.policy=sink_window"]), None),
+    "EMA sink off, the checkpoint's alpha 0.999": ("reward-forcing", dict(overrides=["cache.policy=sink_window"]),
+                                                   None),
     "EMA weights swapped": ("reward-forcing", dict(overrides=["cache.ema_alpha=0.1"]), 0.9),
     "LongLive's window (6) instead of 3": ("reward-forcing", dict(overrides=["cache.window_frames=6"]), 0.9),
 }
@@ -508,7 +509,8 @@ def test_checkpoint_in_the_authors_layout_loads_exactly(tmp_path, preset):
 
 
 NEW = ["causal-forcing", "causal-forcing-framewise", "causal-forcing-framewise-2step", "causal-forcing-framewise-1step",
-       "causal-forcing-long", "causal-forcing-packed", "reward-forcing", "infinity-rope", "infinity-rope-causal-forcing"]
+       "causal-forcing-long", "causal-forcing-packed", "reward-forcing", "infinity-rope",
+       "infinity-rope-causal-forcing"]
 HUB = {
     "causal-forcing": "hf://zhuhz22/Causal-Forcing/chunkwise/causal_forcing.pt",
     "causal-forcing-framewise": "hf://zhuhz22/Causal-Forcing/framewise/causal_forcing.pt",

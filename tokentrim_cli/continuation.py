@@ -13,7 +13,8 @@ Context (the input's latent frames L; what the cache policy would hold after gen
   rolling_forcing, deep_sink, three_partition, ema_sink, infinity_rope), and
 - the last frames that fill the policy's attention span: rolling / sink_window / ema_sink / infinity_rope
   ``window_frames`` (no window: everything, bounded by the RoPE table like ``full``); rolling_forcing
-  ``span_frames - block_frames``; deep_sink ``recent_frames + budget_frames`` (its importance budget then trims them at the first block);
+  ``span_frames - block_frames``; deep_sink ``recent_frames + budget_frames`` (its importance budget then trims them
+  at the first block);
   three_partition ``recent_frames`` rounded up to whole blocks plus ``mid_capacity`` blocks (the policy
   compresses what ages out of recent, and its top-K picks among them); full: everything that leaves room in the
   RoPE table for the new part's latent frames.

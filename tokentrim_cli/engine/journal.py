@@ -3,10 +3,10 @@
 Why not store the keys and values: at 480x832 a Rolling Forcing context of 21 latent frames is about 6 GB in bf16,
 while the latents that made one block's keys and values are 0.6 MB. Every change to a cache is either a context
 (write) pass, a pure function of its input latents, the prompt in effect and what the cache held, or a decision
-taken outside one: TokenTrim's pruning, a prompt switch's reset or RoPE cut, Deep Forcing's token-budget trim, and the mid
-blocks a three-partition cache had selected when a write pass ran. The journal records these in order, each with
-what it takes to make it again; :func:`replay` into a new cache of the same policy, with the same model, rebuilds
-the cache bit for bit (the same inputs, shapes and kernels give the same numbers). An emptied cache ends the
+taken outside one: TokenTrim's pruning, a prompt switch's reset or RoPE cut (Infinity-RoPE), Deep Forcing's
+token-budget trim, and the mid blocks a three-partition cache had selected when a write pass ran. The journal
+records these in order, each with what it takes to make it again; :func:`replay` into a new cache of the same
+policy, with the same model, rebuilds the cache bit for bit (the same inputs, shapes and kernels give the same numbers). An emptied cache ends the
 history, so the journal drops everything before the last reset but the prompt in effect.
 
 A cache records itself when it has a journal (``cache.journal``); prompts are recorded by the caller through
