@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from conftest import TINY_TRANSFORMER, tiny_transformer
-from test_fast_path import _ReferenceSlots  # Rolling Forcing's slot rules, already matched to its reference
 from test_weights import to_original_name
 from tokentrim_cli.config import load_preset
 from tokentrim_cli.engine.components import build_transformer
@@ -161,6 +160,76 @@ class ReferenceCache:
     def end(self, completed=True):
         if completed:
             self.global_end, self.local_end = self.cur_end, self.new_local_end
+
+
+class RollingForcingReference:
+    """Rolling Forcing's KV cache as TencentARC/RollingForcing a1477d0 keeps it (``wan/modules/causal_model.py``,
+    ``CausalWanSelfAttention.forward`` with a cache; ``pipeline/rolling_forcing_inference.py`` sizes it at 24 frames),
+    which Causal Forcing's ``long_video/`` copies unchanged: one buffer per layer, ``block_length`` = 3 frames.
+
+    Every forward writes its first block's keys (rotated at their absolute frame; the video's first block, the
+    anchor, un-rotated) at the slot after the last one when the window has moved on (evicting the oldest non-anchor
+    block when the buffer is full), else over the same slot. A denoising window attends to [anchor rotated right
+    before the working cache ; the clean blocks before the window, at most 21 frames with the anchor and the window ;
+    the window]; a write pass attends to the last 21 frames of the buffer (the anchor rotated at 0 when among them);
+    the very first block attends to itself only.
+    """
+
+    def __init__(self, num_layers):
+        self.layers = [None] * num_layers
+        self.global_end = self.local_end = 0
+
+    def begin(self, frames, grid, write, first_step=False, rope=None):
+        self.rope, self.frames, self.write = rope, frames.cpu().long(), write
+        n = self.n = grid[0] * grid[1]
+        self.block, self.max_att, cap = 3 * n, 21 * n, 24 * n
+        cache_end = int(self.frames[0]) * n + self.block
+        self.num_new = cache_end - self.global_end
+        self.evict = self.num_new > 0 and self.num_new + self.local_end > cap
+        self.n_evicted = self.num_new + self.local_end - cap if self.evict else 0
+        self.new_local_end = self.local_end + cache_end - self.global_end - self.n_evicted
+        self.cache_end = cache_end
+
+    @property
+    def current_positions(self):
+        return self.frames
+
+    def _rot(self, k, t_pos):
+        hw = torch.arange(self.n).repeat(len(t_pos))
+        return rotate(k, self.rope.tables(t_pos.repeat_interleave(self.n), hw))
+
+    def attend(self, layer, query, k, k_rot, v):
+        if self.layers[layer] is None:
+            b, _, h, d = k.shape
+            self.layers[layer] = {"k": k.new_zeros(b, 24 * self.n, h, d), "v": v.new_zeros(b, 24 * self.n, h, d)}
+        c, blk, n = self.layers[layer], self.block, self.n
+        roped = self._rot(k, self.frames)
+        end = self.new_local_end
+        start = end - blk
+        if self.evict:
+            ne = self.n_evicted
+            rolled = self.local_end - ne - blk
+            c["k"][:, blk : blk + rolled] = c["k"][:, blk + ne : blk + ne + rolled].clone()
+            c["v"][:, blk : blk + rolled] = c["v"][:, blk + ne : blk + ne + rolled].clone()
+        c["k"][:, start:end] = k[:, :blk] if start == 0 and not self.evict else roped[:, :blk]
+        c["v"][:, start:end] = v[:, :blk]
+        if start == 0:
+            return roped, v
+        if self.write:
+            lo = max(0, end - self.max_att)
+            keys = c["k"][:, lo:end].clone()
+            if lo == 0:
+                keys[:, :blk] = self._rot(keys[:, :blk], torch.arange(3))
+            return keys, c["v"][:, lo:end]
+        lo = max(blk, start - (self.max_att - k.shape[1] - blk))
+        work_frames = (start - lo) // n
+        anchor_pos = torch.arange(3) + int(self.frames[0]) - work_frames - 3
+        keys = torch.cat([self._rot(c["k"][:, :blk], anchor_pos), c["k"][:, lo:start], roped], 1)
+        return keys, torch.cat([c["v"][:, :blk], c["v"][:, lo:start], v], 1)
+
+    def end(self, completed=True):
+        if completed and self.num_new > 0:
+            self.global_end, self.local_end = self.cache_end, self.new_local_end
 
 
 def reference_loop(model, cache, blocks, block_frames, steps, first_steps=None, seed=5, scenes=None, initial=None):
@@ -391,13 +460,14 @@ def test_rope_cut_fast_path_and_resume(causal_model):
 # ---------------------------------------------------------------------- Causal Forcing's long-video model
 def rolling_forcing_loop(model, blocks, steps, seed=3):
     """Rolling Forcing's ``inference`` with a window of len(steps) blocks (Causal Forcing's long_video runs it with
-    4): window w holds blocks max(0, w - W + 1)..min(w, last); start-up windows take the last (noisiest) levels,
-    end windows the first; the oldest block at the lowest level is written at t = 0 after the window's forward."""
+    4): window w holds blocks max(0, w - W + 1)..min(w, last); start-up windows take the last (noisiest) levels, end
+    windows the first; after each window's forward every block not at its last level is re-noised at its next one,
+    and the window's first block is run at t = 0 over its prediction (the clean cache update, final or not)."""
     sig = _warped(steps)
     w_len = len(steps)
     levels = sig[::-1]  # clean to noisy, the window's oldest block first
     noise = NoiseSource(seed, (1, 16, 3, *GRID))
-    cache = _ReferenceSlots()
+    cache = RollingForcingReference(model.num_layers)
     x, out = {}, []
     with torch.no_grad():
         for w in range(blocks + w_len - 1):
@@ -408,27 +478,29 @@ def rolling_forcing_loop(model, blocks, steps, seed=3):
             ts = levels[-count:] if start == 0 and count < w_len else levels[:count]
             inp = torch.cat([x[b] for b in range(start, end + 1)], 2)
             lv = torch.tensor(ts).repeat_interleave(3)
-            v = model(inp, lv * 1000, torch.arange(3 * start, 3 * end + 3), cache=cache, first_step=True)
+            v = model(inp, lv * 1000, torch.arange(3 * start, 3 * end + 3), cache=cache)
             x0 = inp - lv.view(1, 1, -1, 1, 1) * v
             for i, b in enumerate(range(start, end + 1)):
                 step = sig.index(ts[i])
-                block = x0[:, :, 3 * i : 3 * i + 3]
-                if step == w_len - 1:
-                    model(block, torch.zeros(3), torch.arange(3 * b, 3 * b + 3), cache=cache, write=True)
-                    out.append(block)
-                else:
-                    x[b] = (1 - sig[step + 1]) * block + sig[step + 1] * noise.draw(b, step + 1)
+                if step < w_len - 1:
+                    x[b] = (1 - sig[step + 1]) * x0[:, :, 3 * i : 3 * i + 3] + sig[step + 1] * noise.draw(b, step + 1)
+            model(x0[:, :, :3], torch.zeros(3), torch.arange(3 * start, 3 * start + 3), cache=cache, write=True)
+            if sig.index(ts[0]) == w_len - 1:
+                out.append(x0[:, :, :3])
     return out
 
 
 def test_causal_forcing_long_matches_rolling_forcing_with_4_steps(causal_model):
-    """causal-forcing-long: 10 blocks with 4-block windows, past the 21-frame span (write passes without the sink)
-    and through the end flush. Its mutation: Rolling Forcing's own 5 steps."""
+    """causal-forcing-long: 10 blocks with 4-block windows, past the 21-frame span (write passes without the anchor)
+    and through the end flush. Mutations: Rolling Forcing's own 5 steps; an 18-frame span. The same reference with 5
+    steps matches the rolling-forcing preset over 12 blocks (an independent check of the reference itself)."""
     ref = rolling_forcing_loop(causal_model, 10, [1000, 750, 500, 250])
     got = ours(causal_model, "causal-forcing-long", 10, seed=3)
     assert max(block_diffs(got, ref)) <= TOL
-    five = ours(causal_model, "causal-forcing-long", 10, seed=3, overrides=["sampler.steps=[1000,800,600,400,200]"])
-    assert max(block_diffs(five, ref)) > TOL
+    for mutation in (["sampler.steps=[1000,800,600,400,200]"], ["cache.span_frames=18"]):
+        assert max(block_diffs(ours(causal_model, "causal-forcing-long", 10, seed=3, overrides=mutation), ref)) > TOL
+    five = rolling_forcing_loop(causal_model, 12, [1000, 800, 600, 400, 200])
+    assert max(block_diffs(ours(causal_model, "rolling-forcing", 12, seed=3), five)) <= TOL
 
 
 # ---------------------------------------------------------------------- the EMA sink policy
