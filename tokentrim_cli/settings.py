@@ -220,6 +220,9 @@ class Cache(Section):
     query_samples: int = setting(integer(1), "a positive integer", 256)
     ema_alpha: float = setting(number(0, 1), "a number from 0 to 1 (ema_sink: sink = alpha sink + (1 - alpha) evicted)",
                                0.999)
+    positions: str = choice("packed", "absolute", allowed="packed (gaps closed: the sink sits right before the "
+                            "window; Rolling Forcing) or absolute (every key at its own latent frame; LongLive, Self "
+                            "Forcing)")
 
     def as_dict(self) -> dict:
         return _without_unset_later(self, super().as_dict())
@@ -273,10 +276,31 @@ class Runtime(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class License(Section):
+    """The checkpoint's license, whether it allows commercial use, and where that was read. A run of a checkpoint
+    that does not allow commercial use says so (``notices.py``); null fields: not stated (a user's own preset)."""
+
+    name: str | None = setting(lambda v: v is None or _weights(v), "null or a short license name, e.g. Apache-2.0 or "
+                               "'academic use only'", None)
+    commercial: bool | None = setting(lambda v: v is None or _boolean(v), "null, true or false (the license allows "
+                                      "commercial use)", None)
+    source: str | None = setting(lambda v: v is None or _weights(v), "null or where the license was read, e.g. "
+                                 "github.com/OWNER/REPO LICENSE", None)
+
+    def describe(self) -> str:
+        """One line: "Apache-2.0 (commercial use allowed; github.com/... LICENSE)", or that none is stated."""
+        if self.name is None:
+            return "license not stated"
+        use = {True: "commercial use allowed", False: "NOT for commercial use", None: "commercial use not stated"}
+        return f"{self.name} ({use[self.commercial]}{'; ' + self.source if self.source else ''})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config(Section):
     """A whole resolved preset."""
 
     description: str = setting(_string, "a string", "")
+    license: License = section()
     model: Model = section()
     sampler: Sampler = section()
     cache: Cache = section()
@@ -297,4 +321,4 @@ def section_type(cls: type, f: dataclasses.Field) -> type | None:
 
 
 SECTIONS = {c.__name__: c for c in (Weights, Transformer, Codec, Model, Sampler, Cache, Pruning, Video, Runtime,
-                                    Config)}
+                                    License, Config)}

@@ -15,7 +15,9 @@ MANIFEST = "manifest.jsonl"
 # resumes without redoing its finished items (threads and state saves never change the pictures:
 # always left out)
 ANY = object()
-LATER_SETTINGS = {("runtime", "threads"): ANY, ("runtime", "state_every"): ANY, ("sampler", "switch"): "recache"}
+LATER_SETTINGS = {("runtime", "threads"): ANY, ("runtime", "state_every"): ANY, ("sampler", "switch"): "recache",
+                  ("cache", "positions"): "packed"}
+UNHASHED = ("license",)  # sections that never change the pictures
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -65,6 +67,8 @@ def settings_hash(config: dict | None, prompt: str, seconds: float, seed: int, f
     """sha256 (first 16 hex digits) of the resolved config + prompt + seconds + seed. ``cuda:N`` counts as
     ``cuda`` so that resuming on another GPU layout does not redo finished work."""
     cfg = copy.deepcopy(config) if config is not None else {"unresolved": fallback}
+    for key in UNHASHED:
+        cfg.pop(key, None)
     for (section, key), default in LATER_SETTINGS.items():
         values = cfg.get(section)
         if isinstance(values, dict) and key in values and (default is ANY or values[key] == default):

@@ -4,12 +4,23 @@ Every cached token carries its absolute latent frame index ``t`` and its spatial
 positions are not fixed at write time: the cache lays them out for every attention call, so a policy can drop,
 prune, compress or re-pack entries freely and a run has no length ceiling.
 
-Position layout (shared by every policy): the distinct frame indices that take part in one attention call get
-consecutive temporal positions in time order (a dense rank), shifted to the absolute frame index when that fits
-in the RoPE table. Contiguous frames therefore keep their distances (recent and current frames never move
-relative to each other), while gaps left by eviction or selection are closed: sink and selected mid blocks end
-up packed right before the recent frames. For a run without gaps that fits the table, positions equal the
-absolute frame indices of the reference implementations, so outputs match them exactly.
+Position rules (``positions``, a preset's ``cache.positions``; shared by every policy):
+
+- ``packed`` (Rolling Forcing's rule, and the three-partition and deep-sink policies'): the distinct frame
+  indices that take part in one attention call get consecutive temporal positions in time order (a dense rank),
+  shifted to the absolute frame index when that fits in the RoPE table. Contiguous frames keep their distances
+  (recent and current frames never move relative to each other), while gaps left by eviction or selection are
+  closed: sink and selected mid blocks end up packed right before the recent frames. Memory and positions stay
+  bounded at any length. (LongLive's long-video variant, ``causal_model_infinity.py``, positions its
+  [sink ; window] cache the same way: by slot.)
+- ``absolute`` (LongLive's and Self Forcing's rule): every frame sits at its absolute latent frame index, as if
+  each key were rotated once when written and cached rotated; the sink keeps the positions of the first frames
+  however long the video grows. From the first forward whose frames do not fit the RoPE table on, the cache
+  falls back to ``packed`` (LongLive's code has no absolute rule there; its long-video variant is the
+  slot-relative one above); ``fallback_frame`` says where.
+
+For a run without gaps that fits the table both rules give the absolute frame indices of the reference
+implementations, so outputs match them exactly.
 
 Storage (the fast path, ``arena.py``): full-resolution "recent" segments live in one preallocated buffer per
 layer with their keys already rotated, and are turned by the position difference only when the layout moves
@@ -37,6 +48,7 @@ import torch
 from .arena import Arena
 from .rope import Rope, positions, rotate
 
+POSITIONS = ("packed", "absolute")  # how cached keys are positioned (module docstring)
 
 class Segment:
     """Tokens written by one context pass (one block), or a compressed stand-in for one.
@@ -138,11 +150,17 @@ class KVCache:
         num_layers: transformer blocks that read and write this cache.
         rope_len: length of the temporal RoPE table; every position handed out stays below it.
         arena: the fast path (rotated keys in preallocated buffers); False for the plain reference path.
+        positions: "packed" or "absolute" (the module docstring's position rules).
     """
 
-    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True):
+    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.num_layers = num_layers
         self.rope_len = rope_len
+        self.positions = positions
+        self.fallback_frame: int | None = None  # absolute: the first frame laid out packed (past the RoPE table)
+        self._absolute = False  # this forward's layout is the absolute one
         self.segments: list[Segment] = []
         self.sink_origin = 0  # the sink is the ``sink_frames`` frames from here (moved by a hard cut, see reset)
         self.arena = Arena(num_layers) if arena else None
@@ -170,8 +188,14 @@ class KVCache:
         self._pending = [None] * self.num_layers if write else None
         self._layouts = {}
         distinct, inverse = torch.unique(self.current_frames, return_inverse=True)
-        start = max(0, min(int(distinct[0]), self.rope_len - len(distinct)))
-        self._current_pos = inverse + start
+        self._absolute = self.positions == "absolute" and int(distinct[-1]) < self.rope_len
+        if self._absolute:
+            self._current_pos = distinct[inverse]
+        else:
+            if self.positions == "absolute" and self.fallback_frame is None:
+                self.fallback_frame = int(distinct[0])
+            start = max(0, min(int(distinct[0]), self.rope_len - len(distinct)))
+            self._current_pos = inverse + start
         if self.arena is not None:
             self.arena.begin(len(frames) * grid[0] * grid[1], write, rope)
 
@@ -282,7 +306,8 @@ class KVCache:
     # ------------------------------------------------------------------ positions
     @property
     def current_positions(self) -> torch.Tensor:
-        """Temporal RoPE positions of the current frames: their absolute indices while they fit the table."""
+        """Temporal RoPE positions of the current frames: their absolute indices while they fit the table
+        (either rule); past it, the last positions of the table."""
         return self._current_pos
 
     def layout(self, segs: list[Segment]) -> Layout:
@@ -294,6 +319,9 @@ class KVCache:
         context = {f for s in segs for f in s.distinct_frames}
         current = self.current_frames.tolist()
         distinct = sorted(set(context) | set(current))
+        if self._absolute and distinct[-1] < self.rope_len:
+            found = self._layouts[key] = Layout({f: f for f in distinct}, self._current_pos)
+            return found
         rank = {f: i for i, f in enumerate(distinct)}
         shift = int(self._current_pos[0]) - rank[current[0]]
         pos = {f: r + shift for f, r in rank.items()}
@@ -323,8 +351,8 @@ class RollingCache(KVCache):
     """
 
     def __init__(self, num_layers: int, window_frames: int | None = None, sink_frames: int = 0, rope_len: int = 1024,
-                 arena: bool = True):
-        super().__init__(num_layers, rope_len, arena)
+                 arena: bool = True, positions: str = "packed"):
+        super().__init__(num_layers, rope_len, arena, positions)
         self.window_frames = window_frames
         self.sink_frames = sink_frames
 

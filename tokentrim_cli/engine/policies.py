@@ -13,8 +13,8 @@ Three-partition (arXiv 2603.25730): sink frames at full resolution, never evicte
 frames at full resolution; blocks that age out of recent are compressed (training-free pooling here; the paper's
 compressor is trained and unpublished) and kept up to ``mid_capacity`` blocks. At the first denoising step of
 each block, every mid block is scored by query-key affinity and only the top ``mid_top_k`` join attention for
-that block's steps. Positions are re-packed by the base cache's layout (sink and selected mid blocks sit right
-before the recent frames), so memory and positions stay bounded at any length.
+that block's steps. Positions are re-packed by the base cache's layout (``positions: packed``: sink and selected
+mid blocks sit right before the recent frames), so memory and positions stay bounded at any length.
 
 Granularity: a written block (one context pass) leaves "recent" as a whole once none of its frames is among the
 last ``recent_frames``; recent therefore holds between ``recent_frames`` and ``recent_frames + block - 1``
@@ -123,8 +123,9 @@ class ThreePartitionCache(KVCache):
         query_samples: int = 256,
         rope_len: int = 1024,
         arena: bool = True,
+        positions: str = "packed",
     ):
-        super().__init__(num_layers, rope_len, arena)
+        super().__init__(num_layers, rope_len, arena, positions)
         if selection not in ("shared", "per_layer"):
             raise ValueError("selection must be 'shared' or 'per_layer'")
         self.sink_frames, self.recent_frames = sink_frames, recent_frames
@@ -198,8 +199,8 @@ class RollingForcingCache(KVCache):
         span_frames: the most latent frames one attention call spans, current frames included (21).
     """
 
-    def __init__(self, num_layers, sink_frames=3, span_frames=21, rope_len=1024, arena=True):
-        super().__init__(num_layers, rope_len, arena)
+    def __init__(self, num_layers, sink_frames=3, span_frames=21, rope_len=1024, arena=True, positions="packed"):
+        super().__init__(num_layers, rope_len, arena, positions)
         self.sink_frames, self.span_frames = sink_frames, span_frames
 
     def admit(self, segment: Segment) -> None:
@@ -236,8 +237,9 @@ class DeepSinkCache(RollingCache):
     """
 
     def __init__(self, num_layers, sink_frames=10, recent_frames=4, budget_frames=16, query_samples=256, rope_len=1024,
-                 arena=True):
-        super().__init__(num_layers, window_frames=None, sink_frames=sink_frames, rope_len=rope_len, arena=arena)
+                 arena=True, positions="packed"):
+        super().__init__(num_layers, window_frames=None, sink_frames=sink_frames, rope_len=rope_len, arena=arena,
+                         positions=positions)
         self.recent_frames, self.budget_frames, self.query_samples = recent_frames, budget_frames, query_samples
 
     def admit(self, segment: Segment) -> None:
@@ -300,8 +302,8 @@ class EmaSinkCache(RollingCache):
     """
 
     def __init__(self, num_layers: int, window_frames: int, sink_frames: int = 3, alpha: float = 0.999,
-                 rope_len: int = 1024, arena: bool = True):
-        super().__init__(num_layers, window_frames, sink_frames, rope_len, arena)
+                 rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+        super().__init__(num_layers, window_frames, sink_frames, rope_len, arena, positions)
         self.alpha = alpha
 
     def admit(self, segment: Segment) -> None:
@@ -367,8 +369,8 @@ class InfinityRopeCache(RollingCache):
     """
 
     def __init__(self, num_layers: int, window_frames: int = 2, sink_frames: int = 1, cut_position: int = 45,
-                 rope_len: int = 1024, arena: bool = True):
-        super().__init__(num_layers, window_frames, sink_frames, rope_len, arena)
+                 rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+        super().__init__(num_layers, window_frames, sink_frames, rope_len, arena, positions)
         self.cut_position = cut_position
         self.cut_frame: int | None = None  # the first frame of the block a scene cut applies to
         self._cutting = False
@@ -402,21 +404,21 @@ class InfinityRopeCache(RollingCache):
 
 
 def make_cache(cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
-    """The KV-cache policy a preset's ``cache:`` section selects."""
-    policy = cfg.policy
+    """The KV-cache policy a preset's ``cache:`` section selects, with its position rule (``cache.positions``)."""
+    policy, pos = cfg.policy, cfg.positions
     if policy == "full":
-        return KVCache(num_layers, rope_len)
+        return KVCache(num_layers, rope_len, positions=pos)
     if policy in ("rolling", "sink_window"):
-        return RollingCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len)
+        return RollingCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len, positions=pos)
     if policy == "infinity_rope":
-        return InfinityRopeCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len)
+        return InfinityRopeCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len, positions=pos)
     if policy == "ema_sink":
-        return EmaSinkCache(num_layers, cfg.window_frames, cfg.sink_frames, cfg.ema_alpha, rope_len)
+        return EmaSinkCache(num_layers, cfg.window_frames, cfg.sink_frames, cfg.ema_alpha, rope_len, positions=pos)
     if policy == "rolling_forcing":
-        return RollingForcingCache(num_layers, cfg.sink_frames, cfg.span_frames, rope_len)
+        return RollingForcingCache(num_layers, cfg.sink_frames, cfg.span_frames, rope_len, positions=pos)
     if policy == "deep_sink":
         return DeepSinkCache(num_layers, cfg.sink_frames, cfg.recent_frames, cfg.budget_frames, cfg.query_samples,
-                             rope_len)
+                             rope_len, positions=pos)
     if policy == "three_partition":
         return ThreePartitionCache(
             num_layers,
@@ -428,5 +430,6 @@ def make_cache(cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
             selection=cfg.selection,
             query_samples=cfg.query_samples,
             rope_len=rope_len,
+            positions=pos,
         )
     raise ValueError(f"unknown cache policy {policy!r}")
