@@ -359,6 +359,8 @@ MUTATIONS = {
                                                    None),
     "EMA weights swapped": ("reward-forcing", dict(overrides=["cache.ema_alpha=0.1"]), 0.9),
     "LongLive's window (6) instead of 3": ("reward-forcing", dict(overrides=["cache.window_frames=6"]), 0.9),
+    "EMA sink at absolute positions": ("reward-forcing", dict(overrides=["cache.positions=absolute"]), 0.9),
+    "Infinity-RoPE at absolute positions": ("infinity-rope", dict(overrides=["cache.positions=absolute"]), None),
 }
 
 
@@ -611,6 +613,21 @@ def test_download_fetches_the_checkpoint_and_the_wan_components(preset, monkeypa
     assert exc.value.code in (0, None)
     assert fetched[0] == HUB[preset]
     assert "hf://Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae" in fetched
+
+
+def test_presets_state_position_rule_and_license():
+    """Write-time rotation (Self Forcing's code: Causal Forcing) is ``absolute``; rotation per call with the sink
+    re-aligned (Rolling Forcing, Reward Forcing, Infinity-RoPE) and the three-partition variant are ``packed``. Every
+    preset names its checkpoint's license; where the model card states none, commercial use is left unstated."""
+    want = {"causal-forcing": ("absolute", True), "causal-forcing-framewise": ("absolute", True),
+            "causal-forcing-framewise-2step": ("absolute", True), "causal-forcing-framewise-1step": ("absolute", True),
+            "causal-forcing-packed": ("packed", True), "causal-forcing-long": ("packed", None),
+            "reward-forcing": ("packed", None), "infinity-rope": ("packed", None),
+            "infinity-rope-causal-forcing": ("packed", True)}
+    for preset, (positions, commercial) in want.items():
+        cfg = load_preset(preset).config
+        assert (cfg.cache.positions, cfg.license.commercial) == (positions, commercial), preset
+        assert cfg.license.name and cfg.license.source, preset
 
 
 def test_settings_that_do_not_fit_are_one_line_errors():
