@@ -316,7 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check.json"))
     ap.add_argument("--budget", type=float, default=470, help="seconds for the whole check (default fits 8 min)")
-    ap.add_argument("--presets", nargs="*", default=None, help="default: every real preset (--smoke: " + ", ".join(SMOKE) + ")")
+    ap.add_argument("--presets", nargs="*", default=None,
+                    help="default: every real preset (--smoke: " + ", ".join(SMOKE) + ")")
     ap.add_argument("--seconds", type=float, default=3.0, help="video length of the command step")
     ap.add_argument("--loop-seconds", type=float, default=10.0, help="video length of the loop step (14 blocks)")
     ap.add_argument("--no-long", action="store_true", help="skip the 120 s self-forcing-packed steps")
