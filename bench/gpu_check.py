@@ -1,10 +1,9 @@
 """GPU check: every real preset on one CUDA GPU, with random weights of the real shapes (no download).
 
-For each preset (self-forcing, self-forcing-packed, rolling-forcing, rolling-forcing-packed, longlive, the Causal
-Forcing presets, reward-forcing and infinity-rope; ``--presets`` picks some: the default budget does not fit all
-thirteen, and the steps past it are recorded as skipped), with a preset that extends it with seeded random weights:
-the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text encoder (24 layers, 4096 wide: the real peak
-memory; it encodes on the GPU and is then offloaded, as in a real run):
+For each real preset (every shipped preset whose weights come from the hub: ``real_presets()``; the ``absolute``
+position rule through self-forcing and longlive, ``packed`` through the others), with a preset that extends it
+with seeded random weights: the 1.3B transformer, the full Wan2.1 VAE and a UMT5-XXL-shaped text
+encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and is then offloaded, as in a real run):
 
 1. loop: the command's own components and ``generate_blocks`` (TokenTrim as the preset has it), blocks only,
    synchronised per block: median s/block over blocks 3.., KV bytes, peak GPU memory; then the streaming decode
@@ -23,6 +22,7 @@ random weights are noise: x264 runs with ``--set video.preset=veryfast`` so that
     python bench/gpu_check.py [--out bench/results/gpu_check.json] [--budget 470] [--presets self-forcing ...]
     make gpu-check
     python bench/gpu_check.py --smoke --out /tmp/smoke.json   # the same steps on the CPU with the tiny presets
+                                                              # (tiny-absolute: LongLive's cache shape, absolute)
 
 On the project's lent machine (no diffusers, no imageio-ffmpeg, no network: ../shared/docs/gpu.md), carry the two
 wheels and run, in one call with a timeout of ~560 s:
@@ -45,9 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PRESETS = ["self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed", "longlive",
-           "causal-forcing", "causal-forcing-framewise", "causal-forcing-framewise-2step", "causal-forcing-framewise-1step",
-           "causal-forcing-long", "causal-forcing-packed", "reward-forcing", "infinity-rope"]
+SMOKE = ["tiny", "tiny-rolling", "tiny-absolute"]
+# tiny with LongLive's cache (sink 3 + window 6, absolute positions): the smoke run's absolute-position preset
+TINY_ABSOLUTE = {"policy": "rolling", "sink_frames": 3, "window_frames": 6, "positions": "absolute"}
 UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
             "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
             "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "layer_norm_epsilon": 1e-6}
@@ -55,11 +55,26 @@ PROMPT = "a corgi running on a beach at sunset, waves rolling in"
 ENCODE = ["--set", "video.preset=veryfast"]
 
 
+def real_presets() -> list[str]:
+    """Every shipped preset that downloads a checkpoint, the longlive ones last (their base has no LoRA here)."""
+    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.loading import weights_refs
+
+    names = [p.stem for p in sorted((ROOT / "presets").glob("*.yaml"))]
+    real = [n for n in names if any(r.startswith("hf://") for r in weights_refs(load_preset(n).config.model))]
+    return sorted(real, key=lambda n: (n.startswith("longlive"), n))
+
+
 def random_preset(name: str, folder: Path, smoke: bool = False) -> Path:
     """A preset that extends ``name`` with random weights of the real shapes (``smoke``: the preset as it is)."""
     import yaml
 
     base = ROOT / "presets" / f"{name}.yaml"
+    if smoke and name == "tiny-absolute":
+        path = folder / "tiny-absolute.yaml"
+        path.write_text(yaml.safe_dump({"description": "tiny with LongLive's cache, absolute positions (gpu_check)",
+                                        "extends": str(ROOT / "presets" / "tiny.yaml"), "cache": TINY_ABSOLUTE}))
+        return path
     if smoke:
         return base
     data = {
@@ -209,6 +224,15 @@ class Run:
         self.save()
 
 
+def describe(preset_path: Path) -> dict:
+    """The cache rule and license the preset runs with (the random-weights preset inherits both)."""
+    from tokentrim_cli.config import load_preset
+
+    cfg = load_preset(str(preset_path)).config
+    return {"cache": cfg.cache.policy, "positions": cfg.cache.positions, "license": cfg.license.name,
+            "commercial": cfg.license.commercial}
+
+
 def run_loop(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> dict:
     res_file = tmp / f"{preset_path.stem}-{seconds:g}.loop.json"
     res_file.unlink(missing_ok=True)
@@ -263,12 +287,12 @@ def _resume(loop: dict) -> str:
 def table(results: dict) -> str:
     gib = lambda b: f"{b / 2**30:.2f}" if isinstance(b, (int, float)) else "-"  # noqa: E731
     num = lambda v, f="{:.3f}": f.format(v) if isinstance(v, (int, float)) else "-"  # noqa: E731
-    head = (f"{'preset':24s} {'loop s/blk':>10s} {'loop FPS':>8s} {'decode s/blk':>12s} {'PSNR dB':>8s} "
+    head = (f"{'preset':24s} {'positions':>9s} {'loop s/blk':>10s} {'loop FPS':>8s} {'decode s/blk':>12s} {'PSNR dB':>8s} "
             f"{'cmd FPS':>8s} {'peak GiB':>8s} {'KV GiB':>7s} {'mp4':>4s} {'resume':>7s}")
     lines = [head]
     for name, cell in results["presets"].items():
         loop, cmd = cell.get("loop", {}), cell.get("command", {})
-        lines.append(f"{name:24s} {num(loop.get('median_block_s')):>10s} {num(loop.get('loop_fps'), '{:.1f}'):>8s} "
+        lines.append(f"{name:24s} {cell.get('rules', {}).get('positions', '-'):>9s} {num(loop.get('median_block_s')):>10s} {num(loop.get('loop_fps'), '{:.1f}'):>8s} "
                      f"{num(loop.get('decode_block_s_preset')):>12s} {num(loop.get('decode_psnr_db_vs_float32'), '{:.1f}'):>8s} "
                      f"{num(cmd.get('command_fps'), '{:.1f}'):>8s} {gib(cmd.get('peak_gpu_bytes') or loop.get('peak_gpu_bytes')):>8s} "
                      f"{gib(loop.get('kv_bytes')):>7s} {('ok' if cmd.get('mp4_ok') else '-'):>4s} "
@@ -292,7 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check.json"))
     ap.add_argument("--budget", type=float, default=470, help="seconds for the whole check (default fits 8 min)")
-    ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--presets", nargs="*", default=None,
+                    help="default: every real preset (--smoke: " + ", ".join(SMOKE) + ")")
     ap.add_argument("--seconds", type=float, default=3.0, help="video length of the command step")
     ap.add_argument("--loop-seconds", type=float, default=10.0, help="video length of the loop step (14 blocks)")
     ap.add_argument("--no-long", action="store_true", help="skip the 120 s self-forcing-packed steps")
@@ -305,8 +330,10 @@ def main() -> None:
     import torch
 
     if args.smoke:
-        args.presets = [p for p in args.presets if p.startswith("tiny")] or ["tiny", "tiny-rolling"]
+        args.presets = [p for p in args.presets or [] if p.startswith("tiny")] or SMOKE
         args.no_long = True
+    elif not args.presets:
+        args.presets = real_presets()
     elif not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; run it on a GPU machine (see ../shared/docs/gpu.md), or --smoke")
     run = Run(Path(args.out), args.budget)
@@ -319,6 +346,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as d:
         tmp = Path(d)
         paths = {p: random_preset(p, tmp, args.smoke) for p in args.presets}
+        for p, path in paths.items():
+            run.cell(p)["rules"] = describe(path)
         long = "self-forcing-packed" in paths and not args.no_long
         for p, path in paths.items():  # loops first: the speed numbers matter most
             seconds = 120.0 if (long and p == "self-forcing-packed") else args.loop_seconds

@@ -91,3 +91,21 @@ def test_presets_name_their_position_rule():
         assert make_cache(Cache(policy=policy, positions="absolute"), 2, 64).positions == "absolute"
     with pytest.raises(ConfigError, match=r"cache\.positions must be packed .* or absolute .*, got 'relative'$"):
         load_preset("tiny", ["cache.positions=relative"])
+
+
+def test_gpu_check_runs_every_real_preset_and_both_rules(tmp_path):
+    """bench/gpu_check.py's default list is every preset that downloads a checkpoint (presets added later join
+    it), absolute ones included; its smoke run has an absolute-position tiny preset that validates."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_check", root / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    real = gpu_check.real_presets()
+    assert {"self-forcing", "rolling-forcing", "longlive", "longlive-packed"} <= set(real)
+    assert not {"tiny", "toy"} & set(real)
+    assert {load_preset(n).config.cache.positions for n in real} == {"absolute", "packed"}
+    smoke = gpu_check.random_preset("tiny-absolute", tmp_path, smoke=True)
+    assert gpu_check.describe(smoke)["positions"] == "absolute" and "tiny-absolute" in gpu_check.SMOKE

@@ -43,8 +43,11 @@ def _comps(name, sets):
                        "cache.budget_frames=2"], None),
     ("tiny", FORCED + ["sampler.context_noise=100", "sampler.solver=euler"], TIMELINE),
     ("tiny-rolling", FORCED + TP, TIMELINE),
+    ("tiny", FORCED + ["cache.sink_frames=3", "cache.window_frames=6", "cache.positions=absolute",
+                       "model.transformer.config.rope_max_seq_len=20"], None),  # absolute until block 6, then packed
 ], ids=["self-forcing", "rolling-forcing", "self-forcing-three-partition", "rolling-forcing-three-partition",
-        "rolling-first-step", "deep-sink", "timeline-context-noise-euler", "rolling-three-partition-timeline"])
+        "rolling-first-step", "deep-sink", "timeline-context-noise-euler", "rolling-three-partition-timeline",
+        "longlive-absolute-past-the-table"])
 def test_resumed_blocks_equal_the_uninterrupted_run_bit_for_bit(tmp_path, name, sets, timeline):
     cfg, comps = _comps(name, sets)
     plan = Plan.for_preset(6.0, cfg)

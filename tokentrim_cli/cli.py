@@ -159,15 +159,17 @@ def generate(
 
 @presets_app.command("list")
 def presets_list():
-    """List the presets found (checkout, installed package, $TOKENTRIM_PRESETS)."""
+    """List the presets found (checkout, installed package, $TOKENTRIM_PRESETS), each with its checkpoint's license."""
     from .config import list_presets, load_preset
+    from .notices import license_label
 
     for name, path in list_presets().items():
         try:
-            desc = " ".join(load_preset(name).config.description.split())
+            cfg = load_preset(name).config
+            desc, lic = " ".join(cfg.description.split()), license_label(cfg)
         except TokentrimError as exc:
-            desc = f"(invalid: {exc})"
-        print(f"{name:18s} {desc[:100]}")
+            desc, lic = f"(invalid: {exc})", "?"
+        print(f"{name:22s} {lic:36s} {desc[:100]}")
 
 
 @presets_app.command("show")
@@ -193,6 +195,7 @@ def download(
     from .loading import check_hub_reachable, weights_refs
 
     p = _load(name, None)
+    print(f"preset {p.name}: checkpoint license {p.config.license.describe()}")
     refs = weights_refs(p.config.model)
     hub = [r for r in refs if r.startswith("hf://")]
     if not hub:
@@ -221,6 +224,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
 
     from .config import list_presets, load_preset
     from .loading import missing_weights
+    from .notices import license_label
 
     print(f"tokentrim {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
     if torch.cuda.is_available():
@@ -241,7 +245,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
             continue
         missing = missing_weights(p, str(weights_dir) if weights_dir else None)
         state = "ready" if not missing else f"missing {len(missing)} (run: tokentrim download {name})"
-        print(f"preset {name}: {state}")
+        print(f"preset {name}: {state}; license: {license_label(p.config)}")
 
 
 @app.command()

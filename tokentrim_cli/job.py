@@ -28,6 +28,7 @@ from .continuation import source_latents
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
 from .errors import ConfigError, TokentrimError
+from .notices import run_notices
 from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display
@@ -182,6 +183,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     info = {"preset": preset.name, "seed": job.seed, "video": str(job.output), **plan.as_dict(),
             **({"image": job.image.as_dict()} if job.image is not None else {})}
     display.start(info)
+    notices = run_notices(preset.name, cfg, plan.start_frame + plan.latent_frames - 1)
+    for text in notices:  # licence and position fallback: once, before anything loads
+        display.warning(text)
+    sidecar.data["warnings"] = list(notices)
     if job.image is not None:
         im = job.image
         display.message(f"the video starts from the image {im.path} ({im.size[0]}x{im.size[1]}, resized to "
@@ -247,7 +252,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             warnings = [w for e in job.timeline or [job] for w in comps.prompt_warnings(e.prompt)]
             for text in warnings:
                 display.warning(text)
-            sidecar.data["warnings"] = warnings  # written with the first block (or the final record)
+            sidecar.data["warnings"] = notices + warnings  # written with the first block (or the final record)
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
             cuda = comps.device.type == "cuda"
             writer_device[0] = comps.device

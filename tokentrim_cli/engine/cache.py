@@ -50,6 +50,7 @@ from .rope import Rope, positions, rotate
 
 POSITIONS = ("packed", "absolute")  # how cached keys are positioned (module docstring)
 
+
 class Segment:
     """Tokens written by one context pass (one block), or a compressed stand-in for one.
 
