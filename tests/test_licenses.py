@@ -11,7 +11,8 @@ from tokentrim_cli.notices import positions_notice, run_notices
 
 from test_cli import run_main
 
-NON_COMMERCIAL = {"self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed"}
+NON_COMMERCIAL = {"self-forcing", "self-forcing-packed", "rolling-forcing", "rolling-forcing-packed",
+                  "causal-forcing-long", "reward-forcing", "infinity-rope"}  # the last three: no license read grants it
 
 
 def test_every_preset_states_its_license_and_its_source():

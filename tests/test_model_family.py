@@ -618,11 +618,12 @@ def test_download_fetches_the_checkpoint_and_the_wan_components(preset, monkeypa
 def test_presets_state_position_rule_and_license():
     """Write-time rotation (Self Forcing's code: Causal Forcing) is ``absolute``; rotation per call with the sink
     re-aligned (Rolling Forcing, Reward Forcing, Infinity-RoPE) and the three-partition variant are ``packed``. Every
-    preset names its checkpoint's license; where the model card states none, commercial use is left unstated."""
+    preset names its checkpoint's license; where no license read grants commercial use of the weights (no license on
+    the card, or training code that is academic-only), the preset says not for commercial use."""
     want = {"causal-forcing": ("absolute", True), "causal-forcing-framewise": ("absolute", True),
             "causal-forcing-framewise-2step": ("absolute", True), "causal-forcing-framewise-1step": ("absolute", True),
-            "causal-forcing-packed": ("packed", True), "causal-forcing-long": ("packed", None),
-            "reward-forcing": ("packed", None), "infinity-rope": ("packed", None),
+            "causal-forcing-packed": ("packed", True), "causal-forcing-long": ("packed", False),
+            "reward-forcing": ("packed", False), "infinity-rope": ("packed", False),
             "infinity-rope-causal-forcing": ("packed", True)}
     for preset, (positions, commercial) in want.items():
         cfg = load_preset(preset).config
