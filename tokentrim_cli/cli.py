@@ -146,14 +146,13 @@ def generate(
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
+    _check_run_paths(out, overwrite, resume, {timeline: "--timeline", image: "--image", extend: "--extend"})
     shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
     job = Job(prompt, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont)
     result = run_job(job, p, loader, display)
     if result.status != "ok" and result.error:
-        if result.resumable is not None:
-            print(f"tokentrim: {state_dir(out).name}/ goes on after block {result.resumable}: repeat the command "
-                  "with --resume", file=sys.stderr)
-        print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
+        for line in closing_lines(result, state_dir(out).name):
+            print(line, file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while finishing
 
 
@@ -287,6 +286,8 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Metrics JSON [default: VIDEO.metrics.json]; "
                                           "the plot goes next to it as .png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the JSON path."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing JSON or PNG that an earlier "
+                                   "evaluation did not make (refused otherwise, exit 2)."),
 ):
     """Measure drift over time: flicker, colour-histogram distance to the first 5 s, brightness, saturation,
     sharpness, first-vs-last-5-s drift and, for toy-world captions, attribute errors. Writes JSON and a PNG plot."""
@@ -299,9 +300,12 @@ def evaluate(
     from .outputs import find_prompt, find_timeline
     from .toy.scoring import SERIES_TITLES, toy_metrics
     from .video import probe
+    from .write_guard import replace_file
 
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")
+    out = output or video.with_suffix(".metrics.json")
+    _check_evaluate_paths(video, out, overwrite)  # exit 2 before anything is read or written
     info = probe(video)
     if not info["frames"] or not info["fps"]:
         raise ConfigError(f"{video} is not a readable video (ffmpeg found no frames)")
@@ -325,10 +329,10 @@ def evaluate(
             seg = merge_metrics(evaluate_video(part, fps), toy_metrics(part, fps, text))
             result["segments"].append({"prompt": text, "start_s": start, "end_s": end, "frames": len(part),
                                        "toy_caption": seg["toy_caption"], "summary": seg["summary"]})
-    out = output or video.with_suffix(".metrics.json")
-    out.write_text(json.dumps(result, indent=1, default=float))
+    result = {"tool": "tokentrim", "kind": "metrics", **result}  # recognised as evaluate's by a later one
+    replace_file(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=float)))
     png = out.with_suffix(".png")
-    plot_metrics(result, png, titles=SERIES_TITLES)
+    replace_file(png, lambda tmp: plot_metrics(result, tmp, titles=SERIES_TITLES))
     if quiet:
         print(out)
         return
@@ -342,6 +346,41 @@ def evaluate(
             if isinstance(seg["summary"].get(key), (int, float)):
                 print(f"  {key:38s} {seg['summary'][key]:.4f}")
     print(f"wrote {out} and {png}")
+
+
+def closing_lines(result, state: str) -> list[str]:
+    """What an unfinished run says last on stderr: an interrupted one a single line (what is kept, how to go on);
+    a failed one the same, then ``tokentrim: failed: ERROR`` as its last line (the sidecar's error)."""
+    kept = f"{result.frames_written} frames kept in {result.video.name}" if result.video else "no video kept"
+    hint = f"{state}/ goes on after block {result.resumable}: repeat the command with --resume"
+    if result.status == "interrupted":
+        return [f"tokentrim: interrupted ({result.error}): {kept}" + (f"; {hint}" if result.resumable is not None
+                                                                     else "")]
+    return ([f"tokentrim: {kept}; {hint}"] if result.resumable is not None else []) + \
+        [f"tokentrim: {result.status}: {result.error}"]
+
+
+def _check_run_paths(out: Path, overwrite: bool, resume: bool, inputs: dict) -> None:
+    """Every path a run to ``out`` writes (``write_guard.run_targets``), before anything loads: none may be one of
+    the run's input files ({path: option}); with --resume a finished video is the run's own refusal to make."""
+    from .write_guard import Input, check, run_targets
+
+    given = [Input(path, f"the {option} file") for path, option in inputs.items() if path is not None]
+    check([t for t in run_targets(out) if not (resume and t.path == out)], overwrite, given)
+
+
+def _check_evaluate_paths(video: Path, out: Path, overwrite: bool) -> None:
+    """``evaluate``'s JSON and plot may replace neither the video nor its sidecar (whatever --overwrite says), nor
+    a file an earlier evaluation did not make (without --overwrite); see ``write_guard``."""
+    from .outputs import sidecar_path
+    from .write_guard import Input, check, evaluate_targets
+
+    if out.suffix.lower() != ".json":
+        raise ConfigError(f"--output must end in .json (the plot goes next to it as .png), got {out}")
+    inputs = [Input(video, "the video being measured")]
+    if sidecar_path(video).is_file():
+        inputs.append(Input(sidecar_path(video), "the video's sidecar"))
+    check(evaluate_targets(out), overwrite, inputs)
 
 
 def _click_errors() -> tuple[tuple, tuple, tuple]:

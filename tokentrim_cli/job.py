@@ -35,6 +35,7 @@ from .resume import StateWriter, fingerprint, load_state, peek_state, state_dir
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
 from .video import Mp4Writer, probe
+from .write_guard import Input
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -92,13 +93,21 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     if job.resume and job.output.is_file() and not state_dir(job.output).exists():
         raise ConfigError(f"nothing to resume: {job.output} is finished (pass --overwrite without --resume to make "
                           "it again)")
-    outputs = RunOutputs(job.output, job.overwrite)
+    outputs = RunOutputs(job.output, job.overwrite, _inputs(job))
     outputs.open(display.message)
     try:
         state = _resumable(job, outputs) if job.resume else _clear_state(job, display.message)  # exit 2 or None
         return _run(job, preset, components, display, extra, plan, outputs, state)
     finally:
         outputs.close()
+
+
+def _inputs(job: Job) -> list[Input]:
+    """The files the job reads, which none of its outputs may replace (``write_guard``)."""
+    found = [Input(job.image.path, "the --image file")] if job.image is not None else []
+    if job.extend is not None:
+        found.append(Input(job.extend.source.path, "the --extend video"))
+    return found
 
 
 def _fingerprint(job: Job) -> str:

@@ -28,6 +28,7 @@ from typing import Callable
 
 from .errors import ConfigError
 from .video import probe
+from .write_guard import check, run_targets
 
 try:
     import fcntl
@@ -112,7 +113,7 @@ class OutputLock:
         if fcntl is None:
             return
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -165,8 +166,9 @@ def _playable(path: Path) -> bool:
 class RunOutputs:
     """The files of one run to ``video`` (see the module docstring)."""
 
-    def __init__(self, video: Path, overwrite: bool = False):
+    def __init__(self, video: Path, overwrite: bool = False, inputs: tuple = ()):
         self.video = Path(video)
+        self.inputs = tuple(inputs)  # write_guard.Input: files of the request that nothing here may replace
         self.name = self.video.stem
         self.sidecar = sidecar_path(self.video)
         self.partial_video = partial_path(self.video)
@@ -181,8 +183,7 @@ class RunOutputs:
         if self.name.lower().endswith(".partial"):
             raise ConfigError(f"--output {self.video}: NAME.partial.mp4 is where an unfinished run's video goes; "
                               "choose another name")
-        if not self.overwrite:
-            refuse_existing([self.video])
+        check(run_targets(self.video), self.overwrite, self.inputs)  # every path, before anything is written
         try:
             self.video.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(self.video)

@@ -107,6 +107,10 @@ class TextDisplay(Display):
         )
 
     def finish(self, result: dict) -> None:
+        if result["status"] != "ok":  # the command's one closing line says what happened and what is kept
+            if result.get("video"):
+                print(result["video"], flush=True)
+            return
         self.message(
             f"tokentrim: {result['status']} - {result.get('frames_written', 0)} frames, "
             f"{self.regenerations} regenerations, {self.pruned} pruned tokens, {result.get('seconds', 0):.1f}s"
@@ -184,8 +188,9 @@ class LiveDisplay(Display):
         self.live.update(self._render())
         self.live.stop()
         colour = "green" if result["status"] == "ok" else "yellow"
-        self.console.print(f"[{colour}]{result['status']}[/{colour}] {result.get('video') or ''}"
-                           + (f"  ({result['error']})" if result.get("error") else ""))
+        if result["status"] == "ok":  # otherwise the command's one closing line says what happened
+            self.console.print(f"[{colour}]{result['status']}[/{colour}] {result.get('video') or ''}"
+                               + (f"  ({result['error']})" if result.get("error") else ""))
         if result.get("video") and not sys.stdout.isatty():
             print(result["video"], flush=True)
 
