@@ -280,7 +280,7 @@ class RunOutputs:
         status, error = first["status"], first["error"]
         sidecar.path = self.partial_sidecar
         sidecar.data.update(status=status, error=error, video=None)
-        video = None
+        video, in_video = None, writer.frames  # frames of the partial video, counted as the block records count
         if writer.frames:
             try:
                 if not playable:
@@ -291,9 +291,12 @@ class RunOutputs:
                 failed(exc, getattr(exc, "filename", None))
                 video, frames = writer.salvage(self.partial_video)  # playable without its metadata, or nothing
                 sidecar.data["frames_written"] = frames
+                in_video = frames + (writer.prefix_frames if writer.prefix is not None and video != writer.prefix
+                                     else 0)  # a salvaged file holds the writer's own frames only
         writer.discard()
         if video is None:
             self.partial_video.unlink(missing_ok=True)  # an earlier attempt's: it would not match this sidecar
+        _keep_blocks_in(sidecar, in_video if video is not None else 0)
         status, error = first["status"], first["error"]
         sidecar.data.update(status=status, error=error, video=str(video) if video else None)
         try:
@@ -309,48 +312,10 @@ class RunOutputs:
         self.lock.release()
 
 
-def _metadata(video: Path, comment: str | None) -> tuple[dict | None, dict | None, Path | None]:
-    """(the MP4 comment's JSON, the sidecar that names this video, its path): the one the metadata names,
-    NAME.json or NAME.partial.json; None for what is not there."""
-    video = Path(video)
-    meta = None
-    if comment:
-        try:
-            meta = json.loads(comment)
-        except ValueError:
-            meta = None
-    meta = meta if isinstance(meta, dict) else None
-    names = [meta.get("sidecar")] if meta and isinstance(meta.get("sidecar"), str) else []
-    for name in dict.fromkeys(names + [sidecar_path(video).name, partial_path(sidecar_path(video)).name]):
-        side = video.with_name(Path(name).name)
-        try:
-            data = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("video") and Path(data["video"]).name == video.name:
-            return meta, data, side
-    return meta, None, None
-
-
-def find_prompt(video: Path, comment: str | None) -> tuple[str | None, str | None]:
-    """The prompt of a video and where it came from: its metadata, else a sidecar that names this video;
-    (None, None) when there is none."""
-    meta, data, side = _metadata(video, comment)
-    if meta and isinstance(meta.get("prompt"), str) and meta["prompt"].strip():
-        return meta["prompt"], "metadata"
-    if data and isinstance(data.get("prompt"), str):
-        return data["prompt"], f"sidecar {side}"
-    return None, None
-
-
-def find_timeline(video: Path, comment: str | None) -> list[tuple[float, str]] | None:
-    """The (start seconds, prompt) of each prompt of a timeline video (None for a one-prompt video): the
-    sidecar's switches, snapped to blocks, else the metadata's requested times."""
-    meta, data, _ = _metadata(video, comment)
-    if data and isinstance(data.get("timeline"), list) and len(data["timeline"]) > 1:
-        starts = {s["entry"]: s["snapped"] for s in data.get("switches", [])}
-        return [(0.0 if k == 0 else float(starts.get(k, e["start"])), e["prompt"])
-                for k, e in enumerate(data["timeline"])]
-    if meta and isinstance(meta.get("timeline"), list) and len(meta["timeline"]) > 1:
-        return [(float(start), prompt) for start, prompt in meta["timeline"]]
-    return None
+def _keep_blocks_in(sidecar, limit: int) -> None:
+    """An unfinished run's record lists only the blocks whose frames are in its partial video (``limit`` frames,
+    counted as the records count them): frames sent to the encoder that never reached the disk (a full disk) are
+    not described as written."""
+    blocks = sidecar.data.get("blocks")
+    if isinstance(blocks, list):
+        blocks[:] = [b for b in blocks if (b.get("frames_written") or 0) <= limit]
