@@ -319,3 +319,50 @@ def _keep_blocks_in(sidecar, limit: int) -> None:
     blocks = sidecar.data.get("blocks")
     if isinstance(blocks, list):
         blocks[:] = [b for b in blocks if (b.get("frames_written") or 0) <= limit]
+
+
+def _metadata(video: Path, comment: str | None) -> tuple[dict | None, dict | None, Path | None]:
+    """(the MP4 comment's JSON, the sidecar that names this video, its path): the one the metadata names,
+    NAME.json or NAME.partial.json; None for what is not there."""
+    video = Path(video)
+    meta = None
+    if comment:
+        try:
+            meta = json.loads(comment)
+        except ValueError:
+            meta = None
+    meta = meta if isinstance(meta, dict) else None
+    names = [meta.get("sidecar")] if meta and isinstance(meta.get("sidecar"), str) else []
+    for name in dict.fromkeys(names + [sidecar_path(video).name, partial_path(sidecar_path(video)).name]):
+        side = video.with_name(Path(name).name)
+        try:
+            data = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("video") and Path(data["video"]).name == video.name:
+            return meta, data, side
+    return meta, None, None
+
+
+def find_prompt(video: Path, comment: str | None) -> tuple[str | None, str | None]:
+    """The prompt of a video and where it came from: its metadata, else a sidecar that names this video;
+    (None, None) when there is none."""
+    meta, data, side = _metadata(video, comment)
+    if meta and isinstance(meta.get("prompt"), str) and meta["prompt"].strip():
+        return meta["prompt"], "metadata"
+    if data and isinstance(data.get("prompt"), str):
+        return data["prompt"], f"sidecar {side}"
+    return None, None
+
+
+def find_timeline(video: Path, comment: str | None) -> list[tuple[float, str]] | None:
+    """The (start seconds, prompt) of each prompt of a timeline video (None for a one-prompt video): the
+    sidecar's switches, snapped to blocks, else the metadata's requested times."""
+    meta, data, _ = _metadata(video, comment)
+    if data and isinstance(data.get("timeline"), list) and len(data["timeline"]) > 1:
+        starts = {s["entry"]: s["snapped"] for s in data.get("switches", [])}
+        return [(0.0 if k == 0 else float(starts.get(k, e["start"])), e["prompt"])
+                for k, e in enumerate(data["timeline"])]
+    if meta and isinstance(meta.get("timeline"), list) and len(meta["timeline"]) > 1:
+        return [(float(start), prompt) for start, prompt in meta["timeline"]]
+    return None
