@@ -30,7 +30,8 @@ app = typer.Typer(
 presets_app = typer.Typer(help="List and inspect presets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(presets_app, name="presets")
 
-PRESET_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file [default: $TOKENTRIM_PRESET or toy]."
+PRESET_ARG_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file."
+PRESET_HELP = PRESET_ARG_HELP[:-1] + " [default: $TOKENTRIM_PRESET or toy]."
 SET_HELP = "Override any preset value, e.g. --set pruning.lambda=1.5 (repeatable)."
 WEIGHTS_DIR_HELP = "Local folder mirroring hub repos (OWNER/REPO/PATH); also $TOKENTRIM_WEIGHTS_DIR."
 THREADS_HELP = "CPU threads (overrides runtime.threads) [default: the CPUs this process may use]."
@@ -80,8 +81,8 @@ def generate(
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="What the video shows. Repeat it for a "
                                                "timeline: 'a corgi on a beach' '20s: it runs into the waves' "
                                                "'45s cut: sunset' (prefix SECONDSs [recache|keep|cut] [blend=N]:)."),
-    timeline: Optional[Path] = typer.Option(None, "--timeline", help="YAML or JSON list of {start, prompt, switch} "
-                                            "entries (instead of --prompt)."),
+    timeline: Optional[Path] = typer.Option(None, "--timeline", help="YAML or JSON list of {start, prompt, switch, "
+                                            "blend} entries (instead of --prompt)."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of the video in seconds."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; chosen and printed when omitted."),
@@ -171,7 +172,7 @@ def presets_list():
 
 @presets_app.command("show")
 def presets_show(
-    name: str = typer.Argument(..., help=PRESET_HELP),
+    name: str = typer.Argument(..., help=PRESET_ARG_HELP),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Print the fully resolved YAML of a preset (defaults filled, extends merged, --set applied)."""
@@ -184,7 +185,7 @@ def presets_show(
 
 @app.command()
 def download(
-    name: str = typer.Argument(..., help=PRESET_HELP),
+    name: str = typer.Argument(..., help=PRESET_ARG_HELP),
     local_dir: Optional[Path] = typer.Option(None, "--local-dir", help="Mirror into this folder instead of the hub cache."),
 ):
     """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""

@@ -101,7 +101,7 @@ class Mp4Writer:
         self._error: OSError | None = None
 
     def _read_stderr(self) -> None:
-        for chunk in iter(lambda: self._proc.stderr.read(4096), b""):
+        for chunk in iter(lambda: self._proc.stderr.read1(4096), b""):  # as it comes, not 4 KiB at a time
             self._stderr += chunk
             del self._stderr[:-16384]  # the end is what explains a failure
 
