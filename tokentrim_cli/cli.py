@@ -366,7 +366,8 @@ def _check_run_paths(out: Path, overwrite: bool, resume: bool, inputs: dict) -> 
     the run's input files ({path: option}); with --resume a finished video is the run's own refusal to make."""
     from .write_guard import Input, check, run_targets
 
-    given = [Input(path, f"the {option} file") for path, option in inputs.items() if path is not None]
+    given = [Input(path, f"the {option} file", option == "--extend") for path, option in inputs.items()
+             if path is not None]
     check([t for t in run_targets(out) if not (resume and t.path == out)], overwrite, given)
 
 

@@ -108,7 +108,7 @@ def _inputs(job: Job) -> list[Input]:
     """The files the job reads, which none of its outputs may replace (``write_guard``)."""
     found = [Input(job.image.path, "the --image file")] if job.image is not None else []
     if job.extend is not None:
-        found.append(Input(job.extend.source.path, "the --extend video"))
+        found.append(Input(job.extend.source.path, "the --extend video", video_may_replace=True))
     return found
 
 

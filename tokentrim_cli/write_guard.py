@@ -45,6 +45,8 @@ class Input:
 
     path: Path
     role: str
+    video_may_replace: bool = False  # with --overwrite, the finished video may take its place (``--extend x.mp4
+    # -o x.mp4``: the input is read to the end before the finished video is renamed over it)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Target:
     role: str
     owned: Callable[[Path], bool] = lambda p: False
     folder: bool = False
+    renamed: bool = True  # replaced by a rename (a link there goes, its target stays); False: opened in place
 
 
 # ---------------------------------------------------------------------------------------------- recognisers
@@ -159,7 +162,7 @@ def run_targets(video: Path, state: bool = True) -> list[Target]:
                Target(side, "the sidecar", tokentrim_json),
                Target(part_video, "the unfinished video", partial_owned),
                Target(part_side, "the unfinished sidecar", tokentrim_json),
-               Target(video.with_name(f".{video.stem}.lock"), "the lock", tokentrim_lock)]
+               Target(video.with_name(f".{video.stem}.lock"), "the lock", tokentrim_lock, renamed=False)]
     if state:
         targets.append(Target(video.with_name(video.stem + ".state"), "the state folder", tokentrim_state, True))
     return targets
@@ -208,6 +211,8 @@ def problem(target: Target, overwrite: bool, inputs: Iterable[Input] = (),
     path = target.path
     for given in inputs:
         if given.path is not None and _same(path, given.path):
+            if given.video_may_replace and target.role == "the video":
+                continue  # it exists: replaced only with --overwrite, below
             return f"{target.role} {path} would replace {given.role}; {other}", False
     if not os.path.lexists(path):
         why = _folder_problem(path, other)
@@ -225,6 +230,8 @@ def problem(target: Target, overwrite: bool, inputs: Iterable[Input] = (),
         return f"{path} is a folder, not a file; it is where {target.role} goes: {other}", False
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         return f"{path} is not a regular file; {other}", False
+    if stat.S_ISLNK(st.st_mode) and not target.renamed:
+        return f"{path} ({target.role}) is a link; move it away or {other}", False
     why = _folder_problem(path, other)
     if why:
         return why, False
