@@ -269,3 +269,36 @@ def test_help_texts(capsys):
     assert code == 0 and "blend" in text[text.index("--timeline"):text.index("--seconds")]
     code, out, _ = run_main(capsys, "download", "--help")
     assert code == 0 and "[required]" in out and "default" not in out.lower()
+
+
+# ------------------------------------------------------------------------------------------------ hostile trial
+def test_links_and_batch_files_are_never_written_through(tmp_path, capsys, no_loading):
+    """A state folder or lock that is a link to the user's things, a prompts file named like the manifest, the
+    --extend input as the output's partial video: refused before loading, --overwrite or not, nothing touched."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "f.txt").write_text("mine")
+    (tmp_path / "i.state").symlink_to(tmp_path / "mine")
+    (tmp_path / ".l.lock").symlink_to(tmp_path / "mine" / "f.txt")
+    for name in ("i", "l"):
+        line = one_error(*run_main(capsys, "generate", "-p", "a red circle", "-s", "1", "--seed", "1",
+                                   "-o", str(tmp_path / f"{name}.mp4"), "--overwrite")[::2])
+        assert "is a link" in line
+    assert (tmp_path / "mine" / "f.txt").read_text() == "mine" and os.listdir(tmp_path / "mine") == ["f.txt"]
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "manifest.jsonl").write_text('{"prompt": "a red circle", "seconds": 1}\n')
+    line = one_error(*run_main(capsys, "batch", str(jobs / "manifest.jsonl"), "-d", str(jobs))[::2])
+    assert "manifest" in line and "prompts file" in line
+    assert snapshot(jobs) == {"manifest.jsonl": b'{"prompt": "a red circle", "seconds": 1}\n'}
+
+
+def test_a_sidecar_link_is_replaced_not_written_through(clip, tmp_path, capsys):
+    """``evaluate -o g.json --overwrite`` where g.json links to the user's file: the link is replaced, the file
+    kept."""
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"mine": 1}')
+    (tmp_path / "g.json").symlink_to(mine)
+    args = ["evaluate", str(clip), "-o", str(tmp_path / "g.json"), "-q"]
+    assert "--overwrite" in one_error(*run_main(capsys, *args)[::2])
+    code, _, err = run_main(capsys, *args, "--overwrite")
+    assert code == 0 and mine.read_text() == '{"mine": 1}' and not (tmp_path / "g.json").is_symlink(), err

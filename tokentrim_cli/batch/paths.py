@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..outputs import OutputBusy, sidecar_path
-from ..write_guard import Input, check, run_targets
+from ..write_guard import Input, Target, check, run_targets
 from .manifest import MANIFEST
 from .prompts import Item
 
@@ -18,6 +18,8 @@ def check_items(items: list[Item], out_dir: Path, prompts: Path, overwrite: bool
     state folder or lock cannot be written: one of the batch's own files (the prompts file, the manifest), a
     folder, or a file tokentrim did not make (without --overwrite). Existing videos are ``refuse_existing``'s."""
     inputs = [Input(prompts, "the prompts file"), Input(out_dir / MANIFEST, "the batch manifest")]
+    check([Target(out_dir / MANIFEST, "the batch manifest", lambda p: True)], True, inputs[:1],
+          other="rename the prompts file or choose another --out-dir")  # each item appends a line to it
     other = "change the item's output name or choose another --out-dir"
     for it in items:
         video = out_dir / (it.name + ".mp4")
