@@ -16,6 +16,7 @@ import typer
 from . import __version__
 from .errors import ConfigError, TokentrimError
 from .signals import pending
+from .write_guard import check_evaluate, check_generate
 
 app = typer.Typer(
     name="tokentrim",
@@ -109,7 +110,7 @@ def generate(
     from .image import load_image
     from .job import Job, Plan, run_job, timeline_switches
     from .loading import components_loader
-    from .progress import make_display
+    from .progress import closing_lines, make_display
     from .resume import state_dir
     from .source_video import load_source
     from .timeline import canonical, load_file, parse_prompts
@@ -147,13 +148,12 @@ def generate(
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
-    _check_run_paths(out, overwrite, resume, {timeline: "--timeline", image: "--image", extend: "--extend"})
+    check_generate(out, overwrite, resume, {timeline: "--timeline", image: "--image", extend: "--extend"})
     shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
     job = Job(prompt, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont)
     result = run_job(job, p, loader, display)
     if result.status != "ok" and result.error:
-        for line in closing_lines(result, state_dir(out).name):
-            print(line, file=sys.stderr)
+        print("\n".join(closing_lines(result, state_dir(out).name)), file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while finishing
 
 
@@ -287,26 +287,21 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Metrics JSON [default: VIDEO.metrics.json]; "
                                           "the plot goes next to it as .png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the JSON path."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing JSON or PNG that an earlier "
-                                   "evaluation did not make (refused otherwise, exit 2)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a JSON or PNG evaluate did not make."),
 ):
     """Measure drift over time: flicker, colour-histogram distance to the first 5 s, brightness, saturation,
     sharpness, first-vs-last-5-s drift and, for toy-world captions, attribute errors. Writes JSON and a PNG plot."""
-    import json
-
     import imageio.v3 as iio
     import numpy as np
 
-    from .metrics import evaluate_video, merge_metrics, plot_metrics
-    from .outputs import find_prompt, find_timeline
+    from .metrics import evaluate_video, merge_metrics, metrics_text, plot_metrics
+    from .outputs import find_prompt, find_timeline, replace_file
     from .toy.scoring import SERIES_TITLES, toy_metrics
     from .video import probe
-    from .write_guard import replace_file
 
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")
-    out = output or video.with_suffix(".metrics.json")
-    _check_evaluate_paths(video, out, overwrite)  # exit 2 before anything is read or written
+    out = check_evaluate(video, output, overwrite)  # exit 2 before anything is read or written
     info = probe(video)
     if not info["frames"] or not info["fps"]:
         raise ConfigError(f"{video} is not a readable video (ffmpeg found no frames)")
@@ -330,8 +325,7 @@ def evaluate(
             seg = merge_metrics(evaluate_video(part, fps), toy_metrics(part, fps, text))
             result["segments"].append({"prompt": text, "start_s": start, "end_s": end, "frames": len(part),
                                        "toy_caption": seg["toy_caption"], "summary": seg["summary"]})
-    result = {"tool": "tokentrim", "kind": "metrics", **result}  # recognised as evaluate's by a later one
-    replace_file(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=float)))
+    replace_file(out, lambda tmp: tmp.write_text(metrics_text(result)))
     png = out.with_suffix(".png")
     replace_file(png, lambda tmp: plot_metrics(result, tmp, titles=SERIES_TITLES))
     if quiet:
@@ -347,42 +341,6 @@ def evaluate(
             if isinstance(seg["summary"].get(key), (int, float)):
                 print(f"  {key:38s} {seg['summary'][key]:.4f}")
     print(f"wrote {out} and {png}")
-
-
-def closing_lines(result, state: str) -> list[str]:
-    """What an unfinished run says last on stderr: an interrupted one a single line (what is kept, how to go on);
-    a failed one the same, then ``tokentrim: failed: ERROR`` as its last line (the sidecar's error)."""
-    kept = f"{result.frames_written} frames kept in {result.video.name}" if result.video else "no video kept"
-    hint = f"{state}/ goes on after block {result.resumable}: repeat the command with --resume"
-    if result.status == "interrupted":
-        return [f"tokentrim: interrupted ({result.error}): {kept}" + (f"; {hint}" if result.resumable is not None
-                                                                     else "")]
-    return ([f"tokentrim: {kept}; {hint}"] if result.resumable is not None else []) + \
-        [f"tokentrim: {result.status}: {result.error}"]
-
-
-def _check_run_paths(out: Path, overwrite: bool, resume: bool, inputs: dict) -> None:
-    """Every path a run to ``out`` writes (``write_guard.run_targets``), before anything loads: none may be one of
-    the run's input files ({path: option}); with --resume a finished video is the run's own refusal to make."""
-    from .write_guard import Input, check, run_targets
-
-    given = [Input(path, f"the {option} file", option == "--extend") for path, option in inputs.items()
-             if path is not None]
-    check([t for t in run_targets(out) if not (resume and t.path == out)], overwrite, given)
-
-
-def _check_evaluate_paths(video: Path, out: Path, overwrite: bool) -> None:
-    """``evaluate``'s JSON and plot may replace neither the video nor its sidecar (whatever --overwrite says), nor
-    a file an earlier evaluation did not make (without --overwrite); see ``write_guard``."""
-    from .outputs import sidecar_path
-    from .write_guard import Input, check, evaluate_targets
-
-    if out.suffix.lower() != ".json":
-        raise ConfigError(f"--output must end in .json (the plot goes next to it as .png), got {out}")
-    inputs = [Input(video, "the video being measured")]
-    if sidecar_path(video).is_file():
-        inputs.append(Input(sidecar_path(video), "the video's sidecar"))
-    check(evaluate_targets(out), overwrite, inputs)
 
 
 def _click_errors() -> tuple[tuple, tuple, tuple]:

@@ -27,6 +27,7 @@ curve a result has.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -198,6 +199,12 @@ def merge_metrics(result: dict, extra: dict | None) -> dict:
 
 TITLES = {"flicker_diff": "mean |frame diff| (0-255)", "histogram_distance": "histogram distance to first window",
           "brightness": "brightness (luma)", "saturation": "saturation (HSV)", "sharpness": "sharpness (Laplacian var)"}
+
+
+def metrics_text(result: dict) -> str:
+    """``evaluate``'s JSON, marked (``"tool": "tokentrim", "kind": "metrics"``) so that a later evaluation knows the
+    file is its own and may replace it (``write_guard.metrics_json``)."""
+    return json.dumps({"tool": "tokentrim", "kind": "metrics", **result}, indent=1, default=float)
 
 
 def plot_metrics(result: dict, path_png, titles: dict[str, str] | None = None) -> None:

@@ -26,9 +26,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, TokentrimError
 from .video import probe
-from .write_guard import check, run_targets
+from .write_guard import check, partial_path, run_targets, sidecar_path  # noqa: F401 - the names live here too
 
 try:
     import fcntl
@@ -38,16 +38,6 @@ except ImportError:  # not POSIX: no lock
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied"}
-
-
-def sidecar_path(video: Path) -> Path:
-    return Path(video).with_suffix(".json")
-
-
-def partial_path(path: Path) -> Path:
-    """NAME.mp4 -> NAME.partial.mp4 (and NAME.json -> NAME.partial.json)."""
-    path = Path(path)
-    return path.with_name(path.stem + ".partial" + path.suffix)
 
 
 def _size(n: int) -> str:
@@ -82,6 +72,23 @@ def disk_error(exc: BaseException, path: Path | str | None = None) -> str | None
 
 def error_text(exc: BaseException, path: Path | str | None = None) -> str:
     return disk_error(exc, path) or f"{type(exc).__name__}: {exc}"
+
+
+def replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Make ``path`` by ``write(temporary)`` in its folder and a rename (never through a link at ``path``). A full
+    disk, a read-only folder and the like become one line (TokentrimError, exit 1) and leave nothing behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TokentrimError(error_text(exc, path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def refuse_existing(videos: list[Path],

@@ -61,6 +61,17 @@ class Target:
     renamed: bool = True  # replaced by a rename (a link there goes, its target stays); False: opened in place
 
 
+def sidecar_path(video: Path) -> Path:
+    """NAME.mp4 -> NAME.json"""
+    return Path(video).with_suffix(".json")
+
+
+def partial_path(path: Path) -> Path:
+    """NAME.mp4 -> NAME.partial.mp4 (and NAME.json -> NAME.partial.json)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".partial" + path.suffix)
+
+
 # ---------------------------------------------------------------------------------------------- recognisers
 def tokentrim_json(path: Path, kind: str | None = None) -> bool:
     """A JSON object tokentrim wrote: ``"tool": "tokentrim"`` (and ``"kind": kind`` when given)."""
@@ -149,8 +160,6 @@ def tokentrim_video(path: Path) -> bool:
 def run_targets(video: Path, state: bool = True) -> list[Target]:
     """What a run to ``video`` (NAME.mp4) may write: the finished pair, the unfinished pair, the state folder and
     the lock (the hidden temporaries carry the PID and are never anybody else's)."""
-    from .outputs import partial_path, sidecar_path
-
     video = Path(video)
     side, part_side = sidecar_path(video), partial_path(sidecar_path(video))
     part_video = partial_path(video)
@@ -253,21 +262,22 @@ def check(targets: Iterable[Target], overwrite: bool, inputs: Iterable[Input] = 
             raise PathRefused(where + found[0])
 
 
-def replace_file(path: Path, write: Callable[[Path], None]) -> None:
-    """Make ``path`` by ``write(temporary)`` in its folder and a rename (never through a link at ``path``). A full
-    disk, a read-only folder and the like become one line (TokentrimError, exit 1) and leave nothing behind."""
-    from .errors import TokentrimError
-    from .outputs import error_text
+def check_generate(out: Path, overwrite: bool, resume: bool, inputs: dict) -> None:
+    """Every path a run to ``out`` writes, before anything loads: none may be one of the run's input files
+    ({path or None: option}); with --resume a finished video is the run's own refusal to make."""
+    given = [Input(path, f"the {option} file", option == "--extend") for path, option in inputs.items()
+             if path is not None]
+    check([t for t in run_targets(out) if not (resume and t.path == out)], overwrite, given)
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TokentrimError(error_text(exc, path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+def check_evaluate(video: Path, output: Path | None, overwrite: bool) -> Path:
+    """``evaluate``'s JSON (``output`` or VIDEO.metrics.json, returned) and plot may replace neither the video nor
+    its sidecar (whatever --overwrite says), nor a file an earlier evaluation did not make (without --overwrite)."""
+    out = Path(output) if output is not None else Path(video).with_suffix(".metrics.json")
+    if out.suffix.lower() != ".json":
+        raise ConfigError(f"--output must end in .json (the plot goes next to it as .png), got {out}")
+    inputs = [Input(video, "the video being measured")]
+    if sidecar_path(video).is_file():
+        inputs.append(Input(sidecar_path(video), "the video's sidecar"))
+    check(evaluate_targets(out), overwrite, inputs)
+    return out

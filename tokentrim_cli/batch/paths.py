@@ -24,7 +24,8 @@ def check_items(items: list[Item], out_dir: Path, prompts: Path, overwrite: bool
     for it in items:
         video = out_dir / (it.name + ".mp4")
         targets = run_targets(video)
-        check(targets[:1], True, inputs, where=f"line {it.line}: ", other=other)  # the video: not an input, not a folder
+        # the video: neither an input nor a folder (an existing one is refuse_existing's)
+        check(targets[:1], True, inputs, where=f"line {it.line}: ", other=other)
         check(targets[1:], overwrite, inputs, where=f"line {it.line}: ", other=other)
 
 
