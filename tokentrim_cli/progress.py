@@ -203,3 +203,16 @@ def make_display(quiet: bool = False, log_format: str = "text") -> Display:
     if sys.stdout.isatty() and sys.stderr.isatty():
         return LiveDisplay()
     return TextDisplay()
+
+
+def closing_lines(result, state: str) -> list[str]:
+    """What an unfinished run (a ``job.Result``) says last on stderr: an interrupted one a single line (what is
+    kept, how to go on from ``state``/); a failed one the same, then ``tokentrim: failed: ERROR`` as its last line
+    (the sidecar's error)."""
+    kept = f"{result.frames_written} frames kept in {result.video.name}" if result.video else "no video kept"
+    hint = f"{state}/ goes on after block {result.resumable}: repeat the command with --resume"
+    if result.status == "interrupted":
+        return [f"tokentrim: interrupted ({result.error}): {kept}"
+                + (f"; {hint}" if result.resumable is not None else "")]
+    return ([f"tokentrim: {kept}; {hint}"] if result.resumable is not None else []) \
+        + [f"tokentrim: {result.status}: {result.error}"]
