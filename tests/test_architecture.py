@@ -13,7 +13,7 @@ LAYERS = [
     ("batch", ["batch"]),
     ("job", ["job", "loading"]),
     ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "outputs", "metrics", "toy", "image",
-                   "resume", "source_video", "continuation"]),
+                   "resume", "source_video", "continuation", "write_guard"]),
     ("methods and presets", ["pruning", "config"]),
     ("engine", ["engine"]),
     ("leaves", ["settings", "checks", "errors", "signals", "timeline", "__init__"]),

@@ -16,6 +16,7 @@ import typer
 from . import __version__
 from .errors import ConfigError, TokentrimError
 from .signals import pending
+from .write_guard import check_evaluate, check_generate
 
 app = typer.Typer(
     name="tokentrim",
@@ -30,7 +31,8 @@ app = typer.Typer(
 presets_app = typer.Typer(help="List and inspect presets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(presets_app, name="presets")
 
-PRESET_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file [default: $TOKENTRIM_PRESET or toy]."
+PRESET_ARG_HELP = "Preset name (see `tokentrim presets list`) or path to a YAML file."
+PRESET_HELP = PRESET_ARG_HELP[:-1] + " [default: $TOKENTRIM_PRESET or toy]."
 SET_HELP = "Override any preset value, e.g. --set pruning.lambda=1.5 (repeatable)."
 WEIGHTS_DIR_HELP = "Local folder mirroring hub repos (OWNER/REPO/PATH); also $TOKENTRIM_WEIGHTS_DIR."
 THREADS_HELP = "CPU threads (overrides runtime.threads) [default: the CPUs this process may use]."
@@ -80,8 +82,8 @@ def generate(
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="What the video shows. Repeat it for a "
                                                "timeline: 'a corgi on a beach' '20s: it runs into the waves' "
                                                "'45s cut: sunset' (prefix SECONDSs [recache|keep|cut] [blend=N]:)."),
-    timeline: Optional[Path] = typer.Option(None, "--timeline", help="YAML or JSON list of {start, prompt, switch} "
-                                            "entries (instead of --prompt)."),
+    timeline: Optional[Path] = typer.Option(None, "--timeline", help="YAML or JSON list of {start, prompt, switch, "
+                                            "blend} entries (instead of --prompt)."),
     seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of the video in seconds."),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; chosen and printed when omitted."),
@@ -108,7 +110,7 @@ def generate(
     from .image import load_image
     from .job import Job, Plan, run_job, timeline_switches
     from .loading import components_loader
-    from .progress import make_display
+    from .progress import closing_lines, make_display
     from .resume import state_dir
     from .source_video import load_source
     from .timeline import canonical, load_file, parse_prompts
@@ -146,14 +148,12 @@ def generate(
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
     out = output or default_output(prompt, seed)
+    check_generate(out, overwrite, resume, {timeline: "--timeline", image: "--image", extend: "--extend"})
     shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
     job = Job(prompt, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont)
     result = run_job(job, p, loader, display)
     if result.status != "ok" and result.error:
-        if result.resumable is not None:
-            print(f"tokentrim: {state_dir(out).name}/ goes on after block {result.resumable}: repeat the command "
-                  "with --resume", file=sys.stderr)
-        print(f"tokentrim: {result.status}: {result.error}", file=sys.stderr)
+        print("\n".join(closing_lines(result, state_dir(out).name)), file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while finishing
 
 
@@ -174,7 +174,7 @@ def presets_list():
 
 @presets_app.command("show")
 def presets_show(
-    name: str = typer.Argument(..., help=PRESET_HELP),
+    name: str = typer.Argument(..., help=PRESET_ARG_HELP),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Print the fully resolved YAML of a preset (defaults filled, extends merged, --set applied)."""
@@ -187,7 +187,7 @@ def presets_show(
 
 @app.command()
 def download(
-    name: str = typer.Argument(..., help=PRESET_HELP),
+    name: str = typer.Argument(..., help=PRESET_ARG_HELP),
     local_dir: Optional[Path] = typer.Option(None, "--local-dir", help="Mirror into this folder instead of the hub cache."),
 ):
     """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""
@@ -291,21 +291,21 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Metrics JSON [default: VIDEO.metrics.json]; "
                                           "the plot goes next to it as .png."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the JSON path."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a JSON or PNG evaluate did not make."),
 ):
     """Measure drift over time: flicker, colour-histogram distance to the first 5 s, brightness, saturation,
     sharpness, first-vs-last-5-s drift and, for toy-world captions, attribute errors. Writes JSON and a PNG plot."""
-    import json
-
     import imageio.v3 as iio
     import numpy as np
 
-    from .metrics import evaluate_video, merge_metrics, plot_metrics
-    from .outputs import find_prompt, find_timeline
+    from .metrics import evaluate_video, merge_metrics, metrics_text, plot_metrics
+    from .outputs import find_prompt, find_timeline, replace_file
     from .toy.scoring import SERIES_TITLES, toy_metrics
     from .video import probe
 
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")
+    out = check_evaluate(video, output, overwrite)  # exit 2 before anything is read or written
     info = probe(video)
     if not info["frames"] or not info["fps"]:
         raise ConfigError(f"{video} is not a readable video (ffmpeg found no frames)")
@@ -329,10 +329,9 @@ def evaluate(
             seg = merge_metrics(evaluate_video(part, fps), toy_metrics(part, fps, text))
             result["segments"].append({"prompt": text, "start_s": start, "end_s": end, "frames": len(part),
                                        "toy_caption": seg["toy_caption"], "summary": seg["summary"]})
-    out = output or video.with_suffix(".metrics.json")
-    out.write_text(json.dumps(result, indent=1, default=float))
+    replace_file(out, lambda tmp: tmp.write_text(metrics_text(result)))
     png = out.with_suffix(".png")
-    plot_metrics(result, png, titles=SERIES_TITLES)
+    replace_file(png, lambda tmp: plot_metrics(result, tmp, titles=SERIES_TITLES))
     if quiet:
         print(out)
         return

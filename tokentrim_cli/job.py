@@ -14,6 +14,7 @@ and the new frames follow ``NAME.partial.mp4`` in the final video (joined withou
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ from .resume import StateWriter, fingerprint, load_state, peek_state, state_dir
 from .sidecar import Sidecar
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
 from .video import Mp4Writer, probe
+from .write_guard import Input
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -93,13 +96,21 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     if job.resume and job.output.is_file() and not state_dir(job.output).exists():
         raise ConfigError(f"nothing to resume: {job.output} is finished (pass --overwrite without --resume to make "
                           "it again)")
-    outputs = RunOutputs(job.output, job.overwrite)
+    outputs = RunOutputs(job.output, job.overwrite, _inputs(job))
     outputs.open(display.message)
     try:
         state = _resumable(job, outputs) if job.resume else _clear_state(job, display.message)  # exit 2 or None
         return _run(job, preset, components, display, extra, plan, outputs, state)
     finally:
         outputs.close()
+
+
+def _inputs(job: Job) -> list[Input]:
+    """The files the job reads, which none of its outputs may replace (``write_guard``)."""
+    found = [Input(job.image.path, "the --image file")] if job.image is not None else []
+    if job.extend is not None:
+        found.append(Input(job.extend.source.path, "the --extend video", video_may_replace=True))
+    return found
 
 
 def _fingerprint(job: Job) -> str:
@@ -216,6 +227,12 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     shown = [0]  # the timeline entry whose prompt the display last named
     last = {"block": None, "unsaved": False}  # the last block in the file, and whether the state on disk is older
     writer_device = [None]
+    warned = set()
+
+    def warn_once(text: str) -> None:  # a problem that repeats every block is said once
+        if text not in warned:
+            warned.add(text)
+            display.warning(text)
 
     def save_state(block) -> None:
         if writer_device[0] is not None and writer_device[0].type == "cuda":  # the decoder ran on a side stream,
@@ -242,8 +259,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             if every and (block.index + 1) % every == 0:
                 try:
                     save_state(block)
-                except OSError as exc:  # the video matters more than its resumability
-                    display.warning(f"could not save the resumable state: {error_text(exc, saver.folder)}")
+                except OSError as exc:  # the video matters more than its resumability, but a full disk ends both
+                    if exc.errno in DISK_FULL:
+                        raise
+                    warn_once(f"could not save the resumable state: {error_text(exc, saver.folder)}")
 
     try:
         with terminate_as_interrupt():
@@ -312,8 +331,9 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             if status != "ok" and last["unsaved"] and written_all:  # the decoder is where the last block left it
                 try:
                     save_state(last["block"])
-                except OSError as exc:
-                    display.warning(f"could not save the resumable state: {error_text(exc, saver.folder)}")
+                except OSError as exc:  # a full disk is the failure line's to report
+                    if not (exc.errno in DISK_FULL and status == "failed"):
+                        warn_once(f"could not save the resumable state: {error_text(exc, saver.folder)}")
             timings["total_seconds"] = round(time.perf_counter() - t0, 3)
             sidecar.data.update(status=status, error=error, frames_written=writer.frames, timings=timings,
                                 finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -321,8 +341,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             if status == "failed" and code == EXIT_OK:
                 code = EXIT_FAILED
             resumable = None
-            if saver is not None and status == "ok":
-                saver.remove()
+            if saver is not None and (status == "ok" or (state is None and saver.saved_block is None)):
+                saver.remove()  # finished, or nothing saved: the folder holds no state to go on from
             elif saver is not None and saver.saved_block is not None and video is not None:
                 resumable = saver.saved_block
             result = Result(status, video, sidecar.path, error, sidecar.data["frames_written"],

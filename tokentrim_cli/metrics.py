@@ -27,6 +27,7 @@ curve a result has.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -200,6 +201,12 @@ TITLES = {"flicker_diff": "mean |frame diff| (0-255)", "histogram_distance": "hi
           "brightness": "brightness (luma)", "saturation": "saturation (HSV)", "sharpness": "sharpness (Laplacian var)"}
 
 
+def metrics_text(result: dict) -> str:
+    """``evaluate``'s JSON, marked (``"tool": "tokentrim", "kind": "metrics"``) so that a later evaluation knows the
+    file is its own and may replace it (``write_guard.metrics_json``)."""
+    return json.dumps({"tool": "tokentrim", "kind": "metrics", **result}, indent=1, default=float)
+
+
 def plot_metrics(result: dict, path_png, titles: dict[str, str] | None = None) -> None:
     """Draw every curve of an ``evaluate_video`` result (with what plug-ins merged into it) over time (seconds)
     into one PNG with a few subplots; the first and last windows are shaded. ``titles``: subplot titles of the
@@ -232,5 +239,7 @@ def plot_metrics(result: dict, path_png, titles: dict[str, str] | None = None) -
     facts = (f"{n} frames at {fps:g} fps; flicker score {result['summary']['flicker_score']:.4f}; "
              f"windows: {result['window']}")
     fig.suptitle("\n".join(textwrap.wrap(name, 110) + [facts]), fontsize=9)  # wrapped: a long name is not clipped
-    fig.savefig(path_png, dpi=90)
-    plt.close(fig)
+    try:  # marked, so that a later evaluation knows the file is its own (write_guard.tokentrim_plot)
+        fig.savefig(path_png, dpi=90, format="png", metadata={"Software": "tokentrim evaluate"})
+    finally:
+        plt.close(fig)

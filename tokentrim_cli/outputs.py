@@ -26,8 +26,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, TokentrimError
 from .video import probe
+from .write_guard import check, partial_path, run_targets, sidecar_path  # noqa: F401 - the names live here too
 
 try:
     import fcntl
@@ -37,16 +38,6 @@ except ImportError:  # not POSIX: no lock
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied"}
-
-
-def sidecar_path(video: Path) -> Path:
-    return Path(video).with_suffix(".json")
-
-
-def partial_path(path: Path) -> Path:
-    """NAME.mp4 -> NAME.partial.mp4 (and NAME.json -> NAME.partial.json)."""
-    path = Path(path)
-    return path.with_name(path.stem + ".partial" + path.suffix)
 
 
 def _size(n: int) -> str:
@@ -83,6 +74,23 @@ def error_text(exc: BaseException, path: Path | str | None = None) -> str:
     return disk_error(exc, path) or f"{type(exc).__name__}: {exc}"
 
 
+def replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Make ``path`` by ``write(temporary)`` in its folder and a rename (never through a link at ``path``). A full
+    disk, a read-only folder and the like become one line (TokentrimError, exit 1) and leave nothing behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TokentrimError(error_text(exc, path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def refuse_existing(videos: list[Path],
                     hint: str = "pass --overwrite to replace it or choose another --output") -> None:
     """ConfigError (exit 2) when any of ``videos`` exists: nothing is replaced without --overwrite."""
@@ -112,7 +120,7 @@ class OutputLock:
         if fcntl is None:
             return
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -165,8 +173,9 @@ def _playable(path: Path) -> bool:
 class RunOutputs:
     """The files of one run to ``video`` (see the module docstring)."""
 
-    def __init__(self, video: Path, overwrite: bool = False):
+    def __init__(self, video: Path, overwrite: bool = False, inputs: tuple = ()):
         self.video = Path(video)
+        self.inputs = tuple(inputs)  # write_guard.Input: files of the request that nothing here may replace
         self.name = self.video.stem
         self.sidecar = sidecar_path(self.video)
         self.partial_video = partial_path(self.video)
@@ -181,8 +190,7 @@ class RunOutputs:
         if self.name.lower().endswith(".partial"):
             raise ConfigError(f"--output {self.video}: NAME.partial.mp4 is where an unfinished run's video goes; "
                               "choose another name")
-        if not self.overwrite:
-            refuse_existing([self.video])
+        check(run_targets(self.video), self.overwrite, self.inputs)  # every path, before anything is written
         try:
             self.video.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire(self.video)
@@ -279,7 +287,7 @@ class RunOutputs:
         status, error = first["status"], first["error"]
         sidecar.path = self.partial_sidecar
         sidecar.data.update(status=status, error=error, video=None)
-        video = None
+        video, in_video = None, writer.frames  # frames of the partial video, counted as the block records count
         if writer.frames:
             try:
                 if not playable:
@@ -290,9 +298,12 @@ class RunOutputs:
                 failed(exc, getattr(exc, "filename", None))
                 video, frames = writer.salvage(self.partial_video)  # playable without its metadata, or nothing
                 sidecar.data["frames_written"] = frames
+                in_video = frames + (writer.prefix_frames if writer.prefix is not None and video != writer.prefix
+                                     else 0)  # a salvaged file holds the writer's own frames only
         writer.discard()
         if video is None:
             self.partial_video.unlink(missing_ok=True)  # an earlier attempt's: it would not match this sidecar
+        _keep_blocks_in(sidecar, in_video if video is not None else 0)
         status, error = first["status"], first["error"]
         sidecar.data.update(status=status, error=error, video=str(video) if video else None)
         try:
@@ -306,6 +317,15 @@ class RunOutputs:
 
     def close(self) -> None:
         self.lock.release()
+
+
+def _keep_blocks_in(sidecar, limit: int) -> None:
+    """An unfinished run's record lists only the blocks whose frames are in its partial video (``limit`` frames,
+    counted as the records count them): frames sent to the encoder that never reached the disk (a full disk) are
+    not described as written."""
+    blocks = sidecar.data.get("blocks")
+    if isinstance(blocks, list):
+        blocks[:] = [b for b in blocks if (b.get("frames_written") or 0) <= limit]
 
 
 def _metadata(video: Path, comment: str | None) -> tuple[dict | None, dict | None, Path | None]:

@@ -107,6 +107,10 @@ class TextDisplay(Display):
         )
 
     def finish(self, result: dict) -> None:
+        if result["status"] != "ok":  # the command's one closing line says what happened and what is kept
+            if result.get("video"):
+                print(result["video"], flush=True)
+            return
         self.message(
             f"tokentrim: {result['status']} - {result.get('frames_written', 0)} frames, "
             f"{self.regenerations} regenerations, {self.pruned} pruned tokens, {result.get('seconds', 0):.1f}s"
@@ -184,8 +188,9 @@ class LiveDisplay(Display):
         self.live.update(self._render())
         self.live.stop()
         colour = "green" if result["status"] == "ok" else "yellow"
-        self.console.print(f"[{colour}]{result['status']}[/{colour}] {result.get('video') or ''}"
-                           + (f"  ({result['error']})" if result.get("error") else ""))
+        if result["status"] == "ok":  # otherwise the command's one closing line says what happened
+            self.console.print(f"[{colour}]{result['status']}[/{colour}] {result.get('video') or ''}"
+                               + (f"  ({result['error']})" if result.get("error") else ""))
         if result.get("video") and not sys.stdout.isatty():
             print(result["video"], flush=True)
 
@@ -198,3 +203,16 @@ def make_display(quiet: bool = False, log_format: str = "text") -> Display:
     if sys.stdout.isatty() and sys.stderr.isatty():
         return LiveDisplay()
     return TextDisplay()
+
+
+def closing_lines(result, state: str) -> list[str]:
+    """What an unfinished run (a ``job.Result``) says last on stderr: an interrupted one a single line (what is
+    kept, how to go on from ``state``/); a failed one the same, then ``tokentrim: failed: ERROR`` as its last line
+    (the sidecar's error)."""
+    kept = f"{result.frames_written} frames kept in {result.video.name}" if result.video else "no video kept"
+    hint = f"{state}/ goes on after block {result.resumable}: repeat the command with --resume"
+    if result.status == "interrupted":
+        return [f"tokentrim: interrupted ({result.error}): {kept}"
+                + (f"; {hint}" if result.resumable is not None else "")]
+    return ([f"tokentrim: {kept}; {hint}"] if result.resumable is not None else []) \
+        + [f"tokentrim: {result.status}: {result.error}"]

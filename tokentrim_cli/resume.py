@@ -30,6 +30,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .write_guard import mark_state
 
 STATE_FORMAT = 1
 
@@ -86,7 +87,7 @@ class StateWriter:
     def save(self, snap: dict, decoder: dict, frames: int, history: dict) -> None:
         """Save ``snap`` (a block's state from ``generate_blocks``) with the decoder's state after that block,
         the frames in the video and the sidecar's history so far (``blocks`` records, earlier ``resumed``)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        mark_state(self.folder)  # the marker: a later run may remove this folder (write_guard)
         journal = snap["journal"]
         epoch, ops = journal["epoch"], journal["ops"]
         if any(e != epoch for _, e, _ in self._chunks) or len(ops) < self._entries:

@@ -50,14 +50,23 @@ class Sidecar:
 
     def write_in_place(self) -> bool:
         """Last resort on a full disk: overwrite the current file within the blocks it already has (no new space
-        needed on ext4, xfs, tmpfs; not atomic). False, with the file untouched, when the record does not fit."""
-        data = (json.dumps(self.data, indent=1, default=_jsonable) + "\n").encode("utf-8")
+        needed on ext4, xfs, tmpfs; not atomic). The whole record if it fits, else the record without its
+        indentation and resolved config, else its outcome alone (status, error, frames, video; no block records).
+        False, with the file untouched, when not even that fits."""
+        compact = {k: v for k, v in self.data.items() if k not in ("config", "batches")}
+        outcome = {k: self.data.get(k) for k in ("tool", "version", "sidecar_version", "status", "error", "preset",
+                                                 "prompt", "seed", "fps", "frames", "frames_written", "video")}
+        outcome["truncated"] = "the disk was full: only the outcome was recorded"
+        forms = [json.dumps(self.data, indent=1, default=_jsonable), json.dumps(compact, default=_jsonable),
+                 json.dumps(outcome, default=_jsonable)]
         try:
-            fd = os.open(self.path, os.O_WRONLY)
+            fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return False
         try:
-            if len(data) > os.fstat(fd).st_blocks * 512:
+            room = os.fstat(fd).st_blocks * 512
+            data = next((f.encode("utf-8") + b"\n" for f in forms if len(f.encode("utf-8")) + 1 <= room), None)
+            if data is None:
                 return False
             os.write(fd, data)
             os.ftruncate(fd, len(data))

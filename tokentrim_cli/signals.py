@@ -9,6 +9,10 @@ import signal
 import threading
 
 
+# SIGHUP (the terminal closed) ends a run the way SIGTERM does: what was generated is kept, the state saved
+TERMINATING = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
 class Interrupted(KeyboardInterrupt):
     """Raised from the SIGTERM handler so that termination and Ctrl-C take the same path."""
 
@@ -26,8 +30,9 @@ def install_handlers() -> None:
     """From the command's first instruction: Ctrl-C and SIGTERM raise, and are remembered. An exception raised
     where Python swallows it (in a ``__del__``, a callback of a C library) would otherwise be lost and the run
     would go on; :func:`raise_pending` raises it again at the next safe point."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _on_signal)
+    for s in TERMINATING:
+        if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays so
+            signal.signal(s, _on_signal)
 
 
 def pending() -> int:
@@ -52,11 +57,12 @@ def terminate_as_interrupt():
     def handler(signum, frame):
         raise Interrupted(f"received signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {s: signal.signal(s, handler) for s in TERMINATING[1:] if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class HeldSignals:
@@ -64,7 +70,7 @@ class HeldSignals:
     instead of running their handlers, which are restored on exit. Outside the main thread, where Python cannot
     set handlers, signals stay as they were."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = TERMINATING
 
     def __enter__(self) -> "HeldSignals":
         self.received, self.previous = 0, {}

@@ -101,12 +101,17 @@ class Mp4Writer:
         self._error: OSError | None = None
 
     def _read_stderr(self) -> None:
-        for chunk in iter(lambda: self._proc.stderr.read(4096), b""):
+        for chunk in iter(lambda: self._proc.stderr.read1(4096), b""):  # as it comes, not 4 KiB at a time
             self._stderr += chunk
             del self._stderr[:-16384]  # the end is what explains a failure
 
     def _failed(self) -> OSError:
-        """ffmpeg stopped taking frames: wait for it and turn its message into an OSError."""
+        """ffmpeg stopped taking frames (or said it cannot write): wait for it and turn its message into an
+        OSError."""
+        try:
+            self._proc.stdin.close()  # it may still be reading: let it finish what it can, then exit
+        except (BrokenPipeError, OSError, ValueError):
+            pass
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -120,12 +125,19 @@ class Mp4Writer:
         """Append uint8 frames of shape (F, H, W, 3)."""
         if self._error is not None:
             raise self._error
+        if self._proc.poll() is not None or self._stderr_names_errno():  # stop at once, not a pipe buffer later
+            raise self._failed()
         for frame in frames:
             try:
                 self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
             except (BrokenPipeError, OSError, ValueError):
                 raise self._failed() from None
             self.frames += 1
+
+    def _stderr_names_errno(self) -> bool:
+        """ffmpeg said it cannot write its output (a full disk, a read-only folder); it may go on reading frames
+        that it then drops, so the run must stop now."""
+        return bool(self._stderr) and any(text.encode() in self._stderr for text in FFMPEG_ERRNO)
 
     @property
     def written(self) -> int:

@@ -16,6 +16,7 @@ from ..outputs import refuse_existing
 from ..progress import emit_json
 from ..signals import deferred, raise_pending, terminate_as_interrupt
 from .manifest import MANIFEST, append_line, read_manifest, settings_hash
+from .paths import check_items, done_elsewhere
 from .names import DEFAULT_TEMPLATE, assign_names, check_template, item_preset_label
 from .presets import Presets
 from .prompts import Item, item_seed, raise_problems, read_prompts
@@ -165,6 +166,7 @@ class BatchRun:
             self.presets.loader(self.presets.resolve(ref))
 
         done = read_manifest(self.manifest) if o.resume else {}
+        check_items(mine, o.out_dir, o.prompts, o.overwrite)  # every path of every item (write_guard)
         refuse_existing([o.out_dir / (it.name + ".mp4") for it in mine if self._would_replace(it, done)],
                         "pass --overwrite to regenerate them, --resume to skip finished items, or another --out-dir")
         o.out_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +293,11 @@ class BatchRun:
         except KeyboardInterrupt:
             raise
         except TokentrimError as exc:
+            elsewhere = done_elsewhere(exc, out, shash) if isinstance(exc, ConfigError) else None
+            if elsewhere:  # not this run's to record: the other run's manifest line stays the item's latest
+                self.report.event("item_skipped", f"tokentrim: {tag}: skipped, {elsewhere}", index=it.index,
+                                  output=str(out))
+                return "skipped"
             status, error = "failed", str(exc)
         except torch.OutOfMemoryError as exc:
             status, error = "failed", f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -315,7 +322,7 @@ class BatchRun:
         }
         with deferred():
             append_line(self.manifest, record)
-        if status != "ok":
+        if status == "failed":  # an interrupted item is the batch summary's to report, in its one line
             self.report.error(f"tokentrim: {tag} {status}: {error}", index=it.index, status=status, error=error)
         if status == "failed":
             if error and error.startswith("out of memory"):
