@@ -38,3 +38,60 @@ def test_resume_past_the_rope_table_is_bit_exact(tmp_path):
     rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, resume=load_state(tmp_path / "s", "fp", tmp_path / "x.mp4")))
     assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(full[k + 1:], rest))
+
+
+# ------------------------------------------------------------------------------------------ the state file
+def _state_folder(tmp_path):
+    """A real state folder (saved by StateWriter from a short tiny run) and its fingerprint."""
+    cfg = load_preset("tiny").config
+    comps = load_components(cfg.model, cfg.runtime)
+    block = next(iter(generate_blocks(comps, cfg, "a red kite", 5, Plan.for_preset(1.0, cfg), resumable=True)))
+    folder = tmp_path / "clip.state"
+    StateWriter(folder, "fp").save(block.state, {"first": False, "feat_map": None}, 4, {"blocks": [], "resumed": []})
+    return folder
+
+
+class _Plant:
+    """Unpickling it creates a file: proof that loading ran code."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+@pytest.mark.parametrize("payload", ["code", "random", "list"])
+def test_a_crafted_or_random_state_is_refused_in_one_line_and_never_run(tmp_path, payload):
+    """state.pt is loaded as data only: a pickle that would create a file when unpickled creates none, and
+    random bytes or another kind of content are 'damaged' in one line (issue 33 #7, #9)."""
+    folder = _state_folder(tmp_path)
+    planted = tmp_path / "planted"
+    if payload == "code":
+        torch.save({"format": 1, "x": _Plant(planted)}, folder / "state.pt")
+    elif payload == "random":
+        (folder / "state.pt").write_bytes(os.urandom(4096))
+    else:
+        torch.save([1, 2, 3], folder / "state.pt")
+    from tokentrim_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        load_state(folder, "fp", tmp_path / "clip.mp4")
+    assert not planted.exists()
+    assert "damaged" in str(exc.value) and "\n" not in str(exc.value) and len(str(exc.value)) < 300
+
+
+def test_a_real_state_still_loads_as_data(tmp_path):
+    state = load_state(_state_folder(tmp_path), "fp", tmp_path / "clip.mp4")
+    assert state["block"] == 0 and state["frames_written"] == 4 and state["journal"]["ops"]
+
+
+def test_a_journal_name_outside_the_folder_is_refused(tmp_path):
+    folder = _state_folder(tmp_path)
+    state = torch.load(folder / "state.pt", weights_only=True)
+    state["journal"]["chunks"] = ["../../elsewhere.pt"]
+    torch.save(state, folder / "state.pt")
+    from tokentrim_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="damaged"):
+        load_state(folder, "fp", tmp_path / "clip.mp4")
