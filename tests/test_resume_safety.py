@@ -95,3 +95,28 @@ def test_a_journal_name_outside_the_folder_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="damaged"):
         load_state(folder, "fp", tmp_path / "clip.mp4")
+
+
+# ------------------------------------------------------------------------------------------ batch
+def test_batch_resume_goes_on_with_an_item_killed_without_a_manifest_line(tmp_path, monkeypatch, capsys):
+    """A SIGKILL during an item leaves its state but no manifest line: --resume must go on with it, not refuse
+    with 'pass --resume' (issue 33 #18). The kill is stood in for by a SIGTERM whose manifest line is removed."""
+    from test_resume import _stop_at_forward
+
+    from tokentrim_cli.resume import state_dir
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red kite\n")
+    out = tmp_path / "out"
+    args = ["batch", str(prompts), "--out-dir", str(out), "--seconds", "2", "-q", "--set", "runtime.state_every=1"]
+    restore = _stop_at_forward(monkeypatch, 12, "sigterm")
+    rc, _, err = run_main(capsys, *args)
+    restore()
+    assert rc == 130, err
+    (out / "manifest.jsonl").write_text("")  # what a SIGKILL leaves: no line for the item
+    video = next(out.glob("*.partial.mp4")).with_name(next(out.glob("*.partial.mp4")).name.replace(".partial", ""))
+    assert (state_dir(video) / "state.pt").is_file()
+    rc, _, err = run_main(capsys, *args, "--resume")
+    assert rc == 0, err
+    side = json.loads(video.with_suffix(".json").read_text())
+    assert side["status"] == "ok" and side["resumed"] and not state_dir(video).exists()
