@@ -88,3 +88,72 @@ def test_a_huge_image_is_refused_by_us_in_one_line_before_decoding(tmp_path):
         with pytest.raises(ConfigError, match="not a readable image"):  # its data is 2x2: read, refused
             load_image(over_pil, 64, 96)
     assert not [w for w in seen if "DecompressionBomb" in type(w.message).__name__ or "decompression" in str(w.message)]
+
+
+# ------------------------------------------------------------------------------------------ timelines, prompts
+def test_a_yaml_alias_bomb_is_refused_fast_and_not_echoed(tmp_path):
+    """700 bytes of nested aliases expand to gigabytes: refused at the first alias, in one short line (#16)."""
+    from tokentrim_cli.timeline import load_file
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as exc:
+        load_file(tmp_path / "bomb.yaml")
+    assert time.perf_counter() - t0 < 2 and "alias" in str(exc.value) and len(str(exc.value)) < 300
+
+
+def test_a_huge_timeline_file_and_a_long_bad_value_are_bounded(tmp_path):
+    from tokentrim_cli.timeline import load_file
+
+    (tmp_path / "big.yaml").write_text("- {start: 0, prompt: a}\n" + "#" * (5 * 2**20) + "\n")
+    with pytest.raises(ConfigError, match="MiB"):
+        load_file(tmp_path / "big.yaml")
+    (tmp_path / "long.yaml").write_text(f"- {{start: 0, prompt: a, switch: {'x' * 100000}}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_file(tmp_path / "long.yaml")
+    assert len(str(exc.value)) < 400
+
+
+@pytest.mark.parametrize("prefix", ["-1s", "nans", "1e999s", "1e-9s", "1S CUT"])
+def test_an_odd_start_time_is_named_not_repeated_in_the_hint(prefix):
+    """The hint was "e.g. --prompt '20s: -1s: ...'" (#22)."""
+    from tokentrim_cli.timeline import parse_prompts
+
+    with pytest.raises(ConfigError) as exc:
+        parse_prompts(["a red kite", f"{prefix}: a blue ball"])
+    msg = str(exc.value)
+    assert "is not a start time" in msg and f"20s: {prefix}" not in msg and "lower case" in msg
+
+
+def test_a_blend_longer_than_the_video_is_refused():
+    """blend=1000 on a 16-block clip: the new prompt would never pass 1.4 % weight (#21). Refused, not warned: it is
+    a slip of units (blocks, not frames) and the run would be wasted; a blend up to the blocks left is allowed."""
+    from tokentrim_cli.timeline import Entry, snap
+
+    with pytest.raises(ConfigError, match="blend=1000 is longer than the 14 block"):
+        snap([Entry(0, "a"), Entry(1, "b", blend=1000)], seconds=12, blocks=16, block_frames=3, fps=16)
+    assert snap([Entry(0, "a"), Entry(1, "b", blend=14)], seconds=12, blocks=16, block_frames=3, fps=16)[0].blend == 14
+
+
+def test_control_characters_in_a_prompt_are_escaped_on_the_terminal(tmp_path, capsys):
+    rc, _, err = run_main(capsys, "generate", "-p", "a", "-p", "x\x1b[2J\x07 ball", "--seconds", "1")
+    assert rc == 2 and "\x1b" not in err and "\x07" not in err and "\\x1b" in err
+
+
+def test_a_pretty_printed_json_array_of_prompts_is_read_as_items(tmp_path):
+    """Not one item per line ('[', '{"prompt": ...},') (#20); plain strings are prompts; lines are where each
+    element starts; a broken array is one line."""
+    from tokentrim_cli.batch.prompts import read_prompts
+
+    path = tmp_path / "jobs.txt"
+    path.write_text('[\n  {"prompt": "a red kite", "seed": 3},\n  {"prompt": "a blue ball"},\n  "a green square"\n]\n')
+    items = read_prompts(path)
+    assert [(i.line, i.prompt, i.seed) for i in items] == [(2, "a red kite", 3), (3, "a blue ball", None),
+                                                           (4, "a green square", None)]
+    path.write_text('[\n  {"prompt": "a red kite"}\n  {"prompt": "a blue ball"}\n]\n')
+    with pytest.raises(ConfigError, match="not valid JSON .* line 3"):
+        read_prompts(path)
+    path.write_text("[intro] a cat\n[outro] a dog\n")  # text that merely starts with a bracket stays text
+    assert [i.prompt for i in read_prompts(path)] == ["[intro] a cat", "[outro] a dog"]

@@ -15,6 +15,7 @@ import typer
 
 from . import __version__
 from .errors import ConfigError, TokentrimError
+from .inputs import printable
 from .signals import pending
 
 app = typer.Typer(
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     except (*ABORTS, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
     except TokentrimError as exc:
-        print(f"tokentrim: error: {exc}", file=sys.stderr)
+        print(f"tokentrim: error: {printable(str(exc))}", file=sys.stderr)  # no raw control characters
         code = exc.exit_code
     except Exception:  # noqa: BLE001 - an import or a library cut short by Ctrl-C fails in its own way
         if not pending():

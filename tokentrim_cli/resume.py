@@ -32,6 +32,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .inputs import clip
 
 STATE_FORMAT = 1
 
@@ -187,8 +188,3 @@ def _check_shape(state: dict) -> None:
     if not isinstance(state["journal"].get("chunks"), list) or state["block"] < 0 or state["frames_written"] < 0:
         raise ValueError("its journal or block numbers are not a state's")
 
-
-def clip(value, limit: int = 60) -> str:
-    """``repr`` of an untrusted value, cut to ``limit`` characters (an error line never echoes unbounded input)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
