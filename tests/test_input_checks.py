@@ -157,3 +157,11 @@ def test_a_pretty_printed_json_array_of_prompts_is_read_as_items(tmp_path):
         read_prompts(path)
     path.write_text("[intro] a cat\n[outro] a dog\n")  # text that merely starts with a bracket stays text
     assert [i.prompt for i in read_prompts(path)] == ["[intro] a cat", "[outro] a dog"]
+
+
+# ------------------------------------------------------------------------------------------ sizes
+def test_a_huge_frame_size_is_refused_before_anything_loads(capsys):
+    """100000 x 100000 passed validation and died after loading, twice (#13): one line, exit 2."""
+    rc, _, err = run_main(capsys, "generate", "-p", "a red kite", "--seconds", "1", "--set", "video.width=100000",
+                          "--set", "video.height=100000")
+    assert rc == 2 and "video.height" in err and "4096" in err and len(err.strip().splitlines()) == 1
