@@ -165,3 +165,25 @@ def test_a_huge_frame_size_is_refused_before_anything_loads(capsys):
     rc, _, err = run_main(capsys, "generate", "-p", "a red kite", "--seconds", "1", "--set", "video.width=100000",
                           "--set", "video.height=100000")
     assert rc == 2 and "video.height" in err and "4096" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ time to error
+@pytest.mark.parametrize("args", [
+    ["-p", "x", "--output", "a.txt"],
+    ["-p", "x", "--set", "video.width=100000"],
+    ["-p", "x", "--image", "missing.png"],
+    ["-p", "x", "--extend", "missing.mp4"],
+    ["-p", "x", "-p", "nans: y"],
+])
+def test_bad_generate_input_is_refused_before_torch_is_imported(tmp_path, args):
+    """Errors for bad input took 6-17 s: torch and the engine were imported before the checks (#24)."""
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+
+    code = ("import sys\nfrom tokentrim_cli.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, "generate", *args], capture_output=True, text=True,
+                          env=ENV, cwd=tmp_path, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stderr

@@ -161,12 +161,19 @@ _EXTENDS = dataclasses.field(metadata={"check": lambda v: isinstance(v, str), "a
 _EXTENDS.name = "extends"
 
 
-def validate(cfg: dict, source: str) -> Config:
+def validate(cfg: dict, source: str, architecture: bool = True) -> Config:
     """Check every key against the schema (``settings.py``), fill defaults, return the typed :class:`Config`;
-    one ConfigError for the first problem."""
+    one ConfigError for the first problem. ``architecture=False`` leaves out the check of the model's config keys
+    against diffusers' classes (importing them takes seconds: see :func:`check_architecture`)."""
     config = _build(Config, {k: v for k, v in cfg.items() if k != "extends"}, "", source)
-    _check_architecture(config, source)
+    if architecture:
+        _check_architecture(config, source)
     return config
+
+
+def check_architecture(preset: "Preset") -> None:
+    """The check ``load_preset(..., architecture=False)`` left out: run it once the cheap input checks passed."""
+    _check_architecture(preset.config, str(preset.path))
 
 
 def _build(cls, value, path: str, source: str):
@@ -228,14 +235,15 @@ def _check_architecture(cfg: Config, source: str) -> None:
         )
 
 
-def load_preset(name_or_path: str | None = None, overrides: list[str] | None = None) -> Preset:
+def load_preset(name_or_path: str | None = None, overrides: list[str] | None = None,
+                architecture: bool = True) -> Preset:
     path = find_preset(name_or_path or default_preset())
     raw = _load_raw(path)
     for text in overrides or []:
         keys, value = parse_override(text)
         apply_override(raw, keys, value, f"--set {text}")
     source = str(path) if not overrides else f"{path} (with --set)"
-    return Preset(name=path.stem, path=path, config=validate(raw, source))
+    return Preset(name=path.stem, path=path, config=validate(raw, source, architecture))
 
 
 def dump(cfg: Config | dict) -> str:

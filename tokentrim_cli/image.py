@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import ConfigError
 
@@ -31,8 +30,10 @@ class StartImage:
         return {"path": str(self.path), "sha256": self.sha256, "size": list(self.size),
                 "crop": {"resized": list(self.resized), "box": list(self.crop), "mode": "cover, centre crop"}}
 
-    def tensor(self) -> torch.Tensor:
+    def tensor(self):
         """(1, 3, 1, H, W) float32 in [-1, 1], the VAE's input range."""
+        import torch  # not at the top: an image is checked before torch loads (a bad one answers at once)
+
         x = torch.from_numpy(self.pixels.copy()).float().div(127.5).sub(1.0)
         return x.permute(2, 0, 1)[None, :, None]
 

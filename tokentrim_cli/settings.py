@@ -226,8 +226,8 @@ def _multiple_of_16(v) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class Video(Section):
-    height: int = setting(_multiple_of_16, f"a multiple of 16 from 16 to {MAX_SIDE}")
-    width: int = setting(_multiple_of_16, f"a multiple of 16 from 16 to {MAX_SIDE}")
+    height: int = setting(_multiple_of_16, f"a positive multiple of 16 up to {MAX_SIDE}")
+    width: int = setting(_multiple_of_16, f"a positive multiple of 16 up to {MAX_SIDE}")
     fps: int = setting(integer(1, 240), "an integer from 1 to 240", 16)
     crf: int = setting(integer(1, 51), "an integer from 1 to 51 (0 is lossless and unplayable in yuv420p)", 18)
     preset: str = choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower")
