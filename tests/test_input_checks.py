@@ -187,3 +187,48 @@ def test_bad_generate_input_is_refused_before_torch_is_imported(tmp_path, args):
     done = subprocess.run([sys.executable, "-c", code, "generate", *args], capture_output=True, text=True,
                           env=ENV, cwd=tmp_path, timeout=120)
     assert done.stdout.split() == ["2", "False"], done.stderr
+
+
+# ------------------------------------------------------------------------------------------ --extend
+def _mp4(path, frames=33):
+    """A finished MP4 of the tiny preset's size and rate (random pictures), as Mp4Writer makes it."""
+    from tokentrim_cli.video import Mp4Writer
+
+    w = Mp4Writer(path, 96, 64, 16, 18, "veryfast")
+    rng = np.random.default_rng(0)
+    w.write(rng.integers(0, 255, (frames, 64, 96, 3), dtype=np.uint8))
+    w.finish()
+    w.publish("test", path)
+    w.discard()
+    return path
+
+
+@pytest.mark.parametrize("cut", ["tail", "head"])
+def test_a_cut_short_extend_input_is_refused_before_loading_in_one_line(tmp_path, capsys, cut):
+    """Tail cut: ffmpeg decodes it with exit 0 but an error and one frame short, and the stream copy then lost
+    every new frame (#2). Head cut (the first bytes, a file being written): refused up front, the message once,
+    and no partial copy of the input left behind (#12)."""
+    data = _mp4(tmp_path / "demo.mp4").read_bytes()
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(data[:-1000] if cut == "tail" else data[: len(data) * 6 // 10])
+    out = tmp_path / "out" / "long.mp4"
+    out.parent.mkdir()
+    rc, _, err = run_main(capsys, "generate", "-p", "a red kite", "--seconds", "1", "--seed", "1", "--extend",
+                          str(src), "-o", str(out))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--extend" in err, err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_joined_video_with_frames_missing_fails_instead_of_reporting_ok(tmp_path, monkeypatch):
+    """The output's frame count is verified after the join: a prefix that loses frames in the stream copy is an
+    error (the run keeps its partial), never 'ok' with fewer frames (#2)."""
+    from tokentrim_cli.video import Mp4Writer
+
+    prefix = _mp4(tmp_path / "prefix.mp4")
+    w = Mp4Writer(tmp_path / "out.mp4", 96, 64, 16, 18, "veryfast", prefix, 40)  # claims 7 frames it has not
+    w.write(np.zeros((4, 64, 96, 3), np.uint8))
+    w.finish()
+    with pytest.raises(OSError, match="joined video has 37 frames, not 44"):
+        w.publish("test", tmp_path / "out.mp4")
+    w.discard()
+    assert not (tmp_path / "out.mp4").exists()
