@@ -232,3 +232,10 @@ def test_a_joined_video_with_frames_missing_fails_instead_of_reporting_ok(tmp_pa
         w.publish("test", tmp_path / "out.mp4")
     w.discard()
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_folder_given_as_preset_is_called_a_folder(tmp_path, capsys):
+    (tmp_path / "mypresets").mkdir()
+    for ref in (str(tmp_path / "mypresets"), str(tmp_path / "mypresets") + "/"):
+        rc, _, err = run_main(capsys, "generate", "-p", "x", "--preset", ref)
+        assert rc == 2 and "is a folder" in err and "does not exist" not in err

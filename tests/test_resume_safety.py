@@ -120,3 +120,11 @@ def test_batch_resume_goes_on_with_an_item_killed_without_a_manifest_line(tmp_pa
     assert rc == 0, err
     side = json.loads(video.with_suffix(".json").read_text())
     assert side["status"] == "ok" and side["resumed"] and not state_dir(video).exists()
+
+
+def test_a_refused_resume_names_the_extend_input_that_changed(tmp_path):
+    from tokentrim_cli.errors import ConfigError
+
+    folder = _state_folder(tmp_path)
+    with pytest.raises(ConfigError, match="or --extend in.mp4 has changed since"):
+        load_state(folder, "another", tmp_path / "clip.mp4", "--extend in.mp4")

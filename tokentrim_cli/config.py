@@ -58,10 +58,14 @@ def preset_label(ref: str) -> str:
 def find_preset(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if looks_like_path(name_or_path):
+        if p.is_dir():
+            raise ConfigError(f"--preset {p} is a folder; give a preset name or the path of a YAML file")
         if not p.is_file():
             raise ConfigError(f"preset file {p} does not exist")
         return p
     presets = list_presets()
+    if name_or_path not in presets and p.is_dir():
+        raise ConfigError(f"--preset {p} is a folder; give a preset name or the path of a YAML file")
     if name_or_path not in presets:
         raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(presets) or 'none'} (see: tokentrim presets list)")
     return presets[name_or_path]

@@ -139,10 +139,11 @@ def _read(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_state(folder: Path, fingerprint: str, video: Path) -> dict:
+def load_state(folder: Path, fingerprint: str, video: Path, source: str | None = None) -> dict:
     """The state in ``folder`` with its journal joined, in the form ``generate_blocks(resume=...)`` takes.
     ConfigError (exit 2, one line) when there is none, it is damaged or not a state (random bytes, a pickle of
-    anything but tensors and plain data: never executed), or another request made it."""
+    anything but tensors and plain data: never executed), or another request made it (``source``: the input the
+    run started from, e.g. "--extend clip.mp4", named as what may have changed)."""
     folder = Path(folder)
     again = f"run without --resume to start {Path(video).name} again"
     if not (folder / "state.pt").is_file():
@@ -155,8 +156,9 @@ def load_state(folder: Path, fingerprint: str, video: Path) -> dict:
             raise ConfigError(f"{folder} was saved by tokentrim {clip(state.get('version'))} (state format "
                               f"{clip(state.get('format'))}); this is {__version__}: {again}")
         if state["fingerprint"] != fingerprint:
+            changed = f"; or {source} has changed since" if source else ""
             raise ConfigError(f"{folder} was saved by a run with other settings (preset, --set, prompt, seconds, "
-                              f"seed or image differ); repeat that run's options with --resume, or {again}")
+                              f"seed or image differ{changed}); repeat that run's options with --resume, or {again}")
         _check_shape(state)
         ops = []
         for name in state["journal"]["chunks"]:
