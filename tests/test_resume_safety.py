@@ -128,35 +128,3 @@ def test_a_refused_resume_names_the_extend_input_that_changed(tmp_path):
     folder = _state_folder(tmp_path)
     with pytest.raises(ConfigError, match="or --extend in.mp4 has changed since"):
         load_state(folder, "another", tmp_path / "clip.mp4", "--extend in.mp4")
-
-
-# ------------------------------------------------------------------------------------------ the partial video
-def test_a_foreign_partial_video_is_refused_and_the_own_one_resumed(tmp_path, monkeypatch, capsys):
-    """--resume joined whatever NAME.partial.mp4 it found (issue 33 #6): another seed's partial, put in its place,
-    is refused in one line (exit 2) and left as it is; the run's own partial put back resumes."""
-    from test_resume import _stop_at_forward
-
-    def stopped(seed, name):
-        out = tmp_path / name / "clip.mp4"
-        out.parent.mkdir()
-        restore = _stop_at_forward(monkeypatch, 14, "error")
-        rc, _, err = run_main(capsys, "generate", "-p", "a red kite", "--seconds", "3", "--seed", str(seed), "-q",
-                              "-o", str(out), "--set", "runtime.state_every=1")
-        restore()
-        assert rc == 1, err
-        return out
-
-    own, other = stopped(7, "own"), stopped(8, "other")
-    partial = own.with_name("clip.partial.mp4")
-    partial.rename(tmp_path / "kept.mp4")
-    other.with_name("clip.partial.mp4").rename(partial)
-    foreign = partial.read_bytes()
-    args = ["generate", "-p", "a red kite", "--seconds", "3", "--seed", "7", "-q", "-o", str(own), "--resume",
-            "--set", "runtime.state_every=1"]
-    rc, _, err = run_main(capsys, *args)
-    assert rc == 2 and "is another video" in err and len(err.strip().splitlines()) == 1, err
-    assert partial.read_bytes() == foreign and not own.exists()
-    (tmp_path / "kept.mp4").replace(partial)
-    rc, _, err = run_main(capsys, *args)
-    assert rc == 0, err
-    assert json.loads(own.with_suffix(".json").read_text())["status"] == "ok"

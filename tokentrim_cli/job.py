@@ -27,7 +27,6 @@ from .config import Preset
 from .continuation import source_latents
 from .engine.components import Components
 from .engine.vae import StreamingDecoder
-from .frame_check import partial_problem
 from .errors import ConfigError, TokentrimError
 from .outputs import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
@@ -138,17 +137,8 @@ def _resumable(job: Job, outputs: RunOutputs) -> dict:
         have = f"holds {frames} frames" if frames else "is missing or unreadable"
         raise ConfigError(f"{outputs.partial_video} {have}, but {folder} goes on after frame "
                           f"{state['frames_written']}; run without --resume to start {job.output.name} again")
-    problem = partial_problem(outputs.partial_video, state.get("check"))
-    if problem is not None:
-        raise ConfigError(f"{outputs.partial_video} does not hold the frames {folder} recorded ({problem}); move it "
-                          f"back or away, or run without --resume to start {job.output.name} again")
     state["reencode"] = frames > state["frames_written"]  # a killed run's video, longer than its last state
     return state
-
-
-def _check_tensors(check: dict | None) -> dict | None:
-    """The writer's thumbnails as tensors (a state holds tensors and plain data only)."""
-    return None if check is None else {"first": check["first"], "thumbs": torch.from_numpy(check["thumbs"])}
 
 
 def _device_label(device) -> str:
@@ -228,7 +218,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
         if writer_device[0] is not None and writer_device[0].type == "cuda":  # the decoder ran on a side stream,
             torch.cuda.synchronize(writer_device[0])  # the journal's copies are asynchronous
         history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", []),
-                   "device": _device_label(writer_device[0]), "check": _check_tensors(writer.thumbnails.state())}
+                   "device": _device_label(writer_device[0])}
         saver.save(block.state, decoder.state_dict(), writer.frames, history)
         last["unsaved"] = False
 

@@ -86,9 +86,6 @@ class Mp4Writer:
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
         self.frames = self.prefix_frames  # in the published file: the prefix's, then those written here
-        from .frame_check import Thumbnails
-
-        self.thumbnails = Thumbnails()  # of the last frames written, for a resume to verify the partial video by
         self.size = (width, height)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
@@ -128,7 +125,6 @@ class Mp4Writer:
                 self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
             except (BrokenPipeError, OSError, ValueError):
                 raise self._failed() from None
-            self.thumbnails.add(self.frames, frame)
             self.frames += 1
 
     @property
