@@ -155,6 +155,9 @@ def test_a_pretty_printed_json_array_of_prompts_is_read_as_items(tmp_path):
     path.write_text('[\n  {"prompt": "a red kite"}\n  {"prompt": "a blue ball"}\n]\n')
     with pytest.raises(ConfigError, match="not valid JSON .* line 3"):
         read_prompts(path)
+    path.write_text("[]\n")  # an empty array is no prompts, not the prompt "[]" (found in the hostile trial)
+    with pytest.raises(ConfigError, match="no prompts found"):
+        read_prompts(path)
     path.write_text("[intro] a cat\n[outro] a dog\n")  # text that merely starts with a bracket stays text
     assert [i.prompt for i in read_prompts(path)] == ["[intro] a cat", "[outro] a dog"]
 
