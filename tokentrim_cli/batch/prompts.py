@@ -180,6 +180,8 @@ def _json_array(path: Path, text: str) -> list[tuple[int, object]] | None:
     """(line, element) of a prompts file written as one JSON array (``*.json``, or starting with ``[`` alone on
     its line, ``[{``, ``["``, ``[[`` or ``[]``), pretty-printed or not; None for a text or JSONL file. ConfigError (one line) when
     it starts like one but is not valid JSON."""
+    if path.suffix.lower() == ".jsonl":  # one JSON value per line, whatever it starts with
+        return None
     body = text.lstrip()
     first = body.split("\n", 1)[0].strip()
     if not (path.suffix.lower() == ".json" or first == "[" or body.startswith(("[{", '["', "[]", "[["))):
