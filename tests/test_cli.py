@@ -85,7 +85,7 @@ BAD = [
     (["--seconds", "-3"], "--seconds must be a positive number"),
     (["--seconds", "1e9"], "--seconds must be at most 86400 (24 hours), got 1e+09"),
     (["--seconds", "7200"], "--seconds is 2.0 hours of video (over 3600); pass --yes to confirm"),
-    (["--set", "video.height=100"], "video.height must be a positive multiple of 16, got 100"),
+    (["--set", "video.height=100"], "video.height must be a positive multiple of 16 up to 4096, got 100"),
     (["--set", "cache.policy=lru"], "cache.policy must be one of"),
     (["--set", "model.transformer.config.num_heads=4"], "unknown key model.transformer.config.num_heads"),
     (["--preset", "nope"], "unknown preset 'nope'"),

@@ -15,6 +15,7 @@ import typer
 
 from . import __version__
 from .errors import ConfigError, TokentrimError
+from .inputs import printable
 from .signals import pending
 from .write_guard import check_evaluate, check_generate
 
@@ -71,10 +72,11 @@ def _shortcut_sets(overrides: list[str] | None, fps: int | None = None, threads:
     return sets
 
 
-def _load(preset: str | None, overrides: list[str] | None, fps: int | None = None, threads: int | None = None):
+def _load(preset: str | None, overrides: list[str] | None, fps: int | None = None, threads: int | None = None,
+          architecture: bool = True):
     from .config import load_preset
 
-    return load_preset(preset, _shortcut_sets(overrides, fps, threads))
+    return load_preset(preset, _shortcut_sets(overrides, fps, threads), architecture)
 
 
 @app.command()
@@ -104,16 +106,10 @@ def generate(
 ):
     """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture;
     --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
-    from .batch import settings_hash
     from .checks import require_log_format, require_seconds, require_seed
-    from .continuation import extend_plan
     from .image import load_image
-    from .job import Job, Plan, run_job, timeline_switches
-    from .loading import components_loader
-    from .progress import closing_lines, make_display
-    from .resume import state_dir
     from .source_video import load_source
-    from .timeline import canonical, load_file, parse_prompts
+    from .timeline import load_file, parse_prompts
 
     require_log_format(log_format)
     require_seconds(seconds, confirmed=yes)
@@ -134,12 +130,24 @@ def generate(
     entries = entries if len(entries) > 1 else None  # one prompt: a plain run
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
-    p = _load(preset, set_, fps, threads)
+    p = _load(preset, set_, fps, threads, architecture=False)  # diffusers is imported after the input checks
     vid = p.config.video
     start = load_image(image, vid.height, vid.width) if image is not None else None  # exit 2
+    source = load_source(extend, vid.height, vid.width, vid.fps) if extend is not None else None  # exit 2
+    # the checks above answer without torch (seconds, not the 6-17 s of importing it first); now the rest
+    from .batch import settings_hash
+    from .config import check_architecture
+    from .continuation import extend_plan
+    from .job import Job, Plan, run_job, timeline_switches
+    from .loading import components_loader
+    from .progress import closing_lines, make_display
+    from .resume import state_dir
+    from .timeline import canonical
+
+    check_architecture(p)
     plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
-    if extend is not None:  # exit 2 for a file that cannot be continued, before anything loads
-        plan, cont = extend_plan(load_source(extend, vid.height, vid.width, vid.fps), p.config, seconds)
+    if source is not None:  # exit 2 for a file that cannot be continued, before anything loads
+        plan, cont = extend_plan(source, p.config, seconds)
     if entries:  # a timeline that does not fit the video: one line before anything loads
         timeline_switches(entries, p.config, plan)
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
@@ -382,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     except (*ABORTS, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
     except TokentrimError as exc:
-        print(f"tokentrim: error: {exc}", file=sys.stderr)
+        print(f"tokentrim: error: {printable(str(exc))}", file=sys.stderr)  # no raw control characters
         code = exc.exit_code
     except Exception:  # noqa: BLE001 - an import or a library cut short by Ctrl-C fails in its own way
         if not pending():

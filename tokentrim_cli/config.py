@@ -58,10 +58,14 @@ def preset_label(ref: str) -> str:
 def find_preset(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if looks_like_path(name_or_path):
+        if p.is_dir():
+            raise ConfigError(f"--preset {p} is a folder; give a preset name or the path of a YAML file")
         if not p.is_file():
             raise ConfigError(f"preset file {p} does not exist")
         return p
     presets = list_presets()
+    if name_or_path not in presets and p.is_dir():
+        raise ConfigError(f"--preset {p} is a folder; give a preset name or the path of a YAML file")
     if name_or_path not in presets:
         raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(presets) or 'none'} (see: tokentrim presets list)")
     return presets[name_or_path]
@@ -161,11 +165,13 @@ _EXTENDS = dataclasses.field(metadata={"check": lambda v: isinstance(v, str), "a
 _EXTENDS.name = "extends"
 
 
-def validate(cfg: dict, source: str) -> Config:
+def validate(cfg: dict, source: str, architecture: bool = True) -> Config:
     """Check every key against the schema (``settings.py``), fill defaults, return the typed :class:`Config`;
-    one ConfigError for the first problem."""
+    one ConfigError for the first problem. ``architecture=False`` leaves out the check of the model's config keys
+    against diffusers' classes (importing them takes seconds: see :func:`check_architecture`)."""
     config = _build(Config, {k: v for k, v in cfg.items() if k != "extends"}, "", source)
-    _check_architecture(config, source)
+    if architecture:
+        _check_architecture(config, source)
     if config.sampler.first_block_steps is not None and config.sampler.kind != "self_forcing":
         raise ConfigError(f"{source}: sampler.first_block_steps needs sampler.kind self_forcing (a Rolling Forcing "
                           "window has no first block of its own); remove it or set it to null")
@@ -173,6 +179,11 @@ def validate(cfg: dict, source: str) -> Config:
         raise ConfigError(f"{source}: cache.policy ema_sink needs cache.window_frames (the frames kept besides the "
                           "sink), e.g. --set cache.window_frames=3")
     return config
+
+
+def check_architecture(preset: "Preset") -> None:
+    """The check ``load_preset(..., architecture=False)`` left out: run it once the cheap input checks passed."""
+    _check_architecture(preset.config, str(preset.path))
 
 
 def _build(cls, value, path: str, source: str):
@@ -234,14 +245,15 @@ def _check_architecture(cfg: Config, source: str) -> None:
         )
 
 
-def load_preset(name_or_path: str | None = None, overrides: list[str] | None = None) -> Preset:
+def load_preset(name_or_path: str | None = None, overrides: list[str] | None = None,
+                architecture: bool = True) -> Preset:
     path = find_preset(name_or_path or default_preset())
     raw = _load_raw(path)
     for text in overrides or []:
         keys, value = parse_override(text)
         apply_override(raw, keys, value, f"--set {text}")
     source = str(path) if not overrides else f"{path} (with --set)"
-    return Preset(name=path.stem, path=path, config=validate(raw, source))
+    return Preset(name=path.stem, path=path, config=validate(raw, source, architecture))
 
 
 def dump(cfg: Config | dict) -> str:

@@ -141,7 +141,9 @@ def _resumable(job: Job, outputs: RunOutputs) -> dict:
     if job.settings_hash is None:
         raise ValueError("a resumed job needs its settings hash")
     folder = state_dir(job.output)
-    state = load_state(folder, _fingerprint(job), job.output)
+    source = (f"--extend {job.extend.source.path}" if job.extend is not None
+              else f"--image {job.image.path}" if job.image is not None else None)
+    state = load_state(folder, _fingerprint(job), job.output, source)
     frames = probe(outputs.partial_video)["frames"] if outputs.partial_video.is_file() else None
     if not frames or frames < state["frames_written"]:
         have = f"holds {frames} frames" if frames else "is missing or unreadable"

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from .inputs import printable
+
 
 def emit_json(event: str, **data) -> None:
     """One machine-readable event: a JSON object on one stdout line (``--log-format jsonl``)."""
@@ -56,7 +58,7 @@ class Display:
 
     def warning(self, text: str) -> None:
         """Something the user should know about the result (quiet or not): one line on stderr."""
-        print(f"tokentrim: warning: {text}", file=sys.stderr, flush=True)
+        print(f"tokentrim: warning: {printable(text)}", file=sys.stderr, flush=True)
 
     def finish(self, result: dict) -> None:
         pass
@@ -86,7 +88,7 @@ class TextDisplay(Display):
         self.err = stream or sys.stderr
 
     def message(self, text: str) -> None:
-        print(text, file=self.err, flush=True)
+        print(printable(text), file=self.err, flush=True)  # a prompt's control characters never reach the terminal
 
     def start(self, info: dict) -> None:
         super().start(info)
@@ -169,10 +171,12 @@ class LiveDisplay(Display):
         return t
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(printable(text), markup=False, highlight=False)
 
     def warning(self, text: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]warning:[/yellow] {escape(printable(text))}", markup=True, highlight=False)
 
     def start(self, info: dict) -> None:
         super().start(info)

@@ -23,6 +23,8 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .inputs import clip
 from .write_guard import mark_state
 
 STATE_FORMAT = 1
@@ -128,31 +131,63 @@ def peek_state(folder: Path) -> dict | None:
         return None
 
 
-def load_state(folder: Path, fingerprint: str, video: Path) -> dict:
+JOURNAL_NAME = re.compile(r"journal-\d+-\d+\.pt")
+
+
+def _read(path: Path):
+    """A state file's content. ``weights_only``: tensors and plain containers only, so a crafted file cannot run
+    code or build objects while it is read (it fails to load instead)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state(folder: Path, fingerprint: str, video: Path, source: str | None = None) -> dict:
     """The state in ``folder`` with its journal joined, in the form ``generate_blocks(resume=...)`` takes.
-    ConfigError (exit 2, one line) when there is none, it is damaged, or another request made it."""
+    ConfigError (exit 2, one line) when there is none, it is damaged or not a state (random bytes, a pickle of
+    anything but tensors and plain data: never executed), or another request made it (``source``: the input the
+    run started from, e.g. "--extend clip.mp4", named as what may have changed)."""
     folder = Path(folder)
     again = f"run without --resume to start {Path(video).name} again"
     if not (folder / "state.pt").is_file():
         raise ConfigError(f"nothing to resume: {folder} does not exist (a run saves it when it stops early); {again}")
     try:
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        state = _read(folder / "state.pt")
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a state")
         if state.get("format") != STATE_FORMAT or state.get("version") != __version__:
-            raise ConfigError(f"{folder} was saved by tokentrim {state.get('version')} (state format "
-                              f"{state.get('format')}); this is {__version__}: {again}")
+            raise ConfigError(f"{folder} was saved by tokentrim {clip(state.get('version'))} (state format "
+                              f"{clip(state.get('format'))}); this is {__version__}: {again}")
         if state["fingerprint"] != fingerprint:
+            changed = f"; or {source} has changed since" if source else ""
             raise ConfigError(f"{folder} was saved by a run with other settings (preset, --set, prompt, seconds, "
-                              f"seed or image differ); repeat that run's options with --resume, or {again}")
+                              f"seed or image differ{changed}); repeat that run's options with --resume, or {again}")
+        _check_shape(state)
         ops = []
         for name in state["journal"]["chunks"]:
-            ops += torch.load(folder / name, map_location="cpu", weights_only=False)
+            if not isinstance(name, str) or not JOURNAL_NAME.fullmatch(name):
+                raise ValueError(f"journal file {clip(name)} is not one a state names")
+            ops += _read(folder / name)
+        if len(ops) != state["journal"]["entries"]:
+            raise ValueError(f"its journal has {len(ops)} of {clip(state['journal']['entries'])} entries")
     except ConfigError:
         raise
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        why = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise ConfigError(f"{folder} is damaged ({why}); {again}") from None
-    if len(ops) != state["journal"]["entries"]:
-        raise ConfigError(f"{folder} is damaged (its journal has {len(ops)} of {state['journal']['entries']} "
-                          f"entries); {again}")
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes fail in many ways; each is one line, never a traceback
+        why = " ".join(str(exc).split())
+        if isinstance(exc, pickle.UnpicklingError):
+            why = "not a tokentrim state: it holds objects other than tensors and plain data, and was not loaded"
+        raise ConfigError(f"{folder} is damaged ({why[:120] or type(exc).__name__}); {again}") from None
     state["journal"] = {"epoch": state["journal"]["epoch"], "ops": ops}
     return state
+
+
+SHAPE = {"block": int, "frames_written": int, "blocks": list, "resumed": list, "journal": dict, "loop": dict,
+         "embeds": dict, "decoder": dict}
+
+
+def _check_shape(state: dict) -> None:
+    """ValueError when a field a resume reads is missing or of another type (a crafted or foreign file)."""
+    for key, kind in SHAPE.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise ValueError(f"its {key!r} is {clip(state.get(key), 30)}")
+    if not isinstance(state["journal"].get("chunks"), list) or state["block"] < 0 or state["frames_written"] < 0:
+        raise ValueError("its journal or block numbers are not a state's")
+

@@ -242,14 +242,17 @@ class Pruning(Section):
 
 
 # ---------------------------------------------------------------------- output and machine
+MAX_SIDE = 4096  # video.width / height: beyond 4K a frame's latents and decoder state do not fit any GPU
+
+
 def _multiple_of_16(v) -> bool:
-    return integer(16)(v) and v % 16 == 0
+    return integer(16, MAX_SIDE)(v) and v % 16 == 0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Video(Section):
-    height: int = setting(_multiple_of_16, "a positive multiple of 16")
-    width: int = setting(_multiple_of_16, "a positive multiple of 16")
+    height: int = setting(_multiple_of_16, f"a positive multiple of 16 up to {MAX_SIDE}")
+    width: int = setting(_multiple_of_16, f"a positive multiple of 16 up to {MAX_SIDE}")
     fps: int = setting(integer(1, 240), "an integer from 1 to 240", 16)
     crf: int = setting(integer(1, 51), "an integer from 1 to 51 (0 is lossless and unplayable in yuv420p)", 18)
     preset: str = choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower")

@@ -1,9 +1,11 @@
 """The video ``generate --extend`` continues: checked and probed before anything loads, then read frame by frame.
 
 :func:`load_source` decodes the whole file once with the bundled ffmpeg (to count its frames exactly and to refuse
-a file ffmpeg cannot read) and hashes it; nothing is kept in memory. A missing, empty, corrupt or unreadable file,
-one without a video stream or without frames, and one whose frame rate is not the preset's, is a ConfigError
-(exit 2) with one line saying what is wrong and what to do.
+a file ffmpeg cannot read, reports errors in, or whose index lists frames that do not decode: a truncated copy)
+and hashes it; nothing is kept in memory. A missing, empty, corrupt, truncated or unreadable file, one that
+changes while it is read (still being written), one without a video stream or without frames, and one whose
+frame rate is not the preset's, is a ConfigError (exit 2) with one line saying what is wrong and what to do,
+before anything loads.
 
 Frame rate: refused, not resampled, when it differs from ``video.fps`` (by more than 0.001): resampling would
 change the input's own frames, and the output's first part is meant to be the input exactly. The message names
@@ -30,6 +32,8 @@ import numpy as np
 
 from .errors import ConfigError
 from .image import fit
+from .inputs import clip
+from .video import probe
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ class SourceVideo:
             gen.close()
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -77,7 +86,8 @@ def _sha256(path: Path) -> str:
 
 
 def count_frames(path: Path) -> tuple[int, str | None]:
-    """(frames ffmpeg decodes, its first error line or None)."""
+    """(frames ffmpeg decodes, its first error line or None: decoding errors count even when ffmpeg exits 0, as
+    it does on a file cut short at its end)."""
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     done = subprocess.run([exe, "-nostdin", "-v", "error", "-stats", "-i", str(path), "-map", "0:v:0", "-f", "null",
                            "-"], capture_output=True, text=True, errors="replace")
@@ -88,7 +98,7 @@ def count_frames(path: Path) -> tuple[int, str | None]:
             frames = int(s.split("frame=")[1].split()[0])
         elif s:
             errors.append(re.sub(r"^\[[^\]]*\]\s*", "", s))
-    return frames, (errors[0] if errors and (done.returncode != 0 or not frames) else None)
+    return frames, (errors[0] if errors else None)  # any decoding error: a damaged or truncated file
 
 
 def load_source(path: Path, height: int, width: int, fps: int) -> SourceVideo:
@@ -105,11 +115,20 @@ def load_source(path: Path, height: int, width: int, fps: int) -> SourceVideo:
         sha = _sha256(path)
     except OSError as exc:
         raise ConfigError(f"{what} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    before = _stamp(path)
     frames, error = count_frames(path)
     if error is not None:
-        raise ConfigError(f"{what} is not a readable video (ffmpeg: {error}); give a finished, playable video")
+        raise ConfigError(f"{what} is not a readable video, damaged or cut short (ffmpeg: "
+                          f"{clip(error, 100)[1:-1]}); give a finished, playable video")
     if not frames:
         raise ConfigError(f"{what} has no video frames; give a video with at least one frame")
+    listed = probe(path)["frames"]
+    if listed != frames:  # the index names frames whose data is not there (a truncated copy)
+        raise ConfigError(f"{what} lists {listed} frames but only {frames} decode: it is cut short or damaged; give "
+                          "a finished, playable video")
+    if _stamp(path) != before:
+        raise ConfigError(f"{what} changed while it was read (is it still being written?); wait until it is "
+                          "finished, or copy it first")
     gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
         meta = next(gen)

@@ -12,7 +12,8 @@ Forms (all give a list of :class:`Entry`, the first starting at 0 s):
 
 ``blend: N``: the prompt embeddings move linearly from the old prompt's to the new one's over the switch block and
 the N - 1 blocks after it (weights 1/(N+1) .. N/(N+1)); the next block has the new prompt's. A blend must end
-before the next switch; it may run past the end of the video.
+before the next switch and may not be longer than the blocks left in the video (a longer one would leave the new
+prompt under 1/(N+1) of the weight to the end: refused, it is a slip of units).
 
 Snapping: a switch at time t takes effect at the first block whose first pixel frame is at or after t (pixel
 frame p shows at p / fps; latent frame k > 0 starts at pixel 1 + (k - 1) * temporal_ratio; when the blocks continue
@@ -32,10 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .inputs import clip, printable, read_bounded
 
 MODES = ("recache", "keep", "cut", "rope_cut")
 FIELDS = ("start", "prompt", "switch", "blend")
 _PREFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:(.*)$", re.S)
+# what a start time was meant to be but is not (-1s, nans, 1e999s, 1e-9s, 1S CUT): refused, not read as prompt text
+_LOOSE = re.compile(r"^\s*([-+]?(?:\d|\.\d|inf|nan)[^\s:]*?)\s*[sS]((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:", re.I)
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,14 @@ def parse_prompts(values: list[str]) -> list[Entry]:
         m = _PREFIX.match(raw)
         where = f"--prompt #{i + 1}"
         if m is None:
+            loose = _LOOSE.match(raw)
+            if loose is not None:
+                raise ConfigError(f"{where}: {clip(raw[:loose.end()].strip(), 40)} is not a start time: write "
+                                  "SECONDSs [recache|keep|cut] [blend=N]: in lower case, SECONDS a plain decimal "
+                                  ">= 0, e.g. '20s cut: a sunset'")
             if i > 0:
-                raise ConfigError(f"{where} {raw!r} needs a start time, e.g. --prompt '20s: {raw.strip()}' "
-                                  "(only the first prompt starts at 0 s by itself)")
+                raise ConfigError(f"{where} {clip(raw.strip(), 60)} needs a start time, e.g. --prompt "
+                                  f"'20s: {printable(raw.strip(), 40)}' (only the first prompt starts at 0 s by itself)")
             entries.append(Entry(0.0, raw.strip()))
             continue
         start, words, text = float(m.group(1)), m.group(2).split(), m.group(3).strip()
@@ -90,12 +99,12 @@ def parse_prompts(values: list[str]) -> list[Entry]:
         for w in words:
             if w.startswith("blend="):
                 if not w[6:].isdigit():
-                    raise ConfigError(f"{where}: blend must be a whole number of blocks, e.g. blend=3, got {w!r}")
+                    raise ConfigError(f"{where}: blend must be a whole number of blocks, e.g. blend=3, got {clip(w)}")
                 blend = int(w[6:])
             elif w in MODES and mode is None:
                 mode = w
             else:
-                raise ConfigError(f"{where}: unknown switch mode {w!r} (allowed: {', '.join(MODES)}, "
+                raise ConfigError(f"{where}: unknown switch mode {clip(w)} (allowed: {', '.join(MODES)}, "
                                   "and blend=N)")
         entries.append(Entry(start, text, mode, blend))
     return check(entries, "--prompt")
@@ -104,25 +113,25 @@ def parse_prompts(values: list[str]) -> list[Entry]:
 def entries_problems(raw) -> list[str]:
     """Problems of a timeline given as data (a list of objects); empty when it is fine."""
     if not isinstance(raw, list) or not raw:
-        return [f"timeline must be a non-empty list of {{start, prompt, switch}} objects, got {raw!r}"]
+        return [f"timeline must be a non-empty list of {{start, prompt, switch}} objects, got {clip(raw)}"]
     problems = []
     for i, e in enumerate(raw):
         where = f"timeline entry {i + 1}"
         if not isinstance(e, dict):
-            problems.append(f"{where} must be an object like {{start: 0, prompt: ...}}, got {e!r}")
+            problems.append(f"{where} must be an object like {{start: 0, prompt: ...}}, got {clip(e)}")
             continue
-        problems += [f"{where}: unknown field {k!r} (allowed: {', '.join(FIELDS)})" for k in e if k not in FIELDS]
+        problems += [f"{where}: unknown field {clip(k)} (allowed: {', '.join(FIELDS)})" for k in e if k not in FIELDS]
         s = e.get("start")
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
-            problems.append(f"{where}: start must be a number of seconds >= 0, got {s!r}")
+            problems.append(f"{where}: start must be a number of seconds >= 0, got {clip(s)}")
         p = e.get("prompt")
         if not isinstance(p, str) or not p.strip():
-            problems.append(f"{where}: prompt must be a non-empty string, got {p!r}")
+            problems.append(f"{where}: prompt must be a non-empty string, got {clip(p)}")
         if "switch" in e and e["switch"] not in MODES:
-            problems.append(f"{where}: switch must be one of {', '.join(MODES)}, got {e['switch']!r}")
+            problems.append(f"{where}: switch must be one of {', '.join(MODES)}, got {clip(e['switch'])}")
         n = e.get("blend", 0)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            problems.append(f"{where}: blend must be a whole number of blocks >= 0, got {n!r}")
+            problems.append(f"{where}: blend must be a whole number of blocks >= 0, got {clip(n)}")
     if problems:
         return problems
     try:
@@ -136,19 +145,41 @@ def from_data(raw: list[dict]) -> list[Entry]:
     return [Entry(float(e["start"]), e["prompt"].strip(), e.get("switch"), e.get("blend", 0)) for e in raw]
 
 
+def _yaml_loader():
+    """PyYAML's safe loader without aliases: ``*name`` can expand a few hundred bytes into gigabytes (nested
+    aliases), and a timeline has no use for them."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "uses a YAML alias (*name); write the entries out",
+                                                  mark)
+            return super().compose_node(parent, index)
+
+    return NoAliases
+
+
 def load_file(path: Path | str) -> list[Entry]:
-    """A timeline file: YAML or JSON, a list of entries."""
+    """A timeline file: YAML or JSON, a list of entries; at most ``inputs.MAX_TEXT_FILE`` bytes, no aliases."""
     import yaml
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_bounded(path, "--timeline").decode("utf-8")
+        raw = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"--timeline {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--timeline {path} is a folder; give a YAML or JSON file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--timeline {path}: cannot read it ({exc})") from None
+        raise ConfigError(f"--timeline {path}: cannot read it ({clip(str(exc), 120)[1:-1]})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--timeline {path}: not YAML or JSON ({' '.join(str(exc).split())})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"--timeline {path}: not YAML or JSON ({printable(str(what), 100)}{where})") from None
     problems = entries_problems(raw)
     if problems:
         raise ConfigError(f"--timeline {path}: {'; '.join(problems[:5])}")
@@ -211,6 +242,11 @@ def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, f
         if switches and b < switches[-1].block + switches[-1].blend:
             raise ConfigError(f"timeline: prompt {i}'s blend over {switches[-1].blend} blocks (from block "
                               f"{switches[-1].block}) runs into prompt {i + 1}'s switch at block {b}")
+        if e.blend > blocks - b:
+            raise ConfigError(f"timeline: prompt {i + 1}'s blend={e.blend} is longer than the {blocks - b} block(s) "
+                              f"left after its switch at block {b} (the new prompt would never pass "
+                              f"{100 * (blocks - b) / (e.blend + 1):.2g}% weight in the video); blend counts blocks of "
+                              f"{block_frames * temporal_ratio / fps:g} s: use at most blend={blocks - b}")
         switches.append(Switch(i, b, e.start, at(b), e.switch or default_mode, e.blend))
     return switches
 

@@ -167,6 +167,11 @@ class Mp4Writer:
         hidden staged file)."""
         if self.prefix is not None:
             concat_copy([self.prefix] + ([self.tmp] if self.written else []), self.staged, comment)
+            joined = probe(self.staged)["frames"]
+            if joined != self.frames:  # ffmpeg's concat drops what follows a damaged part without failing
+                self.staged.unlink(missing_ok=True)
+                raise OSError(errno.EIO, f"the joined video has {joined} frames, not {self.frames} "
+                              f"({self.prefix.name}'s {self.prefix_frames} and {self.written} new)", str(target))
         else:
             cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c",
                    "copy", "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]

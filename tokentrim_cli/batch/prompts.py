@@ -110,7 +110,8 @@ def raise_problems(path: Path, problems: list[tuple[str, str]]) -> None:
 def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
     """Parse a prompts file; every problem of the whole file is raised as one ConfigError line (exit 2).
 
-    Text: one prompt per line. JSONL (``*.jsonl`` or every kept line starting with ``{``): one object per line
+    Text: one prompt per line. A JSON array (``*.json``, or a file starting with ``[``): its elements, objects as in
+    JSONL or plain prompt strings, each keyed by the line it starts on. JSONL (``*.jsonl`` or every kept line starting with ``{``): one object per line
     with ``prompt`` (or ``timeline``, a list of {start, prompt, switch}) and optionally ``seconds``, ``seed``, ``preset``, ``output``, ``set``. In both, blank lines
     and lines starting with ``#`` are skipped; an item's index is its position among the kept lines.
     """
@@ -123,10 +124,14 @@ def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
         raise ConfigError(f"prompts file {path} is a folder, expected a .txt or .jsonl file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in _decode(path, data).split("\n")]
+    text = _decode(path, data)
+    elements = _json_array(path, text)
+    lines = [] if elements is not None else [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     jsonl = _is_jsonl(path, lines)
     items: list[Item] = []
     problems: list[tuple[str, str]] = []
+    for no, value in elements or []:  # a JSON array's elements, parsed already
+        _add(items, problems, len(items), no, value, seconds)
     for no, raw in enumerate(lines, 1):
         text = raw.strip()
         if not text or text.startswith("#"):
@@ -141,23 +146,76 @@ def read_prompts(path: Path | str, seconds: float = 5.0) -> list[Item]:
             problems.append((f"line {no}", f"invalid JSON ({exc.msg} at column {exc.colno})"))
             items.append(Item(index, no, "", float(seconds), None))  # keep indices stable in the error report
             continue
-        if not isinstance(obj, dict):
-            problems.append((f"line {no}", 'expected a JSON object like {"prompt": "..."}, got ' + type(obj).__name__))
-            items.append(Item(index, no, "", float(seconds), None))
-            continue
-        found = _check_object(obj, seconds)
-        problems += [(f"line {no}", p) for p in found]
-        if found:
-            items.append(Item(index, no, "", float(seconds), None))
-            continue
-        out = obj.get("output")
-        if out is not None and out.lower().endswith(".mp4"):
-            out = out[:-4]
-        timeline = from_data(obj["timeline"]) if "timeline" in obj else None
-        prompt = timeline[0].prompt if timeline else obj["prompt"].strip()
-        items.append(Item(index, no, prompt, float(obj.get("seconds", seconds)), obj.get("seed"),
-                          obj.get("preset"), out, list(obj.get("set", [])), timeline=timeline))
+        _add(items, problems, index, no, obj, seconds)
     raise_problems(path, problems)
     if not items:
         raise ConfigError(f"{path}: no prompts found (blank lines and lines starting with # are skipped)")
     return items
+
+
+def _add(items: list[Item], problems: list, index: int, no: int, obj, seconds: float) -> None:
+    """Append the item of one JSON value (an object, or a plain string prompt in a JSON array) found at line
+    ``no``, or a placeholder and its problems."""
+    if isinstance(obj, str) and obj.strip():
+        obj = {"prompt": obj}
+    if not isinstance(obj, dict):
+        problems.append((f"line {no}", 'expected a JSON object like {"prompt": "..."}, got ' + type(obj).__name__))
+        items.append(Item(index, no, "", float(seconds), None))
+        return
+    found = _check_object(obj, seconds)
+    problems += [(f"line {no}", p) for p in found]
+    if found:
+        items.append(Item(index, no, "", float(seconds), None))
+        return
+    out = obj.get("output")
+    if out is not None and out.lower().endswith(".mp4"):
+        out = out[:-4]
+    timeline = from_data(obj["timeline"]) if "timeline" in obj else None
+    prompt = timeline[0].prompt if timeline else obj["prompt"].strip()
+    items.append(Item(index, no, prompt, float(obj.get("seconds", seconds)), obj.get("seed"),
+                      obj.get("preset"), out, list(obj.get("set", [])), timeline=timeline))
+
+
+def _json_array(path: Path, text: str) -> list[tuple[int, object]] | None:
+    """(line, element) of a prompts file written as one JSON array (``*.json``, or starting with ``[`` alone on
+    its line, ``[{``, ``["``, ``[[`` or ``[]``), pretty-printed or not; None for a text or JSONL file. ConfigError (one line) when
+    it starts like one but is not valid JSON."""
+    if path.suffix.lower() == ".jsonl":  # one JSON value per line, whatever it starts with
+        return None
+    body = text.lstrip()
+    first = body.split("\n", 1)[0].strip()
+    if not (path.suffix.lower() == ".json" or first == "[" or body.startswith(("[{", '["', "[]", "[["))):
+        return None
+    decoder = json.JSONDecoder()
+    try:
+        if not body.startswith("["):
+            raise json.JSONDecodeError("expected a JSON array", text, len(text) - len(body))
+        pos, out = text.index("[") + 1, []
+        while True:
+            pos = _skip_space(text, pos)
+            if text.startswith("]", pos) and not out:
+                pos += 1
+                break
+            value, end = decoder.raw_decode(text, pos)
+            out.append((text.count("\n", 0, pos) + 1, value))
+            pos = _skip_space(text, end)
+            if text.startswith(",", pos):
+                pos += 1
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                raise json.JSONDecodeError("expected ',' or ']'", text, pos)
+        if _skip_space(text, pos) != len(text):
+            raise json.JSONDecodeError("extra data after the array", text, pos)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: reads as a JSON array but is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                          f"column {exc.colno}); give a JSON array of objects, JSONL (one object per line) or "
+                          "text (one prompt per line)") from None
+    return out
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos

@@ -259,7 +259,7 @@ class BatchRun:
 
         from ..job import Job, run_job
         from ..progress import make_display
-        from ..resume import state_dir
+        from ..resume import fingerprint, peek_state, state_dir
 
         o, presets = self.o, self.presets
         out = o.out_dir / (it.name + ".mp4")
@@ -284,9 +284,10 @@ class BatchRun:
             loader = presets.loader(preset)
             extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                                "where": where}}
-            prev = done.get(it.index) or {}
-            resume = (o.resume and prev.get("status") == "interrupted" and prev.get("settings_hash") == shash
-                      and (state_dir(out) / "state.pt").is_file())  # goes on where the interrupted run stopped
+            # goes on where an unfinished run of this very item stopped: its state says so (the manifest may not:
+            # a SIGKILL writes no line), by the fingerprint of the same settings
+            found = peek_state(state_dir(out)) if o.resume else None
+            resume = bool(found) and found.get("fingerprint") == fingerprint(shash)
             result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline, settings_hash=shash,
                                  resume=resume), preset, loader, make_display(o.quiet, o.log_format), extra)
             status, error = result.status, result.error

@@ -62,10 +62,17 @@ class Rope:
         """In place: keys x (B, n, heads, d) rotated at temporal positions ``old`` (n,) now sit at ``new``.
 
         Only the temporal channels turn, by new - old (the table's rotation at ``new`` times the conjugate of
-        the one at ``old``), so every position stays inside the table.
+        the one at ``old``), so every position stays inside the table. The turn is done in real arithmetic, one
+        elementwise op at a time: each token's result is then the same whatever else is moved with it (a
+        complex multiply's vectorised and scalar paths round differently, so a pruned segment, fewer tokens,
+        would turn to other bits and a resumed run, which replays the pruning before the move, would differ).
         """
         old, new = old.to(self.device), new.to(self.device)
         t = self.t_dim
-        delta = torch.complex(self.cos[0][new][:, 0::2], self.sin[0][new][:, 1::2])
-        delta = delta * torch.complex(self.cos[0][old][:, 0::2], -self.sin[0][old][:, 1::2])
-        x[..., :t] = rotate(x[..., :t], delta)
+        cn, sn = self.cos[0][new][:, 0::2], self.sin[0][new][:, 1::2]
+        co, so = self.cos[0][old][:, 0::2], self.sin[0][old][:, 1::2]
+        c = (cn * co + sn * so)[None, :, None]  # new * conj(old), (1, n, 1, t/2)
+        s = (sn * co - cn * so)[None, :, None]
+        pairs = x[..., :t].float().unflatten(-1, (-1, 2))
+        a, b = pairs[..., 0], pairs[..., 1]
+        x[..., :t] = torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).type_as(x)
