@@ -219,6 +219,16 @@ def test_presets_list_and_show(capsys):
     cfg = yaml.safe_load(out)
     assert cfg["sampler"]["kind"] == "rolling_forcing" and cfg["pruning"]["p"] == 0.05
     assert cfg["model"]["transformer"]["config"]["num_layers"] == 30  # inherited from self-forcing
+    # every field, those at their defaults included
+    assert cfg["model"]["transformer"]["lora"] is None and cfg["model"]["transformer"]["lora_scale"] == 1.0
+    assert "checkpoint_key" in cfg["model"]["transformer"] and cfg["runtime"]["state_every"] == 32
+
+
+def test_version(capsys):
+    from tokentrim_cli import __version__
+
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out == f"tokentrim {__version__}\n" and __version__ == "0.2.0"
 
 
 def test_doctor_runs(capsys):

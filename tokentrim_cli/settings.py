@@ -134,18 +134,6 @@ class Transformer(Weights):
                                "hf://OWNER/REPO/PATH of a LoRA file", None)
     lora_scale: float = setting(number(), "a number (the LoRA's alpha / rank; W += scale * B @ A)", 1.0)
 
-    def as_dict(self) -> dict:
-        """Fields added after the first release are written only when set: presets that do not use them keep their
-        resolved YAML (and so batch --resume's settings hash)."""
-        out = super().as_dict()
-        for f in dataclasses.fields(Transformer):
-            if f.name in _LATER and out[f.name] == f.default:
-                del out[f.name]
-        return out
-
-
-_LATER = ("checkpoint_key", "lora", "lora_scale")
-
 
 def _tokenizer(v) -> bool:
     return (isinstance(v, str) and v.strip() != "") or (isinstance(v, dict) and v.get("kind") == "words")

@@ -257,7 +257,8 @@ class BatchRun:
 
         from ..job import Job, run_job
         from ..progress import make_display
-        from ..resume import state_dir
+        from .. import __version__
+        from ..resume import peek_state, state_dir
 
         o, presets = self.o, self.presets
         out = o.out_dir / (it.name + ".mp4")
@@ -283,8 +284,10 @@ class BatchRun:
             extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
                                "where": where}}
             prev = done.get(it.index) or {}
+            # goes on where the interrupted run stopped; a state another tokentrim version saved cannot be resumed:
+            # the item starts again (the run removes that state and says so)
             resume = (o.resume and prev.get("status") == "interrupted" and prev.get("settings_hash") == shash
-                      and (state_dir(out) / "state.pt").is_file())  # goes on where the interrupted run stopped
+                      and (peek_state(state_dir(out)) or {}).get("version") == __version__)
             result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline, settings_hash=shash,
                                  resume=resume), preset, loader, make_display(o.quiet, o.log_format), extra)
             status, error = result.status, result.error
