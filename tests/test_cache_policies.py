@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from conftest import tiny_transformer
+from conftest import CacheDriver
 from tokentrim_cli.engine.cache import KVCache, RollingCache, Segment
-from tokentrim_cli.engine.model import CausalWan
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import DeepSinkCache, PoolingCompressor, ThreePartitionCache, affinity, query_summary
 from tokentrim_cli.engine.samplers import self_forcing
@@ -32,16 +31,17 @@ def max_bytes(model, cache, blocks):
 
 
 @pytest.mark.parametrize("name", list(policies()))
-def test_four_times_longer_run_has_same_peak_cache(causal_model, name):
-    make = policies()[name]
-    assert max_bytes(causal_model, make(), 10) == max_bytes(causal_model, make(), 40)
-    assert max_bytes(causal_model, KVCache(2, 1024), 10) < max_bytes(causal_model, KVCache(2, 1024), 20)
+def test_four_times_longer_run_has_same_peak_cache(name):
+    make, model = policies()[name], CacheDriver()  # bookkeeping: the cache driven as the model drives it
+    assert max_bytes(model, make(), 10) == max_bytes(model, make(), 40)
+    assert max_bytes(model, KVCache(2, 1024), 10) < max_bytes(model, KVCache(2, 1024), 20)
 
 
 def test_run_past_1024_latent_frames_stays_inside_rope_table():
-    model = CausalWan(tiny_transformer(rope_max_seq_len=1024))
-    torch.manual_seed(0)
-    model.set_prompt(torch.randn(1, 16, 32))
+    """345 one-step blocks (1035 latent frames) through the three-partition cache and the real 1024-entry table:
+    every position handed out stays inside it. The cache is driven as the model drives it (``CacheDriver``);
+    test_engine.py runs the real model past a small table."""
+    model = CacheDriver(rope_len=1024)
     cache = ThreePartitionCache(2, sink_frames=6, recent_frames=3, mid_capacity=8, mid_top_k=4, rope_len=1024)
     highest = []
     orig = cache.layout
@@ -57,7 +57,7 @@ def test_run_past_1024_latent_frames_stays_inside_rope_table():
     for last in self_forcing(model, cache, NoiseSource(0, SHAPE), 345, warp_steps([1000])):
         pass
     assert last.frames[-1] == 1034 and torch.isfinite(last.latents).all()
-    assert max(highest) < 1024
+    assert max(highest) == 1023  # the current frames sit at the table's end once past it, never beyond
 
 
 def _seg(frames, kind="recent", layers=1, heads=2, dim=4, grid=16, fill=0.0):
