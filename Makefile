@@ -17,6 +17,7 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/attention_overhead.py
 	$(PY) bench/cache_memory.py
 	$(PY) bench/pruning_cost.py
+	$(PY) bench/world_render.py
 
 gpu-check:          ## every real preset on one CUDA GPU, random weights of the real shapes (< 8 min, no download)
 	$(PY) bench/gpu_check.py

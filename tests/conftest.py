@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["TOKENTRIM_PRESET"] = "tiny"  # CLI tests run the fast random-weight preset unless they name another
 THREADS = 1
 torch.set_num_threads(THREADS)
+# A shell's background job (`make test &`, CI runners) starts Python with SIGINT ignored, and an ignored signal
+# stays ignored in every child: the tests that deliver Ctrl-C to a run (in this process or a subprocess) need
+# Python's own handler, whether the suite runs in the foreground, in the background or in an xdist worker.
+try:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+except ValueError:  # not the main thread: nothing to restore here
+    pass
 
 
 @pytest.fixture(autouse=True)

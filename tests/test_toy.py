@@ -23,9 +23,15 @@ def toy():
     return preset, load_components(preset.config.model, preset.config.runtime)
 
 
+_VIDEOS: dict = {}  # (prompt, seconds, seed) -> frames: a video two tests read is generated once
+
+
 def generate(toy, prompt, seconds=2.0, seed=0):
     preset, comps = toy
-    return generate_video(comps, preset.config, prompt, seed, seconds)[0]
+    key = (prompt, seconds, seed)
+    if key not in _VIDEOS:
+        _VIDEOS[key] = generate_video(comps, preset.config, prompt, seed, seconds)[0]
+    return _VIDEOS[key]
 
 
 def test_training_builds_and_samples_as_the_preset_and_weights_load(toy):
