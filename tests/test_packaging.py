@@ -63,6 +63,7 @@ def test_the_wheel_holds_every_module_preset_and_weight(built):
     assert {"tokentrim_cli", "tokentrim_cli/batch", "tokentrim_cli/engine", "tokentrim_cli/toy"} <= packages
     missing = sorted(f for f in _source_files() if f not in names)
     assert not missing, f"not in the wheel: {missing}"
+    assert not [n for n in names if n.startswith(("training/", "tests/", "bench/"))]  # the trainer is not packaged
     assert wheel.name == f"tokentrim-{__version__}-py3-none-any.whl" and sdist.name == f"tokentrim-{__version__}.tar.gz"
     assert f"tokentrim-{__version__}.dist-info/entry_points.txt" in names
 
