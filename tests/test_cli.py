@@ -1,5 +1,7 @@
 """The tokentrim command as a user runs it: outputs, validation errors, interrupts, machine-readable logs."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,9 +20,23 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 BLOCK_KEYS = {"index", "latent_frames", "severity", "threshold", "regenerated", "pruned_tokens", "cache_bytes", "seconds"}
 
 
-def tokentrim(*args, timeout=120, **kw):
+def tokentrim_process(*args, timeout=120, **kw):
+    """The command through its entry point in a process of its own (where the process boundary is tested)."""
     return subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True,
                           env=ENV, timeout=timeout, **kw)
+
+
+def tokentrim(*args, timeout=None) -> subprocess.CompletedProcess:
+    """The command in this process (``main(argv)``, what the entry point runs), its output captured: no
+    interpreter start-up and imports per call."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def run_main(capsys, *args):
@@ -32,8 +48,8 @@ def run_main(capsys, *args):
 
 def test_generate_writes_mp4_and_sidecar(tmp_path):
     out = tmp_path / "clip.mp4"
-    r = tokentrim("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
-                  "--output", str(out))
+    r = tokentrim_process("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
+                          "--output", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     info = probe(out)
@@ -211,7 +227,8 @@ def test_jsonl_log_lines_parse(tmp_path):
 
 def test_quiet_prints_only_the_path(tmp_path):
     out = tmp_path / "q.mp4"
-    r = tokentrim("generate", "--prompt", "a dog", "--seconds", "0.5", "--seed", "2", "--output", str(out), "--quiet")
+    r = tokentrim_process("generate", "--prompt", "a dog", "--seconds", "0.5", "--seed", "2", "--output", str(out),
+                          "--quiet")  # nothing else from the whole process, start-up included
     assert r.returncode == 0 and r.stdout == f"{out}\n" and r.stderr == ""
 
 
