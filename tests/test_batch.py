@@ -16,15 +16,12 @@ from tokentrim_cli.batch import names as batch_names
 from tokentrim_cli.cli import main
 from tokentrim_cli.video import probe
 
+from test_cli import tokentrim  # the command in this process, its output captured
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 ENV.pop("WORLD_SIZE", None)
 SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-
-
-def tokentrim(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True, env=ENV,
-                          timeout=timeout)
 
 
 def run_main(capsys, *args):
@@ -187,7 +184,7 @@ def test_manifest_appends_never_interleave(tmp_path):
     assert len(rows) == 800 and {(r["worker"], r["k"]) for r in rows} == {(w, k) for w in range(4) for k in range(200)}
 
 
-# ---------------------------------------------------------------------- end to end (subprocess)
+# ---------------------------------------------------------------------- end to end
 def test_batch_item_failure_then_resume(tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [
         {"prompt": "a red kite"},
