@@ -12,7 +12,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 sys.path.insert(0, str(ROOT))
+# tests/ mirrors the package (tests/engine/, tests/batch/, tests/toy/ for tokentrim_cli/engine, ...): a test file
+# imports another one's helpers by its module name (basenames are unique) from whichever folder it is in
+for _folder in [TESTS, *sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name.isidentifier())]:
+    if str(_folder) not in sys.path:
+        sys.path.insert(1, str(_folder))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["TOKENTRIM_PRESET"] = "tiny"  # CLI tests run the fast random-weight preset unless they name another
 THREADS = 1

@@ -16,9 +16,9 @@ from tokentrim_cli.batch import names as batch_names
 from tokentrim_cli.cli import main
 from tokentrim_cli.video import probe
 
+from conftest import ROOT
 from test_cli import tokentrim  # the command in this process, its output captured
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 ENV.pop("WORLD_SIZE", None)
 SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")

@@ -1,7 +1,6 @@
 """The shipped toy model: its weights load through the preset, and it follows the prompt (CPU, seconds)."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,9 @@ from tokentrim_cli.pipeline import generate_video
 from tokentrim_cli.toy import world
 from tokentrim_cli.toy.scoring import attribute_errors
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # the trainer is not in the package
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "training"))  # the trainer is not in the package
 import train_toy  # noqa: E402
 
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,8 @@ from tokentrim_cli.engine.guidance import Guided
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.video import probe
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 TRAINER = ROOT / "training" / "train_toy.py"  # run from a checkout, not shipped in the package
 sys.path.insert(0, str(TRAINER.parent))
 import train_toy as train  # noqa: E402
