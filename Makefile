@@ -6,8 +6,8 @@ install:            ## install tokentrim and its test dependencies (CPU torch on
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 
-test: install       ## run the offline CPU test suite
-	$(PY) -m pytest
+test: install       ## run the offline CPU test suite (two workers, one file each at a time: -n 2 --dist loadfile)
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: install       ## generate a short clip with the embedded default preset
 	tokentrim generate --prompt "a red circle bouncing on a dark blue background" --seconds 8 --seed 1 --output demo.mp4 --overwrite
@@ -17,6 +17,7 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/attention_overhead.py
 	$(PY) bench/cache_memory.py
 	$(PY) bench/pruning_cost.py
+	$(PY) bench/world_render.py
 
 gpu-check:          ## every real preset on one CUDA GPU, random weights of the real shapes (< 8 min, no download)
 	$(PY) bench/gpu_check.py

@@ -1,15 +1,43 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# before torch loads OpenMP: threads that spin while waiting take the CPU from the one doing the work whenever the
+# machine has fewer free cores than threads (a busy CI machine, pytest-xdist's workers); the tests' tensors are
+# tiny, so one thread per process does as well as two (the entry point sets the same policy for CLI runs)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 sys.path.insert(0, str(ROOT))
+# tests/ mirrors the package (tests/engine/, tests/batch/, tests/toy/ for tokentrim_cli/engine, ...): a test file
+# imports another one's helpers by its module name (basenames are unique) from whichever folder it is in
+for _folder in [TESTS, *sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name.isidentifier())]:
+    if str(_folder) not in sys.path:
+        sys.path.insert(1, str(_folder))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["TOKENTRIM_PRESET"] = "tiny"  # CLI tests run the fast random-weight preset unless they name another
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+THREADS = 1
+torch.set_num_threads(THREADS)
+# A shell's background job (`make test &`, CI runners) starts Python with SIGINT ignored, and an ignored signal
+# stays ignored in every child: the tests that deliver Ctrl-C to a run (in this process or a subprocess) need
+# Python's own handler, whether the suite runs in the foreground, in the background or in an xdist worker.
+try:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+except ValueError:  # not the main thread: nothing to restore here
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """An in-process CLI run sets torch's threads to the CPUs it may use; the next test starts with one again."""
+    yield
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
 
 TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2),
@@ -51,3 +79,55 @@ def tiny_vae():
 
     torch.manual_seed(2)
     return AutoencoderKLWan(**TINY_VAE).eval()
+
+
+class CacheDriver:
+    """Stands in for CausalWan where only the cache's bookkeeping is under test (positions, eviction, selection,
+    arena vs plain path): it calls the cache exactly as the model does (``begin``, ``attend`` per layer with the
+    current keys rotated at ``current_positions``, ``end``; a write pass stores its K/V) with one attention per
+    layer over fixed random projections of the latents, and returns a velocity made from the attention outputs,
+    so the real samplers and TokenTrim run unchanged at a fraction of a transformer's cost.
+
+    Args:
+        layers, heads, head_dim: as a Wan transformer's (head_dim split 4/4/4 into t/h/w RoPE channels at 12).
+        rope_len: positions in the RoPE table (the model's ``rope_max_seq_len``).
+    Latents are (B, 16, F, H, W) with 2 x 2 patches, as the tiny transformer's.
+    """
+
+    def __init__(self, layers=2, heads=2, head_dim=12, rope_len=64, seed=0):
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+        from tokentrim_cli.engine.rope import Rope
+
+        self.rope = Rope(WanRotaryPosEmbed(head_dim, (1, 2, 2), rope_len))
+        self.num_layers, self.rope_len, self.heads = layers, rope_len, heads
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        g = torch.Generator().manual_seed(seed)
+        self.qkv = [torch.randn(64, 3 * heads * head_dim, generator=g) / 8 for _ in range(layers)]
+        self.out = [torch.randn(heads * head_dim, 64, generator=g) / (heads * head_dim) ** 0.5 for _ in range(layers)]
+        self.calls = []  # per attend: (writing, current frames, the attention output) for comparisons
+
+    def __call__(self, latents, timesteps, frames, cache=None, write=False, first_step=False):
+        from tokentrim_cli.engine.attention import attend
+        from tokentrim_cli.engine.rope import rotate
+
+        b, c, f, hh, ww = latents.shape
+        gh, gw = hh // 2, ww // 2
+        n = gh * gw
+        x = latents.reshape(b, c, f, gh, 2, gw, 2).permute(0, 2, 3, 5, 1, 4, 6).reshape(b, f * n, c * 4)
+        self.rope.grid_w = gw
+        cache.begin(torch.as_tensor(frames).long(), (gh, gw), write=write, first_step=first_step, rope=self.rope)
+        completed = False
+        try:
+            freqs = self.rope.tables(cache.current_positions.repeat_interleave(n), torch.arange(n).repeat(f))
+            for layer in range(self.num_layers):
+                q, k, v = (x @ self.qkv[layer]).unflatten(2, (3, self.heads, -1)).unbind(2)
+                keys, values = cache.attend(layer, q, k, rotate(k, freqs), v)
+                h = attend(rotate(q, freqs), keys, values).flatten(2)
+                self.calls.append((write, tuple(cache.current_frames.tolist()), h))
+                x = x + h @ self.out[layer]
+            completed = True
+        finally:
+            cache.end(completed)
+        v = x.reshape(b, f, gh, gw, c, 2, 2).permute(0, 4, 1, 2, 5, 3, 6).reshape(b, c, f, hh, ww)
+        return v - latents  # a velocity of the latents' own scale

@@ -72,16 +72,16 @@ def test_compiled_blocks_give_the_same_latents(causal_model):
     from tokentrim_cli.engine.samplers import self_forcing
     from tokentrim_cli.engine.schedule import warp_steps
 
-    def run(model):
+    def run(model):  # one layer (each block compiles alike); 3 blocks: context grows, then the window slides
         torch.manual_seed(1)
         model.set_prompt(torch.randn(1, 16, 32))
-        cache = RollingCache(2, window_frames=6, rope_len=64)
-        blocks = self_forcing(model, cache, NoiseSource(0, (1, 16, 3, 8, 8)), 4, warp_steps([1000, 500]))
+        cache = RollingCache(1, window_frames=6, rope_len=64)
+        blocks = self_forcing(model, cache, NoiseSource(0, (1, 16, 3, 8, 8)), 3, warp_steps([1000, 500]))
         return torch.cat([b.latents for b in blocks], 2)
 
     torch._dynamo.reset()
-    compiled = compile_blocks(CausalWan(tiny_transformer()), backend="eager")
-    assert (run(compiled) - run(CausalWan(tiny_transformer()))).abs().max().item() <= 1e-5
+    compiled = compile_blocks(CausalWan(tiny_transformer(num_layers=1)), backend="eager")
+    assert (run(compiled) - run(CausalWan(tiny_transformer(num_layers=1)))).abs().max().item() <= 1e-5
 
 
 def test_gpu_check_runs_unattended_on_the_cpu(tmp_path):

@@ -1,5 +1,7 @@
 """The tokentrim command as a user runs it: outputs, validation errors, interrupts, machine-readable logs."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,9 +20,23 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 BLOCK_KEYS = {"index", "latent_frames", "severity", "threshold", "regenerated", "pruned_tokens", "cache_bytes", "seconds"}
 
 
-def tokentrim(*args, timeout=120, **kw):
+def tokentrim_process(*args, timeout=120, **kw):
+    """The command through its entry point in a process of its own (where the process boundary is tested)."""
     return subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True,
                           env=ENV, timeout=timeout, **kw)
+
+
+def tokentrim(*args, timeout=None) -> subprocess.CompletedProcess:
+    """The command in this process (``main(argv)``, what the entry point runs), its output captured: no
+    interpreter start-up and imports per call."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def run_main(capsys, *args):
@@ -32,8 +48,8 @@ def run_main(capsys, *args):
 
 def test_generate_writes_mp4_and_sidecar(tmp_path):
     out = tmp_path / "clip.mp4"
-    r = tokentrim("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
-                  "--output", str(out))
+    r = tokentrim_process("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
+                          "--output", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     info = probe(out)
@@ -124,15 +140,22 @@ def test_missing_weights_name_file_and_download_command(capsys, tmp_path, monkey
     assert "hf://gdhe17/Self-Forcing/checkpoints/self_forcing_dmd.pt" in err and "tokentrim download self-forcing" in err
 
 
-def test_download_offline_fails_cleanly_and_at_once(tmp_path):
-    r = tokentrim("download", "self-forcing", "--local-dir", str(tmp_path), timeout=60)  # HF_HUB_OFFLINE=1
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "HF_HUB_OFFLINE is set" in r.stderr
-    env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE" and "proxy" not in k.lower()}
-    t0 = time.perf_counter()  # a host that never resolves: one line, not five retries of the hub client
-    r = subprocess.run([sys.executable, "-m", "tokentrim_cli", "download", "self-forcing", "--local-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60, env={**env, "HF_ENDPOINT": "https://hub.invalid"})
-    assert r.returncode == 1 and r.stderr.startswith("tokentrim: error: cannot reach hub.invalid"), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and time.perf_counter() - t0 < 25
+def test_download_offline_fails_cleanly_and_at_once(tmp_path, capsys, monkeypatch):
+    from tokentrim_cli.engine import weights
+
+    def never(*a, **k):
+        raise AssertionError("the hub client was asked (five retries, 30 s of log lines)")
+
+    monkeypatch.setattr(weights, "fetch", never)
+    args = ["download", "self-forcing", "--local-dir", str(tmp_path)]
+    code, _, err = run_main(capsys, *args)  # HF_HUB_OFFLINE=1
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "HF_HUB_OFFLINE is set" in err
+    for var in [k for k in os.environ if k == "HF_HUB_OFFLINE" or "proxy" in k.lower()]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # a host that never resolves: one line, at once
+    code, _, err = run_main(capsys, *args)
+    assert code == 1 and err.startswith("tokentrim: error: cannot reach hub.invalid"), err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -204,7 +227,8 @@ def test_jsonl_log_lines_parse(tmp_path):
 
 def test_quiet_prints_only_the_path(tmp_path):
     out = tmp_path / "q.mp4"
-    r = tokentrim("generate", "--prompt", "a dog", "--seconds", "0.5", "--seed", "2", "--output", str(out), "--quiet")
+    r = tokentrim_process("generate", "--prompt", "a dog", "--seconds", "0.5", "--seed", "2", "--output", str(out),
+                          "--quiet")  # nothing else from the whole process, start-up included
     assert r.returncode == 0 and r.stdout == f"{out}\n" and r.stderr == ""
 
 
@@ -219,6 +243,16 @@ def test_presets_list_and_show(capsys):
     cfg = yaml.safe_load(out)
     assert cfg["sampler"]["kind"] == "rolling_forcing" and cfg["pruning"]["p"] == 0.05
     assert cfg["model"]["transformer"]["config"]["num_layers"] == 30  # inherited from self-forcing
+    # every field, those at their defaults included
+    assert cfg["model"]["transformer"]["lora"] is None and cfg["model"]["transformer"]["lora_scale"] == 1.0
+    assert "checkpoint_key" in cfg["model"]["transformer"] and cfg["runtime"]["state_every"] == 32
+
+
+def test_version(capsys):
+    from tokentrim_cli import __version__
+
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0 and out == f"tokentrim {__version__}\n" and __version__ == "0.2.0"
 
 
 def test_doctor_runs(capsys):

@@ -202,18 +202,15 @@ def test_quiet_controller_is_bit_identical_to_baseline(causal_model, sampler, st
 
 def test_generate_sidecar_records_pruning(tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from test_cli import ENV
+    from test_cli import tokentrim
 
     def run(name, *sets):
         out = tmp_path / f"{name}.mp4"
-        cmd = [sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a red circle", "--seconds", "4",
-               "--seed", "3", "--output", str(out), "--quiet"]
+        cmd = ["generate", "--prompt", "a red circle", "--seconds", "4", "--seed", "3", "--output", str(out), "--quiet"]
         for s in sets:
             cmd += ["--set", s]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+        r = tokentrim(*cmd)
         assert r.returncode == 0, r.stderr
         return json.loads(out.with_suffix(".json").read_text())["blocks"]
 

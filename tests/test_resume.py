@@ -178,6 +178,13 @@ def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, m
         assert rc == 2 and "other settings" in err and len(err.strip().splitlines()) == 1, (other, err)
     rc, _, err = run_main(capsys, *[a for a in argv() if a not in ("--seed", "7")], "--resume")
     assert rc == 2 and "--seed" in err
+    path = state_dir(out) / "state.pt"  # a state another tokentrim version saved: refused, saying which
+    saved = torch.load(path, weights_only=False)
+    torch.save({**saved, "version": "0.1.0"}, path)
+    rc, _, err = run_main(capsys, *argv(), "--resume")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "saved by tokentrim 0.1.0" in err and "this is 0.2.0" in err and "without --resume" in err
+    torch.save(saved, path)
     out.with_name("clip.partial.mp4").unlink()
     rc, _, err = run_main(capsys, *argv(), "--resume")
     assert rc == 2 and "clip.partial.mp4 is missing" in err
@@ -285,6 +292,32 @@ def test_batch_resume_goes_on_with_the_interrupted_item(tmp_path, monkeypatch, c
     side = json.loads(stopped.with_suffix(".json").read_text())
     assert side["resumed"][0]["after_block"] == after and len(side["blocks"]) == side["plan"]["blocks"]
     assert probe(stopped)["frames"] == side["frames"] and not state_dir(stopped).exists()
+
+
+def test_batch_resume_starts_again_an_item_another_version_interrupted(tmp_path, monkeypatch, capsys):
+    """An interrupted item whose state another tokentrim version saved is not resumed: it runs again from the
+    start (its state removed, with a line saying so); finished items are still skipped."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red kite\na blue ball\n")
+    out = tmp_path / "out"
+    args = ["batch", str(prompts), "--out-dir", str(out), "--seconds", "2"]
+    restore = _stop_at_forward(monkeypatch, 30, "sigterm")  # in item 1
+    assert run_main(capsys, *args, "-q")[0] == 130
+    restore()
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    stopped = out / rows[1]["output"].replace(".partial.mp4", ".mp4")
+    summary = state_dir(stopped) / "state.json"
+    from tokentrim_cli import resume
+
+    monkeypatch.setattr(resume, "__version__", "0.1.0")  # what 0.1.0 wrote: its version, and so its fingerprint
+    old = {"version": "0.1.0", "fingerprint": resume.fingerprint(rows[1]["settings_hash"])}
+    monkeypatch.undo()
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), **old}))
+    rc, _, err = run_main(capsys, *args, "--resume")
+    assert rc == 0, err
+    assert "skipped, already done" in err and "removed " + state_dir(stopped).name in err
+    side = json.loads(stopped.with_suffix(".json").read_text())
+    assert side["status"] == "ok" and "resumed" not in side and not state_dir(stopped).exists()
 
 
 def _twin_stop_resume(capsys, monkeypatch, tmp_path, args, n, how, code, between=lambda out: None):

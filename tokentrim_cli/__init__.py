@@ -1,3 +1,3 @@
 """tokentrim: long autoregressive video generation on Wan2.1 with drift-aware pruning and bounded KV caches."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -134,26 +134,6 @@ class Transformer(Weights):
                                "hf://OWNER/REPO/PATH of a LoRA file", None)
     lora_scale: float = setting(number(), "a number (the LoRA's alpha / rank; W += scale * B @ A)", 1.0)
 
-    def as_dict(self) -> dict:
-        """Fields added after the first release are written only when set: presets that do not use them keep their
-        resolved YAML (and so batch --resume's settings hash)."""
-        out = super().as_dict()
-        for f in dataclasses.fields(Transformer):
-            if f.name in _LATER and out[f.name] == f.default:
-                del out[f.name]
-        return out
-
-
-_LATER = ("checkpoint_key", "lora", "lora_scale", "first_block_steps", "ema_alpha")
-
-
-def _without_unset_later(sec: Section, out: dict) -> dict:
-    """Drop the fields added after the first release that still hold their default (see Transformer.as_dict)."""
-    for f in dataclasses.fields(sec):
-        if f.name in _LATER and out[f.name] == (list(f.default) if isinstance(f.default, tuple) else f.default):
-            del out[f.name]
-    return out
-
 
 def _tokenizer(v) -> bool:
     return (isinstance(v, str) and v.strip() != "") or (isinstance(v, dict) and v.get("kind") == "words")
@@ -193,9 +173,6 @@ class Sampler(Section):
                                               "(Causal Forcing++'s 1- and 2-step models: [1000, 750, 500, 250])",
                                               None, convert=tuple)
 
-    def as_dict(self) -> dict:
-        return _without_unset_later(self, super().as_dict())
-
 
 def _compression(v) -> bool:
     return isinstance(v, list) and len(v) == 3 and all(integer(1)(x) for x in v)
@@ -223,9 +200,6 @@ class Cache(Section):
     positions: str = choice("packed", "absolute", allowed="packed (gaps closed: the sink sits right before the "
                             "window; Rolling Forcing) or absolute (every key at its own latent frame; LongLive, Self "
                             "Forcing)")
-
-    def as_dict(self) -> dict:
-        return _without_unset_later(self, super().as_dict())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,13 +11,39 @@ import re
 from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
-# settings added after tokentrim 0.1.0, left out of the hash at these values so that a batch begun with 0.1.0
-# resumes without redoing its finished items (threads and state saves never change the pictures:
-# always left out)
-ANY = object()
-LATER_SETTINGS = {("runtime", "threads"): ANY, ("runtime", "state_every"): ANY, ("sampler", "switch"): "recache",
-                  ("cache", "positions"): "packed"}
-UNHASHED = ("license",)  # sections that never change the pictures
+
+# What the settings hash reads: a versioned, explicit list of resolved-YAML fields, so that a manifest written by
+# an older tokentrim keeps resuming (its finished items are skipped) and a new field never changes old hashes.
+# HASH_FIELDS_V1 is frozen: the fields of tokentrim 0.1.0's resolved config, always hashed.
+HASH_FIELDS_V1 = (
+    ("description",),
+    *(("model", "transformer", k) for k in ("config", "weights")),
+    *(("model", "vae", k) for k in ("kind", "config", "weights")),
+    *(("model", "text_encoder", k) for k in ("config", "weights")),
+    ("model", "tokenizer"), ("model", "max_text_length"),
+    *(("sampler", k) for k in ("kind", "steps", "shift", "block_frames", "context_noise", "guidance_scale",
+                               "guidance_min_timestep", "negative_prompt", "solver")),
+    *(("cache", k) for k in ("policy", "window_frames", "sink_frames", "span_frames", "recent_frames",
+                             "mid_capacity", "mid_top_k", "budget_frames", "compression", "selection",
+                             "query_samples")),
+    *(("pruning", k) for k in ("enabled", "p", "lambda", "warmup", "max_regenerations", "measure_at", "noise")),
+    *(("video", k) for k in ("height", "width", "fps", "crf", "preset")),
+    *(("runtime", k) for k in ("device", "dtype", "vae_dtype", "offload_text_encoder", "overlap_decode", "compile")),
+)
+# Fields added after 0.1.0 that change the video, with the value that does what 0.1.0 did: hashed only when they
+# differ from it (a new field goes here, never into HASH_FIELDS_V1).
+HASH_FIELDS_ADDED = {
+    ("model", "transformer", "checkpoint_key"): None,
+    ("model", "transformer", "lora"): None,
+    ("model", "transformer", "lora_scale"): 1.0,
+    ("sampler", "switch"): "recache",
+    ("sampler", "first_block_steps"): None,
+    ("cache", "positions"): "packed",
+    ("cache", "ema_alpha"): 0.999,
+}
+# Fields that never change the pictures: never hashed.
+UNHASHED_FIELDS = (("runtime", "threads"), ("runtime", "state_every"),
+                   ("license", "name"), ("license", "commercial"), ("license", "source"))
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -64,17 +90,41 @@ def canonical(obj) -> str:
 
 
 def settings_hash(config: dict | None, prompt: str, seconds: float, seed: int, fallback: dict | None = None) -> str:
-    """sha256 (first 16 hex digits) of the resolved config + prompt + seconds + seed. ``cuda:N`` counts as
-    ``cuda`` so that resuming on another GPU layout does not redo finished work."""
-    cfg = copy.deepcopy(config) if config is not None else {"unresolved": fallback}
-    for key in UNHASHED:
-        cfg.pop(key, None)
-    for (section, key), default in LATER_SETTINGS.items():
-        values = cfg.get(section)
-        if isinstance(values, dict) and key in values and (default is ANY or values[key] == default):
-            del values[key]
-    dev = cfg.get("runtime", {}).get("device") if isinstance(cfg.get("runtime"), dict) else None
+    """sha256 (first 16 hex digits) of the resolved config's hashed fields (``HASH_FIELDS_V1``, plus those of
+    ``HASH_FIELDS_ADDED`` that differ from their 0.1.0 value) + prompt + seconds + seed. ``cuda:N`` counts as
+    ``cuda`` so that resuming on another GPU layout does not redo finished work. ``config`` None: an item whose
+    preset did not resolve, hashed by ``fallback``."""
+    cfg = hashed_fields(config) if config is not None else {"unresolved": fallback}
+    dev = cfg.get("runtime", {}).get("device")
     if isinstance(dev, str) and re.fullmatch(r"cuda:\d+", dev):
         cfg["runtime"]["device"] = "cuda"
     payload = canonical({"config": cfg, "prompt": prompt, "seconds": float(seconds), "seed": int(seed)})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def hashed_fields(config: dict) -> dict:
+    """The part of a resolved config (``Config.as_dict()``) the settings hash reads, nested as in the YAML."""
+    out: dict = {}
+    chosen = [(path, _get(config, path)) for path in HASH_FIELDS_V1]
+    chosen += [(path, value) for path, then in HASH_FIELDS_ADDED.items()
+               if (value := _get(config, path, then)) != then]
+    for path, value in chosen:
+        if value is _ABSENT:
+            continue
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = copy.deepcopy(value)
+    return out
+
+
+_ABSENT = object()
+
+
+def _get(config: dict, path: tuple[str, ...], default=_ABSENT):
+    node = config
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node

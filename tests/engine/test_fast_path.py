@@ -4,7 +4,7 @@ does its work once per block rather than once per forward, and keeps every tenso
 import pytest
 import torch
 
-from conftest import tiny_transformer
+from conftest import CacheDriver, tiny_transformer
 from tokentrim_cli.engine import arena as arena_mod
 from tokentrim_cli.engine.cache import KVCache, RollingCache
 from tokentrim_cli.engine.guidance import Guided
@@ -46,19 +46,15 @@ def _generate(model, cache, sampler, steps, blocks, reviewer=None, seed=3):
     return torch.cat([b.latents for b in out], 2), [b.record for b in out]
 
 
-@pytest.mark.parametrize("pruning", [False, True], ids=["", "pruning"])
-@pytest.mark.parametrize("name", list(CASES))
-def test_fast_path_equals_reference_path(causal_model, name, pruning):
-    """Rotated buffers == un-rotated segments rotated per call (fp32, 1e-5), after eviction, TokenTrim pruning
-    (lambda 0 fires on most batches), three-partition selection and re-packing past the RoPE table."""
+def _fast_and_reference(make_model, name, pruning):
     make, sampler, steps, blocks = CASES[name]
     results = []
     for arena in (True, False):
-        cache = make(arena)
+        cache, model = make(arena), make_model()
         reviewer = TokenTrim(p=0.2, lam=0.0, warmup=1) if pruning else None
-        lat, records = _generate(causal_model, cache, sampler, steps, blocks, reviewer)
-        results.append((lat, records, cache.num_tokens, cache.nbytes))
-    (fast, rec_fast, tok_fast, bytes_fast), (ref, rec_ref, tok_ref, bytes_ref) = results
+        lat, records = _generate(model, cache, sampler, steps, blocks, reviewer)
+        results.append((lat, records, cache.num_tokens, cache.nbytes, model))
+    (fast, rec_fast, tok_fast, bytes_fast, _), (ref, rec_ref, tok_ref, bytes_ref, _) = results
     assert (fast - ref).abs().max().item() <= 1e-5
     if name in EXACT:  # nothing moved or was un-rotated: the same numbers in the same order, bit for bit
         assert torch.equal(fast, ref)
@@ -66,20 +62,41 @@ def test_fast_path_equals_reference_path(causal_model, name, pruning):
     if pruning:
         assert [r["verdict"] for r in rec_fast] == [r["verdict"] for r in rec_ref]
         assert sum(r["pruned_tokens"] for r in rec_fast) > 0
+    return results[0][-1], results[1][-1]
+
+
+@pytest.mark.parametrize("pruning", [False, True], ids=["", "pruning"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_fast_path_equals_reference_path(name, pruning):
+    """Rotated buffers == un-rotated segments rotated per call (fp32, 1e-5), after eviction, TokenTrim pruning
+    (lambda 0 fires on most batches), three-partition selection and re-packing past the RoPE table: the real
+    samplers and reviewer over the cache driven as the model drives it, every attention output compared."""
+    fast, ref = _fast_and_reference(CacheDriver, name, pruning)
+    assert len(fast.calls) == len(ref.calls) > 0
+    assert max((a[2] - b[2]).abs().max().item() for a, b in zip(fast.calls, ref.calls)) <= 1e-5
+
+
+@pytest.mark.parametrize("name, pruning", [("three-partition past the rope table", True),
+                                           ("rolling forcing, its reference context", False)])
+def test_fast_path_equals_reference_path_on_the_model(causal_model, name, pruning):
+    """The same through the tiny transformer, end to end: re-packing past the table with pruning, and a case that
+    must be bit for bit."""
+    _fast_and_reference(lambda: causal_model, name, pruning)
 
 
 def test_fast_path_past_1024_frames_equals_reference():
-    """345 one-step blocks (1035 latent frames) through the three-partition cache with the real 1024-entry table."""
-    model = CausalWan(tiny_transformer(rope_max_seq_len=1024))
-    torch.manual_seed(0)
-    model.set_prompt(torch.randn(1, 16, 32))
-    lats = []
+    """345 one-step blocks (1035 latent frames) through the three-partition cache with the real 1024-entry table;
+    every attention output of the fast path equals the reference path's."""
+    runs = []
     for arena in (True, False):
+        model = CacheDriver(rope_len=1024)
         cache = ThreePartitionCache(2, sink_frames=6, recent_frames=3, mid_capacity=4, mid_top_k=2, rope_len=1024,
                                     arena=arena)
-        lats.append(_generate(model, cache, self_forcing, (1000,), 345)[0])
-    assert lats[0].shape[2] == 1035
-    assert (lats[0] - lats[1]).abs().max().item() <= 1e-5
+        runs.append((_generate(model, cache, self_forcing, (1000,), 345)[0], model.calls))
+    (fast, fast_calls), (ref, ref_calls) = runs
+    assert fast.shape[2] == 1035 and len(fast_calls) == len(ref_calls) == 345 * 2 * 2
+    assert (fast - ref).abs().max().item() <= 1e-5
+    assert max((a[2] - b[2]).abs().max().item() for a, b in zip(fast_calls, ref_calls)) <= 1e-5
 
 
 @pytest.mark.parametrize("policy", ["rolling", "three_partition"])
@@ -118,12 +135,13 @@ def test_fast_path_does_its_work_once_per_block(causal_model, monkeypatch):
 
 
 def _meta_model():
-    model = CausalWan(tiny_transformer()).to("meta")
+    model = CausalWan(tiny_transformer(num_layers=1)).to("meta")  # meta kernels run in Python: one layer suffices
     model.set_prompt(torch.randn(1, 16, 32))
     return model
 
 
-@pytest.mark.parametrize("sampler,steps", [(self_forcing, SF), (rolling_forcing, RF)])
+# two denoising steps (Rolling Forcing: windows of three blocks, start-up, full windows and the flush in 6 blocks)
+@pytest.mark.parametrize("sampler,steps", [(self_forcing, (1000, 500)), (rolling_forcing, (1000, 600, 200))])
 @pytest.mark.parametrize("cache", ["full", "rolling", "sink_window", "rolling_forcing", "deep_sink", "three_partition"])
 @pytest.mark.parametrize("guided", [False, True], ids=["", "guided"])
 def test_no_cpu_tensor_meets_a_device_tensor(sampler, steps, cache, guided):
@@ -139,7 +157,7 @@ def test_no_cpu_tensor_meets_a_device_tensor(sampler, steps, cache, guided):
     if guided:
         model = Guided(model, 3.0, min_timestep=900)
         model.set_prompt(torch.randn(1, 16, 32), torch.randn(1, 16, 32))
-    kv = make_cache(cfg, 2, 64)
+    kv = make_cache(cfg, 1, 64)
     blocks = list(sampler(model, kv, NoiseSource(0, SHAPE, device="meta"), 6, warp_steps(list(steps))))
     assert len(blocks) == 6 and all(b.latents.device.type == "meta" for b in blocks)
     assert kv.num_tokens > 0

@@ -107,15 +107,6 @@ def test_two_objects_and_occlusion():
     assert world.caption(spec) == "a red circle and a blue square rotating on a white background"
 
 
-def test_render_is_fast():
-    import time
-
-    spec = world.sample_spec(0, two_objects_prob=1.0)
-    t = time.perf_counter()
-    world.render(spec, 200, 64, 64)
-    assert time.perf_counter() - t < 1.0
-
-
 def test_parse_caption_examples_and_errors():
     import pytest
 

@@ -1,7 +1,6 @@
 """The shipped toy model: its weights load through the preset, and it follows the prompt (CPU, seconds)."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,9 @@ from tokentrim_cli.pipeline import generate_video
 from tokentrim_cli.toy import world
 from tokentrim_cli.toy.scoring import attribute_errors
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # the trainer is not in the package
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "training"))  # the trainer is not in the package
 import train_toy  # noqa: E402
 
 
@@ -23,9 +24,15 @@ def toy():
     return preset, load_components(preset.config.model, preset.config.runtime)
 
 
+_VIDEOS: dict = {}  # (prompt, seconds, seed) -> frames: a video two tests read is generated once
+
+
 def generate(toy, prompt, seconds=2.0, seed=0):
     preset, comps = toy
-    return generate_video(comps, preset.config, prompt, seed, seconds)[0]
+    key = (prompt, seconds, seed)
+    if key not in _VIDEOS:
+        _VIDEOS[key] = generate_video(comps, preset.config, prompt, seed, seconds)[0]
+    return _VIDEOS[key]
 
 
 def test_training_builds_and_samples_as_the_preset_and_weights_load(toy):

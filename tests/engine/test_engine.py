@@ -212,23 +212,6 @@ def test_rolling_window_with_sink_bounds_cache(causal_model):
     assert [s.kind for s in cache.segments][0] == "sink"
 
 
-def test_run_past_rope_table_keeps_positions_inside(causal_model):
-    """rope_max_seq_len is 64 here; 30 blocks = 90 latent frames run through a 12-frame rolling window."""
-    cache = RollingCache(causal_model.num_layers, window_frames=12, sink_frames=3, rope_len=causal_model.rope_len)
-    seen = []
-    orig = cache.layout
-
-    def spy(segs):
-        plan = orig(segs)
-        seen.append(max(plan.pos.values()))
-        return plan
-
-    cache.layout = spy
-    lat, _ = _run(self_forcing, causal_model, 0, blocks=30, cache=cache, steps=(1000, 500))
-    assert lat.shape[2] == 90 and torch.isfinite(lat).all()
-    assert max(seen) < causal_model.rope_len
-
-
 def test_streaming_decode_equals_one_shot(tiny_vae):
     from tokentrim_cli.engine.vae import StreamingDecoder
 

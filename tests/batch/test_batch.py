@@ -16,15 +16,12 @@ from tokentrim_cli.batch import names as batch_names
 from tokentrim_cli.cli import main
 from tokentrim_cli.video import probe
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+from test_cli import tokentrim  # the command in this process, its output captured
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 ENV.pop("WORLD_SIZE", None)
 SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-
-
-def tokentrim(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True, env=ENV,
-                          timeout=timeout)
 
 
 def run_main(capsys, *args):
@@ -187,7 +184,7 @@ def test_manifest_appends_never_interleave(tmp_path):
     assert len(rows) == 800 and {(r["worker"], r["k"]) for r in rows} == {(w, k) for w in range(4) for k in range(200)}
 
 
-# ---------------------------------------------------------------------- end to end (subprocess)
+# ---------------------------------------------------------------------- end to end
 def test_batch_item_failure_then_resume(tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [
         {"prompt": "a red kite"},
@@ -325,3 +322,28 @@ def test_settings_hash_of_a_0_1_0_batch_is_unchanged():
     assert B.settings_hash(cfg, "a red circle", 1.0, 5) == "18bec84e67d6d73f"
     cut = load_preset("tiny", ["sampler.switch=cut", "runtime.threads=3"]).config.as_dict()
     assert B.settings_hash(cut, "a red circle", 1.0, 5) != "18bec84e67d6d73f"  # what changes the video counts
+    lora = load_preset("tiny", ["model.transformer.lora_scale=0.5"]).config.as_dict()
+    assert B.settings_hash(lora, "a red circle", 1.0, 5) != "18bec84e67d6d73f"
+    every = load_preset("tiny", ["runtime.threads=3", "runtime.state_every=0"]).config.as_dict()
+    assert B.settings_hash(every, "a red circle", 1.0, 5) == "18bec84e67d6d73f"  # never change the pictures
+
+
+def _leaf_paths(cls, prefix=()):
+    import dataclasses
+
+    from tokentrim_cli.settings import section_type, yaml_key
+
+    for f in dataclasses.fields(cls):
+        sub = section_type(cls, f)
+        yield from _leaf_paths(sub, (*prefix, yaml_key(f))) if sub else [(*prefix, yaml_key(f))]
+
+
+def test_every_setting_has_a_settings_hash_rule():
+    """Each field of a preset is in exactly one list of the hash's rule (0.1.0's fields, fields added since with
+    their 0.1.0 value, never hashed): a new setting cannot change old manifests' hashes by accident."""
+    from tokentrim_cli.batch import manifest as M
+    from tokentrim_cli.settings import Config
+
+    lists = [set(M.HASH_FIELDS_V1), set(M.HASH_FIELDS_ADDED), set(M.UNHASHED_FIELDS)]
+    assert sum(len(s) for s in lists) == len(set().union(*lists))  # no field in two lists
+    assert set().union(*lists) == set(_leaf_paths(Config))
