@@ -13,10 +13,11 @@ LAYERS = [
     ("batch", ["batch"]),
     ("job", ["job", "loading"]),
     ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "outputs", "metrics", "toy", "image",
-                   "resume", "source_video", "continuation", "write_guard"]),
+                   "resume", "source_video", "continuation", "write_guard", "notices",
+                   "evaluate"]),
     ("methods and presets", ["pruning", "config"]),
     ("engine", ["engine"]),
-    ("leaves", ["settings", "checks", "errors", "signals", "timeline", "__init__"]),
+    ("leaves", ["settings", "checks", "errors", "signals", "timeline", "inputs", "__init__"]),
 ]
 MAX_LINES = 400
 LONGER = {"toy/world.py"}  # the world generator reads best in one file

@@ -3,9 +3,6 @@ foreign partial videos, crafted and damaged state files, a batch item killed mid
 
 import json
 import os
-import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from tokentrim_cli.engine.components import load_components
 from tokentrim_cli.pipeline import Plan, generate_blocks
 from tokentrim_cli.resume import StateWriter, load_state
 
-from test_cli import ENV, run_main
+from test_cli import run_main
 
 # a RoPE table of 12 latent frames and a window of 6: positions are re-packed (resident keys turned) from block 2;
 # pruning.lambda=0 makes TokenTrim prune and regenerate after the moves

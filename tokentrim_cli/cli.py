@@ -303,12 +303,10 @@ def evaluate(
 ):
     """Measure drift over time: flicker, colour-histogram distance to the first 5 s, brightness, saturation,
     sharpness, first-vs-last-5-s drift and, for toy-world captions, attribute errors. Writes JSON and a PNG plot."""
-    import imageio.v3 as iio
-    import numpy as np
-
-    from .metrics import evaluate_video, merge_metrics, metrics_text, plot_metrics
-    from .outputs import find_prompt, find_timeline, replace_file
-    from .toy.scoring import SERIES_TITLES, toy_metrics
+    from .evaluate import measure_file
+    from .metrics import metrics_text, plot_metrics
+    from .outputs import find_prompt, replace_file
+    from .toy.scoring import SERIES_TITLES
     from .video import probe
 
     if not video.is_file():
@@ -323,20 +321,7 @@ def evaluate(
         if prompt is None:
             print(f"tokentrim: warning: no prompt in the metadata of {video} nor in a sidecar next to it; "
                   "measuring without a caption (pass --prompt)", file=sys.stderr)
-    frames = np.asarray(iio.imread(video))
-    fps = info["fps"]
-    result = merge_metrics(evaluate_video(frames, fps), toy_metrics(frames, fps, prompt))
-    result["video"] = str(video)
-    result["caption_source"] = source
-    timeline = find_timeline(video, info.get("comment")) if source != "--prompt" else None
-    if timeline:  # each prompt's stretch measured against its own prompt
-        ends = [start for start, _ in timeline[1:]] + [len(frames) / fps]
-        result["segments"] = []
-        for (start, text), end in zip(timeline, ends):
-            part = frames[round(start * fps): round(end * fps)]
-            seg = merge_metrics(evaluate_video(part, fps), toy_metrics(part, fps, text))
-            result["segments"].append({"prompt": text, "start_s": start, "end_s": end, "frames": len(part),
-                                       "toy_caption": seg["toy_caption"], "summary": seg["summary"]})
+    result = measure_file(video, info, prompt, source)
     replace_file(out, lambda tmp: tmp.write_text(metrics_text(result)))
     png = out.with_suffix(".png")
     replace_file(png, lambda tmp: plot_metrics(result, tmp, titles=SERIES_TITLES))

@@ -32,7 +32,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
-from .inputs import clip
+from .inputs import clip, printable
 from .write_guard import mark_state
 
 STATE_FORMAT = 1
@@ -154,8 +154,8 @@ def load_state(folder: Path, fingerprint: str, video: Path, source: str | None =
         if not isinstance(state, dict):
             raise ValueError(f"it holds a {type(state).__name__}, not a state")
         if state.get("format") != STATE_FORMAT or state.get("version") != __version__:
-            raise ConfigError(f"{folder} was saved by tokentrim {clip(state.get('version'))} (state format "
-                              f"{clip(state.get('format'))}); this is {__version__}: {again}")
+            raise ConfigError(f"{folder} was saved by tokentrim {printable(str(state.get('version')), 40)} (state "
+                              f"format {printable(str(state.get('format')), 40)}); this is {__version__}: {again}")
         if state["fingerprint"] != fingerprint:
             changed = f"; or {source} has changed since" if source else ""
             raise ConfigError(f"{folder} was saved by a run with other settings (preset, --set, prompt, seconds, "

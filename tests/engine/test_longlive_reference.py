@@ -18,7 +18,6 @@ queries at theirs. tokentrim's ``absolute`` rule falls back to it past the RoPE 
 Same seeded random tiny weights (base + a non-zero LoRA), prompt embeddings and noise on both sides; fp32.
 """
 
-import math
 
 import pytest
 import torch

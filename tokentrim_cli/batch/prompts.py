@@ -177,19 +177,19 @@ def _add(items: list[Item], problems: list, index: int, no: int, obj, seconds: f
 
 
 def _json_array(path: Path, text: str) -> list[tuple[int, object]] | None:
-    """(line, element) of a prompts file written as one JSON array (``*.json``, or starting with ``[`` alone on
-    its line, ``[{``, ``["``, ``[[`` or ``[]``), pretty-printed or not; None for a text or JSONL file. ConfigError (one line) when
-    it starts like one but is not valid JSON."""
+    """(line, element) of a prompts file written as one JSON array (a ``*.json`` file starting with ``[``, or any
+    file starting with ``[`` alone on its line, ``[{``, ``["``, ``[[`` or ``[]``), pretty-printed or not; None for
+    a text or JSONL file (a ``*.json`` file of one object per line is JSONL). ConfigError (one line) when it starts
+    like an array but is not valid JSON."""
     if path.suffix.lower() == ".jsonl":  # one JSON value per line, whatever it starts with
         return None
     body = text.lstrip()
     first = body.split("\n", 1)[0].strip()
-    if not (path.suffix.lower() == ".json" or first == "[" or body.startswith(("[{", '["', "[]", "[["))):
+    if not (body.startswith("[") and (path.suffix.lower() == ".json" or first == "["
+                                      or body.startswith(("[{", '["', "[]", "[[")))):
         return None
     decoder = json.JSONDecoder()
     try:
-        if not body.startswith("["):
-            raise json.JSONDecodeError("expected a JSON array", text, len(text) - len(body))
         pos, out = text.index("[") + 1, []
         while True:
             pos = _skip_space(text, pos)
