@@ -386,3 +386,27 @@ def test_a_state_from_another_device_is_resumed_with_a_warning(tmp_path, monkeyp
     torch.save({**state, "device": "NVIDIA H200, torch 2.13.0"}, path)
     rc, _, err = run_main(capsys, *args, "--resume")
     assert rc == 0 and "was saved on NVIDIA H200" in err and "may differ slightly" in err
+
+
+def test_a_foreign_partial_video_is_refused(tmp_path, monkeypatch, capsys):
+    """Another seed's video put in place of NAME.partial.mp4 is not spliced in: its metadata names another run
+    (issue 33, item 6); the run's own partial, put back, resumes."""
+    out, other = tmp_path / "clip.mp4", tmp_path / "other.mp4"
+
+    def argv(seed):
+        return ["generate", "-p", "a red kite", "--seconds", "3", "--seed", seed, "-q", "--set", "runtime.state_every=0"]
+
+    for target, seed in ((out, "7"), (other, "8")):
+        restore = _stop_at_forward(monkeypatch, 12, "error")
+        assert run_main(capsys, *argv(seed), "-o", str(target))[0] == 1
+        restore()
+    partial, foreign = out.with_name("clip.partial.mp4"), other.with_name("other.partial.mp4")
+    assert probe(partial)["frames"] == probe(foreign)["frames"] > 0
+    own = partial.read_bytes()
+    partial.write_bytes(foreign.read_bytes())
+    rc, _, err = run_main(capsys, *argv("7"), "-o", str(out), "--resume")
+    assert rc == 2 and "was not written by the run" in err and len(err.strip().splitlines()) == 1
+    assert partial.read_bytes() == foreign.read_bytes() and state_dir(out).is_dir() and not out.exists()
+    partial.write_bytes(own)
+    rc, _, err = run_main(capsys, *argv("7"), "-o", str(out), "--resume")
+    assert rc == 0, err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -144,13 +145,27 @@ def _resumable(job: Job, outputs: RunOutputs) -> dict:
     source = (f"--extend {job.extend.source.path}" if job.extend is not None
               else f"--image {job.image.path}" if job.image is not None else None)
     state = load_state(folder, _fingerprint(job), job.output, source)
-    frames = probe(outputs.partial_video)["frames"] if outputs.partial_video.is_file() else None
+    info = probe(outputs.partial_video) if outputs.partial_video.is_file() else {"frames": None}
+    frames = info["frames"]
+    if frames and _run_of(info.get("comment")) != state["fingerprint"]:
+        raise ConfigError(f"{outputs.partial_video} was not written by the run {folder} holds (its metadata names "
+                          f"another run or none); put that run's partial video back, or run without --resume to "
+                          f"start {job.output.name} again")
     if not frames or frames < state["frames_written"]:
         have = f"holds {frames} frames" if frames else "is missing or unreadable"
         raise ConfigError(f"{outputs.partial_video} {have}, but {folder} goes on after frame "
                           f"{state['frames_written']}; run without --resume to start {job.output.name} again")
     state["reencode"] = frames > state["frames_written"]  # a killed run's video, longer than its last state
     return state
+
+
+def _run_of(comment: str | None) -> str | None:
+    """The run fingerprint an MP4 comment written by tokentrim names (None: no comment, or not ours)."""
+    try:
+        meta = json.loads(comment) if comment else None
+    except ValueError:
+        return None
+    return meta.get("run") if isinstance(meta, dict) and meta.get("tool") == "tokentrim" else None
 
 
 def _device_label(device) -> str:
@@ -222,7 +237,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
         prefix, prefix_frames = (outputs.partial_video, state["frames_written"]) if joined else (None, 0)
     else:
         prefix, prefix_frames = (ext.source.path, seam) if ext is not None and ext.copied else (None, 0)
-    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset, prefix, prefix_frames)
+    run = _fingerprint(job) if job.settings_hash is not None else None
+    if run is not None:
+        sidecar.data["run"] = run  # in the video's comment too: --resume recognises its partial video by it
+    writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset, prefix, prefix_frames, run)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None

@@ -90,7 +90,7 @@ class Sidecar:
     def short(self) -> str:
         """One-line JSON summary for the MP4 comment tag."""
         d = self.data
-        keep = ("tool", "version", "status", "preset", "prompt", "seed", "fps", "frames")
+        keep = ("tool", "version", "status", "preset", "prompt", "seed", "fps", "frames", "run")
         short = {k: d.get(k) for k in keep}
         short["regenerations"] = sum(b.get("regenerations", 0) for b in d["blocks"])
         short["pruned_tokens"] = sum(b.get("pruned_tokens", 0) for b in d["blocks"])

@@ -17,6 +17,7 @@ writer's own frames.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import subprocess
@@ -77,10 +78,11 @@ def h264_parameter_sets(path: Path) -> list[bytes] | None:
 class Mp4Writer:
     """``prefix``: an MP4 of ``prefix_frames`` frames of the same encoding that the video continues (a resumed
     run's partial video, an extended input); the frames written here follow it, and ``publish`` joins the two
-    without re-encoding either."""
+    without re-encoding either. ``run``: the resumable run's fingerprint, written into the streaming file's comment
+    (a partial video kept after a kill carries it)."""
 
     def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium",
-                 prefix: Path | None = None, prefix_frames: int = 0):
+                 prefix: Path | None = None, prefix_frames: int = 0, run: str | None = None):
         self.path = Path(path)
         self.prefix, self.prefix_frames = (Path(prefix) if prefix else None), (prefix_frames if prefix else 0)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
@@ -93,6 +95,8 @@ class Mp4Writer:
                # fragmented while streaming (a fragment per half second): a file cut short by a full disk or a
                # kill still plays up to its last whole fragment; ``publish`` makes a plain MP4 of it
                "-movflags", "+empty_moov+default_base_moof", "-frag_duration", "500000", "-f", "mp4", str(self.tmp)]
+        if run is not None:  # the streaming file names its run: a resume recognises a killed run's video by it
+            cmd[-3:-3] = ["-metadata", "comment=" + json.dumps({"tool": "tokentrim", "run": run})]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True)
         self._stderr = bytearray()
