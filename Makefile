@@ -6,8 +6,8 @@ install:            ## install tokentrim and its test dependencies (CPU torch on
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 
-test: install       ## run the offline CPU test suite (two workers, one file each at a time: -n 2 --dist loadfile)
-	$(PY) -m pytest -n 2 --dist loadfile
+test: install       ## run the offline CPU test suite (two workers, -n 2 --dist worksteal)
+	$(PY) -m pytest -n 2 --dist worksteal
 
 demo: install       ## generate a short clip with the embedded default preset
 	tokentrim generate --prompt "a red circle bouncing on a dark blue background" --seconds 8 --seed 1 --output demo.mp4 --overwrite
