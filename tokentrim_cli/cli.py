@@ -171,13 +171,16 @@ def presets_list():
     from .config import list_presets, load_preset
     from .notices import license_label
 
-    for name, path in list_presets().items():
+    rows = []
+    for name in list_presets():
         try:
             cfg = load_preset(name).config
-            desc, lic = " ".join(cfg.description.split()), license_label(cfg)
+            rows.append((name, license_label(cfg), " ".join(cfg.description.split())))
         except TokentrimError as exc:
-            desc, lic = f"(invalid: {exc})", "?"
-        print(f"{name:22s} {lic:36s} {desc[:100]}")
+            rows.append((name, "?", f"(invalid: {exc})"))
+    wide = [max(len(r[i]) for r in rows) for i in (0, 1)] if rows else [0, 0]
+    for name, lic, desc in rows:
+        print(f"{name:{wide[0]}s}  {lic:{wide[1]}s}  {desc[:100]}")
 
 
 @presets_app.command("show")
