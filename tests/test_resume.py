@@ -410,3 +410,26 @@ def test_a_foreign_partial_video_is_refused(tmp_path, monkeypatch, capsys):
     partial.write_bytes(own)
     rc, _, err = run_main(capsys, *argv("7"), "-o", str(out), "--resume")
     assert rc == 0, err
+
+
+def state_blocks(out):
+    return json.loads(out.with_name(out.stem + ".partial.json").read_text())["blocks"]
+
+
+def test_a_resumed_timeline_run_names_no_old_switch_and_counts_every_regeneration(tmp_path, monkeypatch, capsys):
+    """After a resume the display does not announce a switch that happened before the stop, and the closing line
+    counts the regenerations of the whole video (the restored blocks too), as its sidecar does (issue 33, item 25)."""
+    out = tmp_path / "clip.mp4"
+    args = ["generate", "-p", "0s: a red kite", "-p", "1s: a blue kite", "--seconds", "4", "--seed", "7", "-o", str(out),
+            *[x for s in FORCED for x in ("--set", s)], "--set", "runtime.state_every=0"]
+    restore = _stop_at_forward(monkeypatch, 23, "error")  # a few blocks in, past the switch at 1 s
+    assert run_main(capsys, *args)[0] == 1
+    restore()
+    state = json.loads((state_dir(out) / "state.json").read_text())
+    assert any(b.get("prompt") == 1 for b in state_blocks(out)[: state["after_block"] + 1])  # switched before
+    rc, stdout, err = run_main(capsys, *args, "--resume")
+    assert rc == 0, err
+    assert "prompt 2/2 from block" not in stdout + err  # announced by the stopped run, before the resume
+    side = json.loads(out.with_suffix(".json").read_text())
+    total = sum(b.get("regenerations", 0) for b in side["blocks"])
+    assert f"{total} regenerations" in stdout + err

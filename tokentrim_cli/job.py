@@ -223,6 +223,9 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     joined = state is not None and not state["reencode"]
     if state is not None:
         sidecar.data["blocks"][:] = state["blocks"]
+        for rec in state["blocks"]:  # the closing line counts the whole video's regenerations, not the new part's
+            display.regenerations += rec.get("regenerations", 0)
+            display.pruned += rec.get("pruned_tokens", 0)
         sidecar.data["resumed"] = state["resumed"] + [{"after_block": state["block"], "frames": state["frames_written"],
                                                        **({"reencoded": True} if state["reencode"] else {})}]
         display.message(f"resuming {job.output.name} after block {state['block']} ({state['frames_written']} frames "
@@ -244,7 +247,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
-    shown = [0]  # the timeline entry whose prompt the display last named
+    restored = state["blocks"] if state is not None else []
+    shown = [restored[-1].get("prompt", 0) if restored else 0]  # the timeline entry whose prompt was last named
     last = {"block": None, "unsaved": False}  # the last block in the file, and whether the state on disk is older
     writer_device = [None]
     warned = set()
