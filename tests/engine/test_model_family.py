@@ -52,7 +52,22 @@ def _warped(steps):
     return [float(table[1000 - k]) for k in steps]
 
 
-class ReferenceCache:
+class FlatBuffers:
+    """What both reference caches share: a flat ``k``/``v`` buffer per layer, made at the first write, and keys
+    rotated at given latent frames (``n`` tokens a frame)."""
+
+    def _buffers(self, layer, k, tokens):
+        if self.layers[layer] is None:
+            b, _, h, d = k.shape
+            self.layers[layer] = {"k": k.new_zeros(b, tokens, h, d), "v": k.new_zeros(b, tokens, h, d)}
+        return self.layers[layer]
+
+    def _rot(self, k, t_pos):
+        hw = torch.arange(self.n).repeat(len(t_pos))
+        return rotate(k, self.rope.tables(t_pos.repeat_interleave(self.n), hw))
+
+
+class ReferenceCache(FlatBuffers):
     """One KV-cache dict per layer as the reference keeps it (``k``/``v`` buffers of ``capacity`` frames, global and
     local end indices, in tokens), driven through the model's cache interface.
 
@@ -112,15 +127,8 @@ class ReferenceCache:
     def current_positions(self):
         return self._q_pos
 
-    def _rot(self, k, t_pos):
-        hw = torch.arange(self.n).repeat(len(t_pos))
-        return rotate(k, self.rope.tables(t_pos.repeat_interleave(self.n), hw))
-
     def attend(self, layer, query, k, k_rot, v):
-        if self.layers[layer] is None:
-            b, _, h, d = k.shape
-            self.layers[layer] = {"k": k.new_zeros(b, self.cap, h, d), "v": v.new_zeros(b, self.cap, h, d)}
-        c, new = self.layers[layer], k.shape[1]
+        c, new = self._buffers(layer, k, self.cap), k.shape[1]
         end = self.new_local_end
         store = self._rot(k, self.frames) if self.style == "self_forcing" else k  # rotated at write, or not
         if self.evict:
@@ -162,7 +170,7 @@ class ReferenceCache:
             self.global_end, self.local_end = self.cur_end, self.new_local_end
 
 
-class RollingForcingReference:
+class RollingForcingReference(FlatBuffers):
     """Rolling Forcing's KV cache as TencentARC/RollingForcing a1477d0 keeps it (``wan/modules/causal_model.py``,
     ``CausalWanSelfAttention.forward`` with a cache; ``pipeline/rolling_forcing_inference.py`` sizes it at 24 frames),
     which Causal Forcing's ``long_video/`` copies unchanged: one buffer per layer, ``block_length`` = 3 frames.
@@ -194,15 +202,8 @@ class RollingForcingReference:
     def current_positions(self):
         return self.frames
 
-    def _rot(self, k, t_pos):
-        hw = torch.arange(self.n).repeat(len(t_pos))
-        return rotate(k, self.rope.tables(t_pos.repeat_interleave(self.n), hw))
-
     def attend(self, layer, query, k, k_rot, v):
-        if self.layers[layer] is None:
-            b, _, h, d = k.shape
-            self.layers[layer] = {"k": k.new_zeros(b, 24 * self.n, h, d), "v": v.new_zeros(b, 24 * self.n, h, d)}
-        c, blk, n = self.layers[layer], self.block, self.n
+        c, blk, n = self._buffers(layer, k, 24 * self.n), self.block, self.n
         roped = self._rot(k, self.frames)
         end = self.new_local_end
         start = end - blk
