@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SEED_LIMIT = 2**63
 LOG_FORMATS = ("text", "jsonl")

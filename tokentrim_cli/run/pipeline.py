@@ -11,19 +11,19 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .checks import require_seconds
-from .engine.components import Components
-from .engine.guidance import Guided
-from .engine.journal import Journal, replay
-from .engine.noise import NoiseSource
-from .engine.policies import make_cache
-from .engine.samplers import SAMPLERS, Block, LoopState, write_context
-from .engine.schedule import warp_steps
-from .engine.switch import ContextLatents, switch
-from .engine.vae import StreamingDecoder, encode_image
-from .errors import ConfigError
-from .pruning import make_reviewer
-from .settings import Config, Sampler
+from ..config.checks import require_seconds
+from ..engine.components import Components
+from ..engine.guidance import Guided
+from ..engine.journal import Journal, replay
+from ..engine.noise import NoiseSource
+from ..engine.policies import make_cache
+from ..engine.samplers import SAMPLERS, Block, LoopState, write_context
+from ..engine.schedule import warp_steps
+from ..engine.switch import ContextLatents, switch
+from ..engine.vae import StreamingDecoder, encode_image
+from ..errors import ConfigError
+from ..pruning import make_reviewer
+from ..config.settings import Config, Sampler
 from .timeline import Entry, Switch, blend_weight, prompt_of, snap
 
 

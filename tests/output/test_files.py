@@ -1,4 +1,4 @@
-"""Transactional outputs (``outputs.py``): what a run leaves behind when the disk fills, when it is killed,
+"""Transactional outputs (``output/files.py``): what a run leaves behind when the disk fills, when it is killed,
 interrupted or raced, and when its output exists already; and ``evaluate`` reading the prompt back."""
 
 import errno
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import ENV, run_main
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
 NO_SPACE = " free); free space or choose another --output"
 
@@ -80,7 +80,7 @@ def test_full_disk_in_the_final_copy_keeps_the_finished_pair(tmp_path, capsys, m
     """A rerun (--overwrite) whose final stream copy hits ENOSPC fails (exit 1) instead of replacing the
     finished pair: NAME.mp4 and NAME.json stay as they were; the new frames are kept as NAME.partial.mp4 (the
     temporary file as it is: it plays) and NAME.partial.json says what happened."""
-    from tokentrim_cli.video import Mp4Writer
+    from tokentrim_cli.output.video import Mp4Writer
 
     out = tmp_path / "x.mp4"
     assert generate(capsys, out)[0] == 0
@@ -144,8 +144,8 @@ def test_unwritable_output_folder_is_a_usage_error(tmp_path, capsys):
 
 def test_unwritable_output_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
     """The first sidecar write failing (read-only filesystem) stops the run before any model loads: exit 2."""
-    import tokentrim_cli.loading as loading
-    from tokentrim_cli.sidecar import Sidecar
+    import tokentrim_cli.config.loading as loading
+    from tokentrim_cli.output.sidecar import Sidecar
 
     def stage(self):
         raise OSError(errno.EROFS, "Read-only file system", str(self.path))
@@ -182,8 +182,8 @@ def test_sigkill_then_rerun_cleans_up(tmp_path, capsys):
 def test_interrupted_rerun_keeps_the_finished_pair(tmp_path, capsys, monkeypatch):
     """A rerun over a finished output, interrupted: NAME.json still describes the finished run (and NAME.mp4 is
     the same file); the interrupted run is NAME.partial.mp4 + NAME.partial.json."""
-    import tokentrim_cli.job as job
-    from tokentrim_cli.video import Mp4Writer
+    import tokentrim_cli.run.job as job
+    from tokentrim_cli.output.video import Mp4Writer
 
     out = tmp_path / "x.mp4"
     assert generate(capsys, out)[0] == 0

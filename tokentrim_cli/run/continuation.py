@@ -45,13 +45,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .engine.components import Components
-from .engine.vae import StreamingDecoder, StreamingEncoder
-from .errors import TokentrimError
+from ..engine.components import Components
+from ..engine.vae import StreamingDecoder, StreamingEncoder
+from ..errors import TokentrimError
 from .pipeline import Lead, Plan
-from .settings import Cache, Config, Video
+from ..config.settings import Cache, Config, Video
 from .source_video import SourceVideo
-from .video import Mp4Writer, h264_parameter_sets
+from ..output.video import Mp4Writer, h264_parameter_sets
 
 CHUNK_PIXELS = 16  # pixel frames per encoder call: memory holds this many frames (plus up to 3 waiting)
 SINK_POLICIES = ("rolling", "sink_window", "rolling_forcing", "deep_sink", "three_partition", "ema_sink",

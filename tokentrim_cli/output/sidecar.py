@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 SIDECAR_VERSION = 2
 

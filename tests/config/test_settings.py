@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from tokentrim_cli.config import dump, list_presets, load_preset, validate
-from tokentrim_cli.settings import Cache, Config, Pruning
+from tokentrim_cli.config.presets import dump, list_presets, load_preset, validate
+from tokentrim_cli.config.settings import Cache, Config, Pruning
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))

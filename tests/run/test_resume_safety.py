@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import load_components
-from tokentrim_cli.pipeline import Plan, generate_blocks
-from tokentrim_cli.resume import StateWriter, load_state
+from tokentrim_cli.run.pipeline import Plan, generate_blocks
+from tokentrim_cli.run.resume import StateWriter, load_state
 
 from test_cli import run_main
 
@@ -100,7 +100,7 @@ def test_batch_resume_goes_on_with_an_item_killed_without_a_manifest_line(tmp_pa
     with 'pass --resume' (issue 33 #18). The kill is stood in for by a SIGTERM whose manifest line is removed."""
     from test_resume import _stop_at_forward
 
-    from tokentrim_cli.resume import state_dir
+    from tokentrim_cli.run.resume import state_dir
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red kite\n")

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from tokentrim_cli.config import list_presets, load_preset
-from tokentrim_cli.loading import weights_refs
-from tokentrim_cli.notices import positions_notice, run_notices
+from tokentrim_cli.config.presets import list_presets, load_preset
+from tokentrim_cli.config.loading import weights_refs
+from tokentrim_cli.config.notices import positions_notice, run_notices
 
 from test_cli import run_main
 
@@ -37,7 +37,7 @@ def test_listings_and_download_show_the_license(capsys, monkeypatch):
     assert code == 0 and "preset tiny: ready; license: Apache-2.0" in out
     assert "preset rolling-forcing: " in out and "license: academic use only (non-commercial)" in out
 
-    from tokentrim_cli import loading
+    from tokentrim_cli.config import loading
     from tokentrim_cli.engine import weights as W
 
     said = []

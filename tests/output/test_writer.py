@@ -1,4 +1,4 @@
-"""Decoding and encoding on a worker thread (``block_writer.py``): the same video as the serial path, errors
+"""Decoding and encoding on a worker thread (``output/writer.py``): the same video as the serial path, errors
 reported with the partial video kept; ``runtime.compile``; and the unattended GPU check script on the CPU."""
 
 import errno
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from test_cli import run_main
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _generate(capsys, out, *sets):
@@ -40,8 +40,8 @@ def test_pipelined_writer_gives_the_serial_video(tmp_path, capsys):
 def test_a_write_error_fails_the_run_and_keeps_what_was_written(tmp_path, capsys, monkeypatch, overlap):
     """The encoder failing on the third block (a full disk) ends the run with exit 1 and a last line; the blocks
     already in the file stay playable and the sidecar says what happened."""
-    import tokentrim_cli.job as job
-    from tokentrim_cli.video import Mp4Writer
+    import tokentrim_cli.run.job as job
+    from tokentrim_cli.output.video import Mp4Writer
 
     class FullDisk(Mp4Writer):
         def write(self, frames):

@@ -24,21 +24,21 @@ from typing import Callable
 
 import torch
 
-from .block_writer import BlockWriter
-from .config import Preset
+from ..output.writer import BlockWriter
+from ..config.presets import Preset
 from .continuation import source_latents
-from .engine.components import Components
-from .engine.vae import StreamingDecoder
-from .errors import ConfigError, TokentrimError
-from .notices import run_notices
-from .outputs import RunOutputs, error_text
+from ..engine.components import Components
+from ..engine.vae import StreamingDecoder
+from ..errors import ConfigError, TokentrimError
+from ..config.notices import run_notices
+from ..output.files import RunOutputs, error_text
 from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
-from .progress import Display
+from ..output.display import Display
 from .resume import StateWriter, fingerprint, load_state, peek_state, state_dir
-from .sidecar import Sidecar
-from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
-from .video import Mp4Writer, probe
-from .write_guard import Input
+from ..output.sidecar import Sidecar
+from ..signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
+from ..output.video import Mp4Writer, probe
+from ..output.write_guard import Input
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -6,7 +6,7 @@ import pytest
 
 from test_batch import manifest, write_jsonl
 from test_cli import run_main, tokentrim
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
 
 def test_generate_with_a_prompt_list_records_the_timeline(tmp_path):

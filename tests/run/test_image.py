@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from tokentrim_cli.errors import ConfigError
-from tokentrim_cli.image import fit, load_image
-from tokentrim_cli.pipeline import Plan
-from tokentrim_cli.timeline import Entry
+from tokentrim_cli.run.image import fit, load_image
+from tokentrim_cli.run.pipeline import Plan
+from tokentrim_cli.run.timeline import Entry
 
 from test_cli import tokentrim
 
@@ -23,7 +23,7 @@ def _psnr(a, b):
 
 
 def _comps(name, *sets):
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
 
     preset = load_preset(name, list(sets))
@@ -85,8 +85,8 @@ def test_plan_counts_the_leading_image_frame():
 
 
 def test_timeline_switches_snap_after_the_image_frame():
-    from tokentrim_cli.config import load_preset
-    from tokentrim_cli.pipeline import timeline_switches
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.run.pipeline import timeline_switches
 
     cfg = load_preset("tiny", []).config
     tl = [Entry(0.0, "a red circle"), Entry(1.0, "a blue square")]
@@ -100,7 +100,7 @@ def test_timeline_switches_snap_after_the_image_frame():
 # --------------------------------------------------------------------------------------------- the pipeline
 def _spy(monkeypatch):
     """Record the cache's frames and the start frame each time the pipeline's sampler starts."""
-    from tokentrim_cli import pipeline
+    from tokentrim_cli.run import pipeline
 
     seen = []
     for name, real in list(pipeline.SAMPLERS.items()):
@@ -118,7 +118,7 @@ def _spy(monkeypatch):
     ("tiny-rolling", []),
 ])
 def test_image_is_one_context_frame_before_the_first_block(monkeypatch, preset, sets):
-    from tokentrim_cli.pipeline import generate_blocks, image_latents
+    from tokentrim_cli.run.pipeline import generate_blocks, image_latents
 
     cfg, comps = _comps(preset, *sets)
     seen = _spy(monkeypatch)
@@ -135,7 +135,7 @@ def test_image_is_one_context_frame_before_the_first_block(monkeypatch, preset, 
 def test_plain_run_is_unchanged(monkeypatch):
     """Without an image the pipeline is the samplers as they were called before --image: no context pass first,
     blocks from frame 0 (and, measured once against the commit before, bit-identical latents)."""
-    from tokentrim_cli.pipeline import generate_blocks
+    from tokentrim_cli.run.pipeline import generate_blocks
 
     cfg, comps = _comps("tiny")
     seen = _spy(monkeypatch)
@@ -148,7 +148,7 @@ def test_plain_run_is_unchanged(monkeypatch):
 
 
 def test_image_with_a_timeline_and_every_switch_mode():
-    from tokentrim_cli.pipeline import generate_blocks, image_latents
+    from tokentrim_cli.run.pipeline import generate_blocks, image_latents
 
     cfg, comps = _comps("tiny", "pruning.lambda=0", "cache.sink_frames=3")
     plan = Plan.for_preset(4, cfg, image=True)
@@ -162,7 +162,7 @@ def test_image_with_a_timeline_and_every_switch_mode():
 
 
 def test_tiny_video_starts_with_one_image_frame():
-    from tokentrim_cli.pipeline import generate_video
+    from tokentrim_cli.run.pipeline import generate_video
 
     cfg, comps = _comps("tiny")
     img = torch.rand(1, 3, 1, cfg.video.height, cfg.video.width) * 2 - 1
@@ -174,7 +174,7 @@ def test_tiny_video_starts_with_one_image_frame():
 
 def test_toy_first_frame_is_the_image_through_the_codec():
     """The toy preset's fitted patch codec: the first frame is the picture's round trip (measured ~36 dB)."""
-    from tokentrim_cli.pipeline import generate_video
+    from tokentrim_cli.run.pipeline import generate_video
 
     cfg, comps = _comps("toy")
     pic = _toy_picture()
@@ -220,8 +220,8 @@ def test_cli_bad_image_is_one_line_exit_2(tmp_path, make):
 def test_recache_rewrites_the_image_frame_and_context_noise_works(monkeypatch):
     """A recache switch rebuilds the cache from the kept latents, the image's frame 0 among them; with
     context_noise > 0 the image's context pass draws its own noise (key IMAGE_BLOCK)."""
-    from tokentrim_cli import pipeline
-    from tokentrim_cli.pipeline import generate_blocks, image_latents
+    from tokentrim_cli.run import pipeline
+    from tokentrim_cli.run.pipeline import generate_blocks, image_latents
 
     cfg, comps = _comps("tiny", "pruning.lambda=0", "cache.sink_frames=3", "sampler.context_noise=50")
     after = []

@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .inputs import clip, printable, read_bounded
+from ..errors import ConfigError
+from ..inputs import clip, printable, read_bounded
 
 MODES = ("recache", "keep", "cut", "rope_cut")
 FIELDS = ("start", "prompt", "switch", "blend")

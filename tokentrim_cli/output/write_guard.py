@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 STATE_MARKER = ".tokentrim-state"  # in every NAME.state/ tokentrim makes; a folder without it is not ours
 _LEGACY_STATE = re.compile(r"state\.pt|state\.json|journal-\d+-\d+\.pt|\..+\.tmp")

@@ -30,10 +30,10 @@ from typing import Iterator
 import imageio_ffmpeg
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .image import fit
-from .inputs import clip
-from .video import probe
+from ..inputs import clip
+from ..output.video import probe
 
 
 @dataclass(frozen=True)

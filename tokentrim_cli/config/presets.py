@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .settings import Config, section_type, yaml_key
 
 PRESETS_ENV = "TOKENTRIM_PRESETS"  # extra folders to search, os.pathsep-separated
@@ -31,8 +31,9 @@ def default_preset() -> str:
 # ---------------------------------------------------------------------- finding presets
 def preset_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get(PRESETS_ENV, "").split(os.pathsep) if p]
-    checkout = Path(__file__).resolve().parent.parent / "presets"
-    installed = Path(__file__).resolve().parent / "presets"
+    package = Path(__file__).resolve().parents[1]  # tokentrim_cli/
+    checkout = package.parent / "presets"
+    installed = package / "presets"
     dirs += [d for d in (checkout, installed) if d.is_dir()]
     return dirs
 
@@ -224,7 +225,7 @@ def _check_architecture(cfg: Config, source: str) -> None:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config
 
-    from .engine.patch_codec import PatchCodec
+    from ..engine.patch_codec import PatchCodec
 
     model = cfg.model
     vae_cls = PatchCodec if model.vae.kind == "patch" else AutoencoderKLWan

@@ -1,5 +1,5 @@
 """Nothing of the user's is lost (issue 33, the paths): every path a run, a batch item or ``evaluate`` writes is
-checked before anything loads (``write_guard.py``); a full disk, a signal and a second batch on one folder end
+checked before anything loads (``output/write_guard.py``); a full disk, a signal and a second batch on one folder end
 with one line and a record that matches what is on disk."""
 
 import errno
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import ENV, run_main
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
 NOT_LOADED = AssertionError("a model was loaded")
 
@@ -34,7 +34,7 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture
 def no_loading(monkeypatch):
     """Any model load fails the test: refusals must come before it."""
-    import tokentrim_cli.loading as loading
+    import tokentrim_cli.config.loading as loading
 
     monkeypatch.setattr(loading, "components_loader", lambda *a: lambda: (_ for _ in ()).throw(NOT_LOADED))
 
@@ -186,8 +186,8 @@ def test_a_full_disk_stops_generation_with_one_line_and_a_true_record(tmp_path, 
     """An encoder that cannot write (a full disk) but goes on reading the frames it then drops: the run went on
     for about 50 blocks. It must stop at the encoder's first error, say one failure line and no warnings, and
     leave a record that is not ``running`` and lists only the blocks in the partial video (none here)."""
-    import tokentrim_cli.job as job
-    import tokentrim_cli.video as video
+    import tokentrim_cli.run.job as job
+    import tokentrim_cli.output.video as video
 
     real_popen = subprocess.Popen
     fake = ("import sys, time; sys.stderr.write('[mp4] Error writing: No space left on device\\n'); "
@@ -222,7 +222,7 @@ def test_a_full_disk_stops_generation_with_one_line_and_a_true_record(tmp_path, 
 def test_a_record_that_does_not_fit_a_full_disk_is_shrunk_in_place(tmp_path):
     """The last resort on a full disk rewrites the record within the file's blocks: smaller forms if the whole
     one does not fit, never ``running`` left behind when the outcome fits."""
-    from tokentrim_cli.sidecar import Sidecar
+    from tokentrim_cli.output.sidecar import Sidecar
 
     side = Sidecar(tmp_path / "x.partial.json", prompt="a red circle", seed=1, config={"big": "x" * 3000})
     for k in range(200):

@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 
-from .engine.samplers import Block
-from .engine.vae import StreamingDecoder
-from .signals import HeldSignals
+from ..engine.samplers import Block
+from ..engine.vae import StreamingDecoder
+from ..signals import HeldSignals
 from .video import Mp4Writer
 
 _DONE = object()

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .config import Preset
-from .engine import weights as W
-from .engine.components import Components, load_components
-from .errors import MissingWeights, TokentrimError
+from .presets import Preset
+from ..engine import weights as W
+from ..engine.components import Components, load_components
+from ..errors import MissingWeights, TokentrimError
 from .settings import Model
 
 

@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError, TokentrimError
+from ..errors import ConfigError, TokentrimError
 from .video import probe
 from .write_guard import check, partial_path, run_targets, sidecar_path  # noqa: F401 - the names live here too
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import ConfigError
-from .inputs import clip, printable
-from .write_guard import mark_state
+from .. import __version__
+from ..errors import ConfigError
+from ..inputs import clip, printable
+from ..output.write_guard import mark_state
 
 STATE_FORMAT = 1
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokentrim_cli.errors import ConfigError
-from tokentrim_cli.timeline import Entry, blend_weight, entries_problems, parse_prompts, prompt_of, snap
+from tokentrim_cli.run.timeline import Entry, blend_weight, entries_problems, parse_prompts, prompt_of, snap
 
 
 # ---------------------------------------------------------------------------------------------- parsing, snapping
@@ -205,9 +205,9 @@ def test_reviewer_restarts_at_a_switch():
 
 # ---------------------------------------------------------------------------------------------- the pipeline
 def _blocks(preset_name, seconds, timeline, *sets, prompt="a red circle"):
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
-    from tokentrim_cli.pipeline import Plan, generate_blocks
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks
 
     preset = load_preset(preset_name, list(sets))
     comps = load_components(preset.config.model, preset.config.runtime)

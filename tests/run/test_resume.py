@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import load_components
 from tokentrim_cli.engine.model import CausalWan
-from tokentrim_cli.pipeline import Plan, generate_blocks
-from tokentrim_cli.resume import StateWriter, load_state, state_dir
-from tokentrim_cli.timeline import parse_prompts
-from tokentrim_cli.video import Mp4Writer, probe
+from tokentrim_cli.run.pipeline import Plan, generate_blocks
+from tokentrim_cli.run.resume import StateWriter, load_state, state_dir
+from tokentrim_cli.run.timeline import parse_prompts
+from tokentrim_cli.output.video import Mp4Writer, probe
 
 from test_cli import ENV, run_main
 
@@ -72,7 +72,7 @@ def test_the_replayed_cache_equals_the_one_it_replaces():
     """The keys and values themselves, not only what comes out of them."""
     from tokentrim_cli.engine.journal import replay
     from tokentrim_cli.engine.policies import make_cache
-    from tokentrim_cli.pipeline import guided_model
+    from tokentrim_cli.run.pipeline import guided_model
 
     cfg, comps = _comps("tiny", FORCED + TP)
     plan = Plan.for_preset(4.0, cfg)
@@ -307,7 +307,7 @@ def test_batch_resume_starts_again_an_item_another_version_interrupted(tmp_path,
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     stopped = out / rows[1]["output"].replace(".partial.mp4", ".mp4")
     summary = state_dir(stopped) / "state.json"
-    from tokentrim_cli import resume
+    from tokentrim_cli.run import resume
 
     monkeypatch.setattr(resume, "__version__", "0.1.0")  # what 0.1.0 wrote: its version, and so its fingerprint
     old = {"version": "0.1.0", "fingerprint": resume.fingerprint(rows[1]["settings_hash"])}

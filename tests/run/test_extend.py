@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from tokentrim_cli.continuation import context_frames, latent_count, source_latents, extend_plan
+from tokentrim_cli.run.continuation import context_frames, latent_count, source_latents, extend_plan
 from tokentrim_cli.engine.vae import StreamingEncoder
 from tokentrim_cli.errors import ConfigError
-from tokentrim_cli.pipeline import Lead, Plan
-from tokentrim_cli.settings import Cache
-from tokentrim_cli.source_video import load_source
-from tokentrim_cli.timeline import Entry
-from tokentrim_cli.video import Mp4Writer, probe, read_metadata
+from tokentrim_cli.run.pipeline import Lead, Plan
+from tokentrim_cli.config.settings import Cache
+from tokentrim_cli.run.source_video import load_source
+from tokentrim_cli.run.timeline import Entry
+from tokentrim_cli.output.video import Mp4Writer, probe, read_metadata
 
 from test_cli import run_main
 
 
 def _comps(name, *sets):
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
 
     preset = load_preset(name, list(sets))
@@ -105,8 +105,8 @@ def test_plan_and_timeline_count_from_the_seam():
     plan = Plan.for_seconds(1.5, 16, 3, 4, extend=8)
     assert (plan.frames, plan.latent_frames, plan.blocks, plan.start_frame, plan.continued) == (24, 6, 2, 8, True)
     assert plan.as_dict()["continued"] and "note" in plan.as_dict()
-    from tokentrim_cli.config import load_preset
-    from tokentrim_cli.pipeline import timeline_switches
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.run.pipeline import timeline_switches
 
     cfg = load_preset("tiny", []).config
     sw = timeline_switches([Entry(0.0, "a"), Entry(0.5, "b")], cfg, Plan.for_preset(1.5, cfg, extend=8))
@@ -115,7 +115,7 @@ def test_plan_and_timeline_count_from_the_seam():
 
 def _spy(monkeypatch):
     """The cache as the sampler starts: (frames held, {kind: frames}, start_frame)."""
-    from tokentrim_cli import pipeline
+    from tokentrim_cli.run import pipeline
 
     seen = []
     for name, real in list(pipeline.SAMPLERS.items()):
@@ -137,7 +137,7 @@ def _spy(monkeypatch):
 ])
 def test_the_first_block_attends_to_the_encoded_context(tmp_path, monkeypatch, preset, sets):
     from tokentrim_cli.engine.vae import StreamingDecoder
-    from tokentrim_cli.pipeline import generate_blocks
+    from tokentrim_cli.run.pipeline import generate_blocks
 
     cfg, comps = _comps(preset, *sets)
     frames = _clip(tmp_path / "in.mp4", 53, cfg.video.height, cfg.video.width)  # 53 = 1 + 4 * 13: 14 latent frames
@@ -210,7 +210,7 @@ def test_cli_extend_fits_and_reencodes_another_size(tmp_path, capsys):
     assert got.shape == (14, 64, 64, 3)
     from PIL import Image
 
-    from tokentrim_cli.image import fit
+    from tokentrim_cli.run.image import fit
 
     expected = np.asarray(fit(Image.fromarray(frames[0]), 64, 64)[0])
     assert _psnr(got[0], expected) > 30  # re-encoded once more (crf 18)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .inputs import printable
+from ..inputs import printable
 
 
 def emit_json(event: str, **data) -> None:
