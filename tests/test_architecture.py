@@ -12,7 +12,7 @@ LAYERS = [
     ("command", ["cli", "__main__"]),
     ("batch", ["batch"]),
     ("job", ["run.job", "config.loading"]),
-    ("run parts", ["run", "output", "metrics", "toy", "config.notices", "evaluate"]),
+    ("run parts", ["run", "output", "live", "metrics", "toy", "config.notices", "evaluate"]),
     ("methods and presets", ["pruning", "config.presets"]),
     ("engine", ["engine"]),
     ("leaves", ["config", "config.settings", "config.checks", "errors", "signals", "run.timeline", "inputs",

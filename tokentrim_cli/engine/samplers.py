@@ -14,6 +14,8 @@ know nothing about it. ``before_block`` (or None) is called with a block's index
 first runs the model on it (Self Forcing: before its first step; Rolling Forcing: before the forward that admits
 it to the window); a caller changes the prompt or the cache there (prompt timelines, ``engine/switch.py``).
 
+``num_blocks`` is an int, or a callable read again before each block (a live run's length grows while it runs).
+
 ``state`` (a :class:`LoopState`, or None) is where a sampler stands between two blocks: it is up to date whenever
 a block is yielded, and a sampler given one that a previous run left goes on from there (exact resume: the cache
 is rebuilt separately, ``engine/journal.py``).
@@ -74,6 +76,10 @@ def _implied_noise(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> tor
     return x + (1 - sigma) * v.float()
 
 
+def _count(num_blocks: int | Callable[[], int]) -> int:
+    return num_blocks() if callable(num_blocks) else num_blocks
+
+
 def write_context(model, cache, x0, frames, noise, block, context_noise):
     sigma = context_noise / 1000.0
     x = _renoise(x0, noise.draw(block, -1, frames=x0.shape[2]), sigma) if sigma > 0 else x0
@@ -85,7 +91,7 @@ def self_forcing(
     model: CausalWan,
     cache: KVCache,
     noise: NoiseSource,
-    num_blocks: int,
+    num_blocks: int | Callable[[], int],
     sigmas: torch.Tensor,
     block_frames: int = 3,
     context_noise: float = 0.0,
@@ -101,7 +107,8 @@ def self_forcing(
     ``first_sigmas``: the levels of block 0 alone, when they differ (Causal Forcing++'s 1- and 2-step models denoise
     the first block in 4 steps, ``denoising_step_list_first_chunk`` in thu-ml/Causal-Forcing)."""
     state = state if state is not None else LoopState()
-    for i in range(state.next_block, num_blocks):
+    i = state.next_block - 1
+    while (i := i + 1) < _count(num_blocks):
         sigmas_i = (first_sigmas if i == 0 and first_sigmas is not None else sigmas).float()
         frames = torch.arange(start_frame + i * block_frames, start_frame + (i + 1) * block_frames)
         if before_block is not None:
@@ -137,7 +144,7 @@ def rolling_forcing(
     model: CausalWan,
     cache: KVCache,
     noise: NoiseSource,
-    num_blocks: int,
+    num_blocks: int | Callable[[], int],
     sigmas: torch.Tensor,
     block_frames: int = 3,
     context_noise: float = 0.0,
@@ -157,8 +164,8 @@ def rolling_forcing(
     steps = len(sigmas)
     state = state if state is not None else LoopState()
     window = state.window  # oldest first: {"block", "x", "step", "attempt"}
-    while window or state.next_block < num_blocks:
-        if state.next_block < num_blocks:
+    while window or state.next_block < _count(num_blocks):
+        if state.next_block < _count(num_blocks):
             b = state.next_block
             if before_block is not None:
                 before_block(b)

@@ -18,7 +18,7 @@ import errno
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +56,7 @@ class Job:
     settings_hash: str | None = None  # the request's (batch.settings_hash); None: no resumable state is kept
     resume: bool = False  # go on from the NAME.state/ an unfinished run to ``output`` left
     extend: object | None = None  # continuation.Continuation of the video it continues (``generate --extend``)
+    live: object | None = None  # live.session.LiveSession: the run is watched and steered while it goes
 
 
 @dataclass
@@ -84,16 +85,7 @@ class Result:
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display, extra: dict | None = None) -> Result:
     """Raises ConfigError (exit 2, nothing written) when the output cannot be taken: it exists (without
     ``overwrite``), another process writes it, or its folder is not writable."""
-    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None,
-                           extend=job.extend.latent_frames if job.extend is not None else 0)
-    switches = timeline_switches(job.timeline, preset.config, plan)  # a timeline that does not fit: exit 2
-    if job.image is not None:
-        extra = {**(extra or {}), "image": job.image.as_dict()}
-    if job.extend is not None:
-        extra = {**(extra or {}), "extend": job.extend.as_dict()}
-    if job.timeline:
-        extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
-                 "switches": [s.as_dict() for s in switches]}
+    plan, extras = _planned(job, preset, extra)  # a timeline that does not fit: exit 2
     if job.resume and job.output.is_file() and not state_dir(job.output).exists():
         raise ConfigError(f"nothing to resume: {job.output} is finished (pass --overwrite without --resume to make "
                           "it again)")
@@ -101,9 +93,42 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     outputs.open(display.message)
     try:
         state = _resumable(job, outputs) if job.resume else _clear_state(job, display.message)  # exit 2 or None
-        return _run(job, preset, components, display, extra, plan, outputs, state)
+        if state is not None and state.get("live") is not None:  # a live run goes on with its live changes
+            job = _live_resumed(job, state)
+            plan, extras = _planned(job, preset, extra)
+        return _run(job, preset, components, display, extras, plan, outputs, state)
     finally:
         outputs.close()
+
+
+def plan_of(job: Job, preset: Preset, seconds: float) -> Plan:
+    """The plan of ``job`` were it ``seconds`` long."""
+    return Plan.for_preset(seconds, preset.config, image=job.image is not None,
+                           extend=job.extend.latent_frames if job.extend is not None else 0)
+
+
+def _live_resumed(job: Job, state: dict) -> Job:
+    """``job`` with the timeline and length its live state recorded (ConfigError when they do not read)."""
+    from ..live.control import restored
+
+    entries, seconds = restored(state["live"], job.seconds)
+    if job.live is not None:
+        job.live.control.restore(entries, seconds, state["loop"]["next_block"], recache=state.get("kept") is not None)
+    return replace(job, timeline=entries if len(entries) > 1 else None, seconds=seconds)
+
+
+def _planned(job: Job, preset: Preset, extra: dict | None) -> tuple[Plan, dict | None]:
+    """The job's plan and the sidecar's fields that describe its request."""
+    plan = plan_of(job, preset, job.seconds)
+    switches = timeline_switches(job.timeline, preset.config, plan)
+    if job.image is not None:
+        extra = {**(extra or {}), "image": job.image.as_dict()}
+    if job.extend is not None:
+        extra = {**(extra or {}), "extend": job.extend.as_dict()}
+    if job.timeline:
+        extra = {**(extra or {}), "timeline": [e.as_dict() for e in job.timeline],
+                 "switches": [s.as_dict() for s in switches]}
+    return plan, extra
 
 
 def _inputs(job: Job) -> list[Input]:
@@ -244,6 +269,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     if run is not None:
         sidecar.data["run"] = run  # in the video's comment too: --resume recognises its partial video by it
     writer = Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset, prefix, prefix_frames, run)
+    if job.live is not None:  # its frames go to the live page too
+        writer = job.live.tee(writer)
     status, error, code = "ok", None, EXIT_OK
     timings = {}
     blocks = None
@@ -263,19 +290,26 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             torch.cuda.synchronize(writer_device[0])  # the journal's copies are asynchronous
         history = {"blocks": list(sidecar.data["blocks"]), "resumed": sidecar.data.get("resumed", []),
                    "device": _device_label(writer_device[0])}
+        live = block.state.get("live") or (state or {}).get("live")  # a live run's timeline and length so far
+        if live is not None:
+            history["live"] = live
         saver.save(block.state, decoder.state_dict(), writer.frames, history)
         last["unsaved"] = False
 
     def written(block, frames):  # a block is in the file: its record goes to the sidecar and the display
         rec = {"index": block.index, "latent_frames": block.frames, **block.record, "frames_written": frames}
-        entry = rec.get("prompt")
-        if job.timeline and entry is not None and entry != shown[0]:
+        if job.live is not None:  # the timeline and length as they stand now
+            job.live.sync(sidecar.data, display)
+        entry, entries = rec.get("prompt"), sidecar.data.get("timeline") or []
+        if len(entries) > 1 and entry is not None and entry != shown[0]:
             shown[0] = entry
             sw = next(s for s in sidecar.data["switches"] if s["entry"] == entry)
-            display.message(f"prompt {entry + 1}/{len(job.timeline)} from block {block.index} "
-                            f"({sw['snapped']:g} s, {sw['mode']}): {job.timeline[entry].prompt}")
+            display.message(f"prompt {entry + 1}/{len(entries)} from block {block.index} "
+                            f"({sw['snapped']:g} s, {sw['mode']}): {entries[entry]['prompt']}")
         rec["seconds"] = round(rec["seconds"], 4)
         sidecar.add_block(rec)
+        if job.live is not None:
+            job.live.block(rec)
         display.block(rec, frames - seam)  # the display counts the new part's frames (its plan's)
         if block.state is not None:
             last["block"], last["unsaved"] = block, True
@@ -321,7 +355,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
                 context = source_latents(comps, ext, decoder, None if ext.copied else writer.write)
             blocks = BlockWriter(decoder, writer, seam + plan.frames, written, threaded=cfg.runtime.overlap_decode)
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead, context,
-                                         resumable=saver is not None, resume=state):
+                                         resumable=saver is not None, resume=state,
+                                         live=job.live.control if job.live is not None else None):
                 blocks.put(block)
                 raise_pending()
             blocks.close()

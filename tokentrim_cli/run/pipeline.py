@@ -187,7 +187,8 @@ def image_latents(components: Components, pixels: torch.Tensor) -> torch.Tensor:
 
 def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int, plan: Plan,
                     timeline: list[Entry] | None = None, image: torch.Tensor | None = None,
-                    lead: Lead | None = None, resumable: bool = False, resume: dict | None = None) -> Iterator[Block]:
+                    lead: Lead | None = None, resumable: bool = False, resume: dict | None = None,
+                    live=None) -> Iterator[Block]:
     """Yield finished latent blocks for one prompt, or for a timeline of prompts (then ``prompt`` is unused:
     the first entry's is); each block's record gains cache size, timing and, with a timeline, ``prompt`` (the
     index of the entry it was made under, for Rolling Forcing the one it entered the window under).
@@ -210,10 +211,15 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     journal (``engine/journal.py``), the sampler's :class:`LoopState`, the reviewer's statistics, the latents a
     recache would need and the blend in progress (tensors are shared, not copied: save them before the next
     block). ``resume``: such a state; the cache is rebuilt by replaying its journal (the image or lead included)
-    and the loop goes on from its next block, giving the same blocks, bit for bit, as the run that left it."""
+    and the loop goes on from its next block, giving the same blocks, bit for bit, as the run that left it.
+
+    ``live`` (a ``live.control.LiveControl``, or None): the timeline and the number of blocks come from it and may
+    change while the run goes; it is told of every block boundary (``boundary``, which raises to stop the run)
+    and the timeline is read again there. Each state carries its ``resumable()`` (the timeline and length so
+    far). The blocks are those of a run given the final timeline and length from the start."""
     lead = lead_of(plan, image, lead) if resume is None else None
     samp = cfg.sampler
-    switches = timeline_switches(timeline, cfg, plan)
+    timeline, switches = live.schedule() if live is not None else (timeline, timeline_switches(timeline, cfg, plan))
     if timeline:
         prompt = timeline[0].prompt
     model = guided_model(components, samp)
@@ -225,7 +231,7 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
     sampler = SAMPLERS[samp.kind]
     sigmas = warp_steps(samp.steps, samp.shift)
     first = {"first_sigmas": warp_steps(samp.first_block_steps, samp.shift)} if samp.first_block_steps else {}
-    kept = ContextLatents() if any(s.mode == "recache" for s in switches) else None
+    kept = ContextLatents() if live is not None or any(s.mode == "recache" for s in switches) else None
     by_block = {s.block: s for s in switches}
     journal = Journal() if resumable or resume is not None else None
     embeds = {"now": None, "blend": {}}  # the embeddings in effect (when blending); block -> (weight, embeddings)
@@ -247,7 +253,7 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
         if reviewer is not None:
             reviewer.load_state_dict(resume["reviewer"])
         if kept is not None:
-            kept.blocks = [Block(i, frames, latents.to(model.device)) for i, frames, latents in resume["kept"]]
+            kept.blocks = [Block(i, frames, latents.to(model.device)) for i, frames, latents in resume["kept"] or []]
         embeds = {"now": resume["embeds"]["now"], "blend": dict(resume["embeds"]["blend"])}
     else:
         cache.journal = journal
@@ -260,9 +266,18 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
                 "loop": {"next_block": loop.next_block, "window": [dict(w) for w in loop.window]},
                 "reviewer": reviewer.state_dict() if reviewer is not None else None,
                 "kept": [(b.index, b.frames, b.latents) for b in kept.blocks] if kept is not None else None,
-                "embeds": {"now": embeds["now"], "blend": dict(embeds["blend"])}}
+                "embeds": {"now": embeds["now"], "blend": dict(embeds["blend"])},
+                **({"live": live.resumable()} if live is not None else {})}
+
+    def follow(i: int) -> None:  # a live run: its timeline as it stands at this boundary
+        live.boundary(i)
+        timeline[:], switches[:] = live.schedule()
+        by_block.clear()
+        by_block.update({s.block: s for s in switches})
 
     def before_block(i: int) -> None:
+        if live is not None:
+            follow(i)
         s = by_block.get(i)
         if s is None:
             if i in embeds["blend"]:  # inside a blend: only the cross-attention moves on
@@ -283,9 +298,9 @@ def generate_blocks(components: Components, cfg: Config, prompt: str, seed: int,
             reviewer.restart(i)
 
     started = time.perf_counter()
-    for block in sampler(model, cache, noise, plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
+    for block in sampler(model, cache, noise, live.count if live is not None else plan.blocks, sigmas, plan.block_frames, samp.context_noise, reviewer,
                          start_frame=plan.start_frame, solver=samp.solver,
-                         before_block=before_block if switches else None, state=loop, **first):
+                         before_block=before_block if switches or live is not None else None, state=loop, **first):
         if kept is not None:
             kept.add(block, cache)
         if journal is not None:

@@ -6,7 +6,8 @@ Forms (all give a list of :class:`Entry`, the first starting at 0 s):
   ``"45s cut: sunset"``, ``"50s keep blend=3: night"``. The prefix is ``SECONDSs [MODE] [blend=N]:``; the first
   entry may omit it (it starts at 0), every later one needs it. A prompt that merely contains a colon is left
   alone unless it starts so.
-- a timeline file (``--timeline``, YAML or JSON) or a batch item's ``timeline`` field: a list of
+- a timeline file (``--timeline``, YAML or JSON; or a run's sidecar, whose ``timeline`` is read) or a batch
+  item's ``timeline`` field: a list of
   ``{start: seconds, prompt: "...", switch: recache|keep|cut|rope_cut, blend: N}`` (``switch`` optional:
   ``sampler.switch``; ``blend`` optional: 0, no blend).
 
@@ -180,10 +181,18 @@ def load_file(path: Path | str) -> list[Entry]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"--timeline {path}: not YAML or JSON ({printable(str(what), 100)}{where})") from None
-    problems = entries_problems(raw)
+    problems = entries_problems(of_sidecar(raw))
     if problems:
         raise ConfigError(f"--timeline {path}: {'; '.join(problems[:5])}")
-    return from_data(raw)
+    return from_data(of_sidecar(raw))
+
+
+def of_sidecar(raw):
+    """A run's sidecar (NAME.json) read as its timeline: its ``timeline``, or its one prompt; anything else as
+    it is. Such a timeline makes the run's video again (with its seed, seconds and preset)."""
+    if isinstance(raw, dict) and raw.get("tool") == "tokentrim" and "blocks" in raw:
+        return raw.get("timeline") or [{"start": 0, "prompt": raw.get("prompt")}]
+    return raw
 
 
 def check(entries: list[Entry], name: str) -> list[Entry]:

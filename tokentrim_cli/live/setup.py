@@ -1,0 +1,52 @@
+"""``generate --live`` / ``--prompts-from``: the options checked, the session opened, the replay command."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError
+from ..run.timeline import Entry
+from .control import LiveControl
+from .session import LiveSession, Serve
+
+
+def check_options(live: bool, host: str | None, port: int | None, prompts_from: str | None) -> Serve | None:
+    """Where to serve the page (None: no page). ConfigError for --host / --port without --live, a port out of
+    range, a --prompts-from file that is not there."""
+    if not live and (host is not None or port is not None):
+        raise ConfigError("--host and --port go with --live (the page's address), e.g. --live --port 8765")
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be from 1 to 65535 (0 or none: a free one), got {port}")
+    if prompts_from not in (None, "-") and not Path(prompts_from).exists():
+        raise ConfigError(f"--prompts-from {prompts_from} does not exist; give a file or pipe, or - for stdin")
+    return Serve(host or "127.0.0.1", port or 0) if live else None
+
+
+def open_live(entries: list[Entry], seconds: float, cfg, image: bool, extend_frames: int, name: str,
+              serve: Serve | None, prompts_from: str | None, say: Callable[[str], None]) -> LiveSession:
+    """A started session for a run of ``entries`` over ``seconds`` (its page served, its prompts read)."""
+    from ..run.pipeline import Plan, timeline_switches
+
+    control = LiveControl(entries, seconds, lambda s: Plan.for_preset(s, cfg, image=image, extend=extend_frames),
+                          lambda found, plan: timeline_switches(found, cfg, plan))
+    stream = None
+    if prompts_from == "-":
+        stream = sys.stdin
+    elif prompts_from is not None:
+        try:
+            stream = open(prompts_from, encoding="utf-8", errors="replace")  # noqa: SIM115 - read by a thread
+        except OSError as exc:
+            raise ConfigError(f"--prompts-from {prompts_from}: cannot read it ({exc.strerror})") from None
+    vid = cfg.video
+    session = LiveSession(control, name, (vid.width, vid.height, vid.fps), serve, stream, say)
+    session.start()
+    return session
+
+
+def replay_command(sidecar: Path, seconds: float, seed: int, options: list[str]) -> str:
+    """The command that makes the same video again from the run's sidecar (its timeline)."""
+    words = ["tokentrim", "generate", "--timeline", str(sidecar), "--seconds", repr(float(seconds)).removesuffix(".0"), "--seed", str(seed)]
+    return shlex.join(words + options)
