@@ -5,8 +5,7 @@
   ``--host`` given, or this machine's own names when it listens on every interface.
 - Origin: when a browser sends one, it must be this server's own (``http://`` + the Host): another site open in
   the same browser cannot drive the run, nor read its streams.
-- Token: everything but the page itself (static HTML, JS, CSS that hold no data) needs the random token of the
-  printed URL, as ``?token=`` or the ``X-Tokentrim-Token`` header, compared in constant time.
+- Token: everything under ``/api/`` (all data and every change) needs the random token of the printed URL, as ``?token=`` or the ``X-Tokentrim-Token`` header, compared in constant time.
 
 A refused request gets a JSON ``{"error": ...}`` with 400 (no Host), 403 (wrong Host, Origin or token) and never
 reaches a route.
@@ -20,7 +19,6 @@ import json
 import socket
 from urllib.parse import parse_qs
 
-PUBLIC = {"/", "/live.js", "/live.css"}
 WILDCARDS = {"0.0.0.0", "::", ""}
 
 
@@ -84,7 +82,7 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and origin.lower() != f"http://{host.lower()}":
             return 403, "requests from another origin are refused"
-        if scope["path"] in PUBLIC and scope["method"] in ("GET", "HEAD"):
+        if not scope["path"].startswith("/api/"):  # the page's files, or 404: no data
             return None
         given = headers.get("x-tokentrim-token") or parse_qs(scope.get("query_string", b"").decode("latin-1")).get(
             "token", [""])[0]
