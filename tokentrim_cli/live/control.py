@@ -13,6 +13,7 @@ The loop calls :meth:`LiveControl.boundary` just before a block starts (``pipeli
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -92,14 +93,14 @@ def restored(data, seconds: float) -> tuple[list[Entry], float]:
 
 
 def entry_start(plan, block: int, fits: Callable[[float], bool]) -> float:
-    """The seconds written for a switch at ``block``: the block's first pixel frame, rounded to the fewest
-    decimals (2 to 6) for which ``fits`` (snapping gives ``block`` again) holds; the exact value otherwise."""
+    """The seconds written for a switch at ``block``: the block's first pixel frame when it has at most 4
+    decimals, else the fewest decimals (2 to 6), rounded down, for which ``fits`` (snapping gives ``block``
+    again) holds; the exact value otherwise."""
     exact = block_start_seconds(block, plan.block_frames, plan.fps, plan.temporal_ratio, plan.start_frame,
                                 plan.continued)
-    for digits in range(2, 7):
-        if fits(round(exact, digits)):
-            return round(exact, digits)
-    return exact
+    short = [round(exact, d) for d in range(5) if round(exact, d) == exact]
+    cut = [math.floor(exact * 10**d) / 10**d for d in range(2, 7)]
+    return next((t for t in short + cut if fits(t)), exact)
 
 
 class LiveControl:
