@@ -118,6 +118,7 @@ class LiveControl:
         self._lock = threading.Lock()
         self._plan_for, self._switches_for = plan_for, switches_for
         self.listeners: list[Callable[[str, dict], None]] = []  # (event, data), called outside the lock
+        self.on_plan: list[Callable] = []  # called with the new Plan inside the lock (keep going): quick, no I/O
         self._set(list(entries), float(seconds), next_block)
         self.recache = recache
         self.stop_requested = False
@@ -184,6 +185,8 @@ class LiveControl:
             plan = self._plan_for(self.seconds + seconds)
             switches = self._switches_for(self.entries, plan) if len(self.entries) > 1 else []
             self.seconds, self.plan, self.switches = self.seconds + seconds, plan, switches
+            for follow in self.on_plan:  # before the loop can start a block under the new plan
+                follow(plan)
             data = self._state()
         self._tell("timeline", data)
         return data

@@ -93,13 +93,21 @@ class LiveSession:
             self.say(f"live: watch and steer the run at {self.url}")
         if self._prompts is not None:
             read_prompts(self._prompts, self.control.submit, self.say)
-            self.say("live: reading prompts from stdin, one per line ('[SECONDSs] [MODE] [blend=N]: PROMPT')")
+            source = getattr(self._prompts, "name", "<stdin>")
+            source = "stdin" if source == "<stdin>" else source
+            self.say(f"live: reading prompts from {source}, one per line ('[SECONDSs] [MODE] [blend=N]: PROMPT')")
         self.status = "running"
         self._publish("status", {"status": "running"})
 
     def tee(self, writer):
         """``writer`` feeding the preview too (itself when nothing is served)."""
         return Tee(writer, self.preview.frames) if self.preview is not None else writer
+
+    def follow_length(self, blocks, seam: int) -> None:
+        """Keep ``blocks`` (the job's BlockWriter) trimming the video to the planned length as it grows, from now
+        on and for what "keep going" added already (while the model loaded)."""
+        self.control.on_plan.append(lambda plan: setattr(blocks, "limit", seam + plan.frames))
+        blocks.limit = seam + self.control.state()["frames"]
 
     def sync(self, sidecar: dict, display) -> None:
         """Before a block's record is written (the writer's thread): ``sidecar`` (its data) gets the timeline and

@@ -354,6 +354,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             if ext is not None and state is None:  # the input streams through the encoder (and the decoder, warming it)
                 context = source_latents(comps, ext, decoder, None if ext.copied else writer.write)
             blocks = BlockWriter(decoder, writer, seam + plan.frames, written, threaded=cfg.runtime.overlap_decode)
+            if job.live is not None:  # keep going: the last block is trimmed to the new length
+                job.live.follow_length(blocks, seam)
             for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead, context,
                                          resumable=saver is not None, resume=state,
                                          live=job.live.control if job.live is not None else None):

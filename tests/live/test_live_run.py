@@ -1,0 +1,79 @@
+"""Live runs of the toy preset on the CPU, without a browser: prompts read while the run goes are recorded in the
+sidecar's timeline at the block they took effect at, and that sidecar replays the same video bit for bit; a live
+run stopped midway resumes with its live changes (prompts, keep going)."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+
+from tokentrim_cli.live.session import LiveSession
+from test_cli import run_main
+from test_resume import _capture_frames
+
+BASE = ["generate", "--preset", "toy", "--seed", "3", "-q"]
+ARGS = BASE + ["-p", "a red circle bouncing on a dark blue background"]
+PROMPTS = "0.5s cut: a green square sliding on a white background\nkeep blend=2: a yellow ring growing on a black background\n"
+
+
+def test_prompts_read_while_the_run_goes_are_in_the_sidecar_and_replay_the_same_video(tmp_path, capsys,
+                                                                                       monkeypatch):
+    frames = _capture_frames(monkeypatch)
+    (tmp_path / "prompts.txt").write_text(PROMPTS)
+    out = tmp_path / "live.mp4"
+    code, _, err = run_main(capsys, *ARGS, "--seconds", "2", "-o", str(out), "--prompts-from",
+                            str(tmp_path / "prompts.txt"))
+    assert code == 0, err
+    side = json.loads(out.with_suffix(".json").read_text())
+    timeline, switches = side["timeline"], side["switches"]
+    assert [e["prompt"] for e in timeline] == ["a red circle bouncing on a dark blue background",
+                                               "a yellow ring growing on a black background",
+                                               "a green square sliding on a white background"]
+    assert timeline[1]["switch"] == "keep" and timeline[1]["blend"] == 2 and timeline[2]["switch"] == "cut"
+    assert [(s["entry"], s["mode"]) for s in switches] == [(1, "keep"), (2, "cut")]
+    assert switches[1]["block"] == 3  # 0.5 s: the first block from pixel frame 8 (blocks of 3 frames at 16 fps)
+    assert switches[0]["block"] == 1  # the next boundary when it was read: the run had not started
+    assert [b["prompt"] for b in side["blocks"][:5]] == [0, 1, 1, 2, 2]
+    assert "blend" in side["blocks"][1] and "refused" not in err
+
+    replay = tmp_path / "replay.mp4"
+    code, _, err = run_main(capsys, *BASE, "--timeline", str(out.with_suffix(".json")), "--seconds", "2", "-o",
+                            str(replay))
+    assert code == 0, err
+    (_, live), (_, again) = frames
+    assert len(live) == len(again) == 32 and all(np.array_equal(a, b) for a, b in zip(live, again))
+    assert np.array_equal(iio.imread(out), iio.imread(replay))  # the files decode to the same frames too
+
+
+def test_a_live_run_stopped_midway_resumes_with_its_live_prompts_and_length(tmp_path, capsys, monkeypatch):
+    """Stop (as Ctrl-C) after a prompt and a keep going; --resume with the original options goes on with both,
+    and the frames equal those of a replay of the final timeline and length."""
+    frames = _capture_frames(monkeypatch)
+    (tmp_path / "prompts.txt").write_text("0.5s cut: a green square sliding on a white background\n")
+    original = LiveSession.block
+
+    def block(self, record):  # in the writer's thread, as a page's requests would come from the server's
+        if record["index"] == 0:
+            self.control.extend(1.0)
+        if record["index"] == 6:
+            self.control.stop()
+        original(self, record)
+
+    monkeypatch.setattr(LiveSession, "block", block)
+    out = tmp_path / "live.mp4"
+    code, _, err = run_main(capsys, *ARGS, "--seconds", "1", "-o", str(out), "--prompts-from",
+                            str(tmp_path / "prompts.txt"))
+    assert code == 130 and "stopped from the live page" in err and "--resume" in err, err
+    monkeypatch.setattr(LiveSession, "block", original)
+    code, _, err = run_main(capsys, *ARGS, "--seconds", "1", "-o", str(out), "--resume")
+    assert code == 0, err
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["plan"]["seconds"] == 2.0 and side["frames"] == 32 and len(side["resumed"]) == 1
+    assert [s["block"] for s in side["switches"]] == [3]
+
+    code, _, err = run_main(capsys, *BASE, "--timeline", str(out.with_suffix(".json")), "--seconds", "2", "-o",
+                            str(tmp_path / "replay.mp4"))
+    assert code == 0, err
+    (_, stopped), (_, resumed), (_, replay) = frames
+    assert len(stopped) + len(resumed) == len(replay) == 32
+    assert all(np.array_equal(a, b) for a, b in zip(stopped + resumed, replay))
