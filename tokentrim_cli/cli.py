@@ -37,6 +37,10 @@ PRESET_HELP = PRESET_ARG_HELP[:-1] + " [default: $TOKENTRIM_PRESET or toy]."
 SET_HELP = "Override any preset value, e.g. --set pruning.lambda=1.5 (repeatable)."
 WEIGHTS_DIR_HELP = "Local folder mirroring hub repos (OWNER/REPO/PATH); also $TOKENTRIM_WEIGHTS_DIR."
 THREADS_HELP = "CPU threads (overrides runtime.threads) [default: the CPUs this process may use]."
+LIVE_HELP = ("Serve a local page that plays the video while it is made and takes new prompts, stop and keep going "
+             "(prints its URL; docs/live.md).")
+PROMPTS_FROM_HELP = ("Read new prompts while the run goes, one per line ('-': stdin): '[SECONDSs] [MODE] [blend=N]: "
+                     "PROMPT'; without a time from the next block.")
 YES_HELP = "Confirm a video over an hour long (refused otherwise: a typo like 1e5 would run for days)."
 
 
@@ -103,14 +107,10 @@ def generate(
     extend: Optional[Path] = typer.Option(None, "--extend", help="Continue this MP4 (at the preset's fps): its "
                                           "frames, then --seconds new ones; timeline times count from its end."),
     resume: bool = typer.Option(False, "--resume", help="Go on where a run to --output stopped (same options)."),
-    live: bool = typer.Option(False, "--live", help="Serve a local page that plays the video while it is made and "
-                              "takes new prompts, Stop and keep going (prints its URL; see docs/live.md)."),
-    host: Optional[str] = typer.Option(None, "--host", help="With --live: the address to listen on "
-                                       "[default: 127.0.0.1]."),
+    live: bool = typer.Option(False, "--live", help=LIVE_HELP),
+    host: Optional[str] = typer.Option(None, "--host", help="With --live: the address [default: 127.0.0.1]."),
     port: Optional[int] = typer.Option(None, "--port", help="With --live: the port [default: a free one]."),
-    prompts_from: Optional[str] = typer.Option(None, "--prompts-from", help="Read new prompts while the run goes, "
-                                               "one per line ('-': stdin): '[SECONDSs] [MODE] [blend=N]: PROMPT', "
-                                               "without a time from the next block."),
+    prompts_from: Optional[str] = typer.Option(None, "--prompts-from", help=PROMPTS_FROM_HELP),
 ):
     """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture;
     --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
@@ -119,7 +119,7 @@ def generate(
     from .run.source_video import load_source
     from .run.timeline import load_file, parse_prompts
 
-    from .live.setup import check_options
+    from .live.setup import check_options, close_for_job, open_for_job
 
     require_log_format(log_format)
     require_seconds(seconds, confirmed=yes)
@@ -170,42 +170,15 @@ def generate(
     check_generate(out, overwrite, resume, {timeline: "--timeline", image: "--image", extend: "--extend"})
     shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
     job = Job(prompt, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont)
-    if serve is not None or prompts_from is not None:
-        job.live = _open_live(job, p, serve, prompts_from, display)
+    job.live = open_for_job(job, p.config, serve, prompts_from, display)  # None without --live / --prompts-from
     result = None
     try:
         result = run_job(job, p, loader, display)
     finally:
-        if job.live is not None:
-            _close_live(job, result, [a for a in sys.argv[2:] if a], display)
+        close_for_job(job, result, sys.argv[2:], display)
     if result.status != "ok" and result.error:
         print("\n".join(closing_lines(result, state_dir(out).name)), file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while finishing
-
-
-def _open_live(job, preset, serve, prompts_from, display):
-    from .live.setup import open_live
-    from .run.timeline import Entry
-
-    from .output.display import QuietDisplay
-
-    say = None if isinstance(display, QuietDisplay) else display.message  # quiet: the URL still shows (stderr)
-    return open_live(job.timeline or [Entry(0.0, job.prompt)], job.seconds, preset.config, job.image is not None,
-                     job.extend.latent_frames if job.extend is not None else 0, job.output.stem, serve, prompts_from,
-                     say)
-
-
-def _close_live(job, result, argv: list[str], display) -> None:
-    """End the session; after a live run that changed, say how to make the same video again."""
-    from .live.setup import replay_command
-
-    job.live.close(result.as_dict() if result is not None else None)
-    if result is None or result.video is None or len(job.live.control.entries) < 2:
-        return
-    keep = {"--preset", "--set", "--fps", "--threads", "--image", "--extend", "--weights-dir"}
-    options = [w for i, w in enumerate(argv) if w in keep or (i and argv[i - 1] in keep)]
-    display.message("live: the same video again: "
-                    + replay_command(result.sidecar, job.live.control.seconds, job.seed, options))
 
 
 @presets_app.command("list")

@@ -50,3 +50,43 @@ def replay_command(sidecar: Path, seconds: float, seed: int, options: list[str])
     """The command that makes the same video again from the run's sidecar (its timeline)."""
     words = ["tokentrim", "generate", "--timeline", str(sidecar), "--seconds", repr(float(seconds)).removesuffix(".0"), "--seed", str(seed)]
     return shlex.join(words + options)
+
+
+def open_for_job(job, cfg, serve: Serve | None, prompts_from: str | None, display) -> LiveSession | None:
+    """The started session of a ``generate`` job (None without --live or --prompts-from)."""
+    from ..output.display import QuietDisplay
+
+    if serve is None and prompts_from is None:
+        return None
+    say = None if isinstance(display, QuietDisplay) else display.message  # quiet: the URL still shows (stderr)
+    return open_live(job.timeline or [Entry(0.0, job.prompt)], job.seconds, cfg, job.image is not None,
+                     job.extend.latent_frames if job.extend is not None else 0, job.output.stem, serve, prompts_from,
+                     say)
+
+
+REPLAYED = {"--preset", "--set", "--fps", "--threads", "--image", "--extend", "--weights-dir"}
+
+
+def close_for_job(job, result, argv: list[str], display) -> None:
+    """End a job's session (if it has one); after a live run that changed, say how to make the same video again
+    (``argv``: the command's options, of which those that shape the video are repeated)."""
+    if job.live is None:
+        return
+    job.live.close(result.as_dict() if result is not None else None)
+    if result is None or result.video is None or len(job.live.control.entries) < 2:
+        return
+    options = [w for i, w in enumerate(argv) if w in REPLAYED or (i and argv[i - 1] in REPLAYED)]
+    display.message("live: the same video again: "
+                    + replay_command(result.sidecar, job.live.control.seconds, job.seed, options))
+
+
+def resumed_job(job, state: dict):
+    """``job`` with the timeline and length its live state recorded (ConfigError when they do not read)."""
+    from dataclasses import replace
+
+    from .control import restored
+
+    entries, seconds = restored(state["live"], job.seconds)
+    if job.live is not None:
+        job.live.control.restore(entries, seconds, state["loop"]["next_block"], recache=state.get("kept") is not None)
+    return replace(job, timeline=entries if len(entries) > 1 else None, seconds=seconds)

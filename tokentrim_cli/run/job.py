@@ -18,7 +18,7 @@ import errno
 import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -94,32 +94,19 @@ def run_job(job: Job, preset: Preset, components: Callable[[], Components], disp
     try:
         state = _resumable(job, outputs) if job.resume else _clear_state(job, display.message)  # exit 2 or None
         if state is not None and state.get("live") is not None:  # a live run goes on with its live changes
-            job = _live_resumed(job, state)
+            from ..live.setup import resumed_job
+
+            job = resumed_job(job, state)
             plan, extras = _planned(job, preset, extra)
         return _run(job, preset, components, display, extras, plan, outputs, state)
     finally:
         outputs.close()
 
 
-def plan_of(job: Job, preset: Preset, seconds: float) -> Plan:
-    """The plan of ``job`` were it ``seconds`` long."""
-    return Plan.for_preset(seconds, preset.config, image=job.image is not None,
-                           extend=job.extend.latent_frames if job.extend is not None else 0)
-
-
-def _live_resumed(job: Job, state: dict) -> Job:
-    """``job`` with the timeline and length its live state recorded (ConfigError when they do not read)."""
-    from ..live.control import restored
-
-    entries, seconds = restored(state["live"], job.seconds)
-    if job.live is not None:
-        job.live.control.restore(entries, seconds, state["loop"]["next_block"], recache=state.get("kept") is not None)
-    return replace(job, timeline=entries if len(entries) > 1 else None, seconds=seconds)
-
-
 def _planned(job: Job, preset: Preset, extra: dict | None) -> tuple[Plan, dict | None]:
     """The job's plan and the sidecar's fields that describe its request."""
-    plan = plan_of(job, preset, job.seconds)
+    plan = Plan.for_preset(job.seconds, preset.config, image=job.image is not None,
+                           extend=job.extend.latent_frames if job.extend is not None else 0)
     switches = timeline_switches(job.timeline, preset.config, plan)
     if job.image is not None:
         extra = {**(extra or {}), "image": job.image.as_dict()}
