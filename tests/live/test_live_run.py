@@ -6,6 +6,8 @@ import json
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
+import torch
 
 from tokentrim_cli.live.session import LiveSession
 from test_cli import run_main
@@ -77,3 +79,41 @@ def test_a_live_run_stopped_midway_resumes_with_its_live_prompts_and_length(tmp_
     (_, stopped), (_, resumed), (_, replay) = frames
     assert len(stopped) + len(resumed) == len(replay) == 32
     assert all(np.array_equal(a, b) for a, b in zip(stopped + resumed, replay))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-rolling"])
+def test_changes_made_during_the_loop_give_the_blocks_of_the_final_timeline_planned_from_the_start(name):
+    """Self Forcing and Rolling Forcing (whose window admits blocks ahead of the ones it finishes): prompts (a
+    blend, a cut) and a keep going that arrive while the loop runs give, bit for bit, the blocks of a run given the
+    final timeline and length before it started."""
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.engine.components import load_components
+    from tokentrim_cli.live.control import LiveControl, Request
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks, timeline_switches
+    from tokentrim_cli.run.timeline import Entry
+
+    cfg = load_preset(name, ["pruning.lambda=0"]).config
+    comps = load_components(cfg.model, cfg.runtime)
+    control = LiveControl([Entry(0.0, "a red kite")], 3.0, lambda s: Plan.for_preset(s, cfg),
+                          lambda found, plan: timeline_switches(found, cfg, plan))
+    boundary = control.boundary
+
+    def requests_arrive(block):  # as if a viewer sent them while block - 1 was being made
+        boundary(block)
+        if block == 1:
+            control.submit(Request("a blue kite", "keep", 2))
+            control.extend(2.0)
+        if block == 4:
+            control.submit(Request("a green kite over the sea", "cut"))
+
+    control.boundary = requests_arrive
+    live = [(b.index, b.latents.clone(), b.record["regenerations"])
+            for b in generate_blocks(comps, cfg, "a red kite", 4, Plan.for_preset(3.0, cfg), live=control)]
+    entries, switches = control.schedule()
+    assert [(s.block, s.mode, s.blend) for s in switches] == [(2, "keep", 2), (5, "cut", 0)]
+    final = Plan.for_preset(5.0, cfg)
+    planned = list(generate_blocks(comps, cfg, "", 4, final, entries))
+    assert [i for i, _, _ in live] == [b.index for b in planned] == list(range(final.blocks))
+    assert final.blocks == 7 > Plan.for_preset(3.0, cfg).blocks
+    for (i, latents, regen), b in zip(live, planned):
+        assert torch.equal(latents, b.latents) and regen == b.record["regenerations"], i
