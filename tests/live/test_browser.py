@@ -21,7 +21,6 @@ from urllib.parse import urlparse
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from test_cli import run_main
 
 CHROMIUM = os.environ.get("TOKENTRIM_CHROMIUM", "/usr/bin/chromium")

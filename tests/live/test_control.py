@@ -7,17 +7,17 @@ import threading
 
 import pytest
 
+from tokentrim_cli.errors import ConfigError
 from tokentrim_cli.live.commands import parse_line, parse_mode, read_prompts
 from tokentrim_cli.live.control import LiveControl, LiveError, Request, Stopped, restored
 from tokentrim_cli.live.feed import Behind, Feed
-from tokentrim_cli.errors import ConfigError
 from tokentrim_cli.run.pipeline import Plan
 from tokentrim_cli.run.timeline import Entry, snap
 
 
 def make(seconds=4.0, fps=16, block_frames=3, ratio=1, entries=None, next_block=0) -> LiveControl:
-    plan_for = lambda s: Plan.for_seconds(s, fps, block_frames, ratio)  # noqa: E731
-    switches_for = lambda e, p: snap(e, p.seconds, p.blocks, p.block_frames, p.fps, p.temporal_ratio)  # noqa: E731
+    plan_for = lambda s: Plan.for_seconds(s, fps, block_frames, ratio)
+    switches_for = lambda e, p: snap(e, p.seconds, p.blocks, p.block_frames, p.fps, p.temporal_ratio)
     return LiveControl(entries or [Entry(0.0, "a red circle")], seconds, plan_for, switches_for, next_block)
 
 

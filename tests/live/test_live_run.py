@@ -8,10 +8,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-
-from tokentrim_cli.live.session import LiveSession
 from test_cli import run_main
 from test_resume import _capture_frames
+
+from tokentrim_cli.live.session import LiveSession
 
 BASE = ["generate", "--preset", "toy", "--seed", "3", "-q"]
 ARGS = BASE + ["-p", "a red circle bouncing on a dark blue background"]

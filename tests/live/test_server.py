@@ -5,11 +5,11 @@ import json
 
 import pytest
 from starlette.testclient import TestClient
+from test_control import make
 
 from tokentrim_cli.live.guard import Guard
 from tokentrim_cli.live.server import MAX_BODY, build_app
 from tokentrim_cli.live.session import LiveSession
-from test_control import make
 
 PORT = 8765
 BASE = f"http://127.0.0.1:{PORT}"

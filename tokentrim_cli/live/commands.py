@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from ..run.timeline import MODES
 from .control import LiveError, Request
 
 DEFAULT_MODE = "recache"
 _WORD = r"(?:[A-Za-z_]+|blend=\S*)"
-_TIMED = re.compile(rf"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+{_WORD})*)\s*:(.*)$", re.S)
-_UNTIMED = re.compile(rf"^\s*({_WORD}(?:\s+{_WORD})*)\s*:(.*)$", re.S)
+_TIMED = re.compile(rf"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+{_WORD})*)\s*:(.*)$", re.DOTALL)
+_UNTIMED = re.compile(rf"^\s*({_WORD}(?:\s+{_WORD})*)\s*:(.*)$", re.DOTALL)
 
 
 def parse_mode(words: str | None) -> tuple[str, int]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import ConfigError
 from ..run.timeline import MODES, Entry, Switch, block_start_seconds, check, entries_problems, from_data

@@ -87,112 +87,112 @@ def _sse(event: str, data) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
 
 
-def build_app(session) -> Starlette:
-    """The routes, for a :class:`~.session.LiveSession` (without the guard)."""
-    files = page_files()
+class Routes:
+    """The route handlers of one :class:`~.session.LiveSession`."""
 
-    async def page(request: HttpRequest) -> Response:
+    def __init__(self, session):
+        self.session = session
+        self.files = page_files()
+
+    async def page(self, request: HttpRequest) -> Response:
         path = request.url.path
-        return Response(files[path], media_type=PAGE[path][1], headers=HEADERS)
+        return Response(self.files[path], media_type=PAGE[path][1], headers=HEADERS)
 
-    async def state(request: HttpRequest) -> Response:
-        return JSONResponse(session.snapshot(), headers=HEADERS)
+    async def state(self, request: HttpRequest) -> Response:
+        return JSONResponse(self.session.snapshot(), headers=HEADERS)
 
-    async def timeline(request: HttpRequest) -> Response:
-        data = json.dumps(session.control.state()["timeline"], indent=1, ensure_ascii=False) + "\n"
-        name = f"{session.name}.timeline.json"
+    async def timeline(self, request: HttpRequest) -> Response:
+        data = json.dumps(self.session.control.state()["timeline"], indent=1, ensure_ascii=False) + "\n"
+        name = f"{self.session.name}.timeline.json"
         return Response(data, media_type="application/json",
                         headers={**HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
 
-    async def events(request: HttpRequest) -> Response:
-        feed = session.events
+    async def events(self, request: HttpRequest) -> Response:
+        feed = self.session.events
         cursor = feed.end
-        first = session.snapshot()
+        first = _sse("state", self.session.snapshot())
+        stream = follow(feed, cursor, lambda item: _sse(*item))
+        return StreamingResponse(_chain(first, stream), media_type="text/event-stream", headers=HEADERS)
 
-        async def stream():
-            nonlocal cursor
-            yield _sse("state", first)
-            while True:
-                try:
-                    items, cursor = feed.since(cursor)
-                except Behind:
-                    return  # too slow: the page reconnects and starts from a fresh state
-                for event, data in items:
-                    yield _sse(event, data)
-                if feed.closed and cursor >= feed.end:
-                    return
-                await feed.wait(cursor)
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=HEADERS)
-
-    async def video(request: HttpRequest) -> Response:
-        preview = session.preview
+    async def video(self, request: HttpRequest) -> Response:
+        preview = self.session.preview
         if preview is None or preview.init is None:
             return _error(409, "no video yet: the first block is still being made (watch /api/events for 'video')")
-        feed = session.video
+        feed = self.session.video
         start, items = feed.start_items()
-        keys = [start + k for k, f in enumerate(items) if f.key]
-        cursor = keys[-1] if keys else start
+        keys = [start + k for k, f in enumerate(items) if f.key]  # a viewer starts at the latest keyframe
+        stream = follow(feed, keys[-1] if keys else start, lambda fragment: fragment.data)
+        return StreamingResponse(_chain(preview.init, stream), media_type="video/mp4", headers=HEADERS)
 
-        async def stream():
-            nonlocal cursor
-            yield preview.init
-            while True:
-                try:
-                    items, cursor = feed.since(cursor)
-                except Behind:
-                    return
-                for fragment in items:
-                    yield fragment.data
-                if feed.closed and cursor >= feed.end:
-                    return
-                await feed.wait(cursor)
-
-        return StreamingResponse(stream(), media_type="video/mp4", headers=HEADERS)
-
-    async def prompt(request: HttpRequest) -> Response:
+    async def prompt(self, request: HttpRequest) -> Response:
         data = await read_json(request)
         unknown = sorted(set(data) - {"prompt", "mode", "blend", "start"})
         if unknown:
             raise BadRequest(400, f"unknown field {unknown[0][:40]!r} (allowed: prompt, mode, blend, start)")
         mode, blend = parse_mode(data.get("mode") if isinstance(data.get("mode"), str) else
                                  _bad("mode", data.get("mode")))
-        blend = data.get("blend", blend)
-        req = Request(data.get("prompt", ""), mode, blend, data.get("start"))
-        accepted = await asyncio.to_thread(session.control.submit, req)
+        req = Request(data.get("prompt", ""), mode, data.get("blend", blend), data.get("start"))
+        accepted = await asyncio.to_thread(self.session.control.submit, req)
         return JSONResponse(accepted.as_dict(), status_code=202, headers=HEADERS)
 
-    async def extend(request: HttpRequest) -> Response:
+    async def extend(self, request: HttpRequest) -> Response:
         data = await read_json(request)
         if set(data) - {"seconds"}:
             raise BadRequest(400, "keep going takes one field, seconds")
-        return JSONResponse(await asyncio.to_thread(session.control.extend, data.get("seconds")), status_code=202,
-                            headers=HEADERS)
+        got = await asyncio.to_thread(self.session.control.extend, data.get("seconds"))
+        return JSONResponse(got, status_code=202, headers=HEADERS)
 
-    async def stop(request: HttpRequest) -> Response:
+    async def stop(self, request: HttpRequest) -> Response:
         await read_json(request)
-        session.control.stop()
+        self.session.control.stop()
         return JSONResponse({"stopping": True}, status_code=202, headers=HEADERS)
 
-    async def refused(request: HttpRequest, exc: Exception) -> Response:
-        return _error(getattr(exc, "status", 400), str(exc))
 
-    async def not_found(request: HttpRequest, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        return _error(status, "no such page" if status == 404 else "method not allowed")
+async def follow(feed, cursor: int, encode):
+    """The feed's items from ``cursor`` on, encoded, as they come; ends when the feed closes or the viewer has
+    fallen too far behind (the page reconnects)."""
+    while True:
+        try:
+            items, cursor = feed.since(cursor)
+        except Behind:
+            return
+        for item in items:
+            yield encode(item)
+        if feed.closed and cursor >= feed.end:
+            return
+        await feed.wait(cursor)
 
-    routes = [Route(path, page, methods=["GET"]) for path in PAGE] + [
-        Route("/api/state", state, methods=["GET"]), Route("/api/events", events, methods=["GET"]),
-        Route("/api/video", video, methods=["GET"]), Route("/api/timeline", timeline, methods=["GET"]),
-        Route("/api/prompt", prompt, methods=["POST"]), Route("/api/extend", extend, methods=["POST"]),
-        Route("/api/stop", stop, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={LiveError: refused, BadRequest: refused,
-                                                         404: not_found, 405: not_found})
+
+async def _chain(first: bytes, rest):
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+async def _refused(request: HttpRequest, exc: Exception) -> Response:
+    return _error(getattr(exc, "status", 400), str(exc))
+
+
+async def _not_found(request: HttpRequest, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    return _error(status, "no such page" if status == 404 else "method not allowed")
+
+
+def build_app(session) -> Starlette:
+    """The routes, for a :class:`~.session.LiveSession` (without the guard)."""
+    r = Routes(session)
+    routes = [Route(path, r.page, methods=["GET"]) for path in PAGE] + [
+        Route("/api/state", r.state, methods=["GET"]), Route("/api/events", r.events, methods=["GET"]),
+        Route("/api/video", r.video, methods=["GET"]), Route("/api/timeline", r.timeline, methods=["GET"]),
+        Route("/api/prompt", r.prompt, methods=["POST"]), Route("/api/extend", r.extend, methods=["POST"]),
+        Route("/api/stop", r.stop, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={LiveError: _refused, BadRequest: _refused,
+                                                         404: _not_found, 405: _not_found})
 
 
 def _bad(field: str, value):
     if value is None:
-        return None
+        return
     raise LiveError(400, f"{field} must be a string like 'keep' or 'cut blend=3', got {str(value)[:40]}")
 
 

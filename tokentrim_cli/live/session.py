@@ -13,8 +13,9 @@ from __future__ import annotations
 import secrets
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import TextIO
 
 from .commands import read_prompts
 from .control import LiveControl

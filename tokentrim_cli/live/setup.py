@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ConfigError
 from ..run.timeline import Entry
@@ -25,27 +24,6 @@ def check_options(live: bool, host: str | None, port: int | None, prompts_from: 
     return Serve(host or "127.0.0.1", port or 0) if live else None
 
 
-def open_live(entries: list[Entry], seconds: float, cfg, image: bool, extend_frames: int, name: str,
-              serve: Serve | None, prompts_from: str | None, say: Callable[[str], None]) -> LiveSession:
-    """A started session for a run of ``entries`` over ``seconds`` (its page served, its prompts read)."""
-    from ..run.pipeline import Plan, timeline_switches
-
-    control = LiveControl(entries, seconds, lambda s: Plan.for_preset(s, cfg, image=image, extend=extend_frames),
-                          lambda found, plan: timeline_switches(found, cfg, plan))
-    stream = None
-    if prompts_from == "-":
-        stream = sys.stdin
-    elif prompts_from is not None:
-        try:
-            stream = open(prompts_from, encoding="utf-8", errors="replace")  # noqa: SIM115 - read by a thread
-        except OSError as exc:
-            raise ConfigError(f"--prompts-from {prompts_from}: cannot read it ({exc.strerror})") from None
-    vid = cfg.video
-    session = LiveSession(control, name, (vid.width, vid.height, vid.fps), serve, stream, say)
-    session.start()
-    return session
-
-
 def replay_command(sidecar: Path, seconds: float, seed: int, options: list[str]) -> str:
     """The command that makes the same video again from the run's sidecar (its timeline)."""
     words = ["tokentrim", "generate", "--timeline", str(sidecar), "--seconds", repr(float(seconds)).removesuffix(".0"), "--seed", str(seed)]
@@ -53,15 +31,34 @@ def replay_command(sidecar: Path, seconds: float, seed: int, options: list[str])
 
 
 def open_for_job(job, cfg, serve: Serve | None, prompts_from: str | None, display) -> LiveSession | None:
-    """The started session of a ``generate`` job (None without --live or --prompts-from)."""
+    """The started session of a ``generate`` job (None without --live or --prompts-from): its page served, its
+    prompts read, before the model loads."""
     from ..output.display import QuietDisplay
+    from ..run.pipeline import Plan, timeline_switches
 
     if serve is None and prompts_from is None:
         return None
+    extend = job.extend.latent_frames if job.extend is not None else 0
+    control = LiveControl(job.timeline or [Entry(0.0, job.prompt)], job.seconds,
+                          lambda s: Plan.for_preset(s, cfg, image=job.image is not None, extend=extend),
+                          lambda found, plan: timeline_switches(found, cfg, plan))
     say = None if isinstance(display, QuietDisplay) else display.message  # quiet: the URL still shows (stderr)
-    return open_live(job.timeline or [Entry(0.0, job.prompt)], job.seconds, cfg, job.image is not None,
-                     job.extend.latent_frames if job.extend is not None else 0, job.output.stem, serve, prompts_from,
-                     say)
+    vid = cfg.video
+    session = LiveSession(control, job.output.stem, (vid.width, vid.height, vid.fps), serve,
+                          _prompt_stream(prompts_from), say)
+    session.start()
+    return session
+
+
+def _prompt_stream(prompts_from: str | None):
+    if prompts_from == "-":
+        return sys.stdin
+    if prompts_from is None:
+        return None
+    try:
+        return open(prompts_from, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"--prompts-from {prompts_from}: cannot read it ({exc.strerror})") from None
 
 
 REPLAYED = {"--preset", "--set", "--fps", "--threads", "--image", "--extend", "--weights-dir"}
