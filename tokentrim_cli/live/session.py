@@ -90,7 +90,11 @@ class LiveSession:
 
             width, height, fps = self.size
             self.preview = Preview(width, height, fps, self.video, on_init=self._video_ready)
-            self.server.start()
+            try:
+                self.server.start()
+            except BaseException:
+                self.preview.close(timeout=5)
+                raise
             self.say(f"live: watch and steer the run at {self.url}")
         if self._prompts is not None:
             read_prompts(self._prompts, self.control.submit, self.say)
