@@ -113,7 +113,8 @@ class BatchRun:
 
     def _check_timelines(self) -> None:
         """Every timeline must fit its item's video (snapped to that preset's blocks); line numbers on error."""
-        from ..run.pipeline import Plan, timeline_switches
+        from ..run.plan import Plan
+        from ..run.prompt_schedule import timeline_switches
 
         problems = []
         for it in self.items:
@@ -203,7 +204,7 @@ class BatchRun:
         print(summary, file=sys.stderr, flush=True)
 
     def _dry_run(self, mine: list[Item], procs: Processes) -> None:
-        from ..run.pipeline import Plan
+        from ..run.plan import Plan
 
         o = self.o
         done = read_manifest(self.manifest) if o.resume else {}

@@ -18,7 +18,7 @@ Context (the input's latent frames L; what the cache policy would hold after gen
   three_partition ``recent_frames`` rounded up to whole blocks plus ``mid_capacity`` blocks (the policy
   compresses what ages out of recent, and its top-K picks among them); full: everything that leaves room in the
   RoPE table for the new part's latent frames.
-These are written by context passes of ``block_frames`` (``pipeline.Lead``) at their true absolute indices, the
+These are written by write passes of ``block_frames`` (``pipeline.Lead``) at their true absolute indices, the
 sink first; the cache's layout closes the gap between sink and tail, and the blocks are generated from latent
 frame L. Rolling Forcing's sink is its first block: the input's first frames.
 
@@ -48,7 +48,8 @@ import torch
 from ..engine.components import Components
 from ..engine.vae import StreamingDecoder, StreamingEncoder
 from ..errors import TokentrimError
-from .pipeline import Lead, Plan
+from .pipeline import Lead
+from .plan import Plan
 from ..config.settings import Cache, Config, Video
 from .source_video import SourceVideo
 from ..output.video import Mp4Writer, h264_parameter_sets
