@@ -109,12 +109,14 @@ def generate(
     from .config.checks import require_log_format
 
     require_log_format(log_format)
-    entries = _generate_entries(prompt, timeline, seconds, seed, yes, resume, image, extend)  # exit 2: no torch yet
+    from .run.request import plan_request, prompt_entries, read_inputs
+
+    entries = prompt_entries(prompt, timeline, seconds, seed, yes, resume, image, extend)  # exit 2: no torch yet
     first, entries = entries[0].prompt, (entries if len(entries) > 1 else None)  # one prompt: a plain run
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads, architecture=False)  # diffusers is imported after the input checks
-    start, source = _generate_inputs(p, image, extend)  # exit 2
+    start, source = read_inputs(p, image, extend)  # exit 2
     # the checks above answer without torch (seconds, not the 6-17 s of importing it first); now the rest
     from .batch import settings_hash
     from .config.loading import components_loader
@@ -123,7 +125,7 @@ def generate(
     from .run.resume import state_dir
     from .run.timeline import canonical
 
-    plan, schedule, cont = _plan_generate(p, entries or first, seconds, start, source)  # exit 2, nothing loaded
+    plan, schedule, cont = plan_request(p, entries or first, seconds, start, source)  # exit 2, nothing loaded
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
@@ -138,53 +140,6 @@ def generate(
     if result.status != "ok" and result.error:
         print("\n".join(closing_lines(result, state_dir(out).name)), file=sys.stderr)
     raise _exit(EXIT_INTERRUPTED if result.held_signal else result.exit_code)  # held: came while finishing
-
-
-def _generate_entries(prompt, timeline, seconds, seed, yes, resume, image, extend) -> list:
-    """``generate``'s prompts as timeline entries, after the checks that need nothing loaded (exit 2)."""
-    from .config.checks import require_seconds, require_seed
-    from .run.timeline import load_file, parse_prompts
-
-    require_seconds(seconds, confirmed=yes)
-    if seed is not None:
-        require_seed(seed)
-    elif resume:
-        raise ConfigError("--resume needs the interrupted run's --seed (it printed it when it started)")
-    if timeline is not None and prompt:
-        raise ConfigError("--timeline and --prompt exclude each other: put every prompt in the timeline file")
-    if image is not None and extend is not None:
-        raise ConfigError("--image and --extend exclude each other: a continued video starts from its own frames")
-    if timeline is None and not prompt:
-        raise ConfigError("give --prompt (or --timeline FILE), e.g. --prompt 'a red kite over a beach'")
-    if timeline is None and len(prompt) == 1 and not prompt[0].strip():
-        raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
-    return load_file(timeline) if timeline is not None else parse_prompts(prompt)
-
-
-def _generate_inputs(p, image: Path | None, extend: Path | None) -> tuple:
-    """(the start image, the video to continue), read and fitted to the preset's frame (exit 2 when unreadable)."""
-    from .run.image import load_image
-    from .run.source_video import load_source
-
-    vid = p.config.video
-    start = load_image(image, vid.height, vid.width) if image is not None else None
-    source = load_source(extend, vid.height, vid.width, vid.fps) if extend is not None else None
-    return start, source
-
-
-def _plan_generate(p, prompts, seconds: float, start, source) -> tuple:
-    """(plan, prompt schedule, continuation) of a ``generate`` request, made once; exit 2 for a video that cannot
-    be continued or a timeline that does not fit, before anything loads."""
-    from .config.presets import check_architecture
-    from .run.continuation import extend_plan
-    from .run.plan import Plan
-    from .run.prompt_schedule import PromptSchedule
-
-    check_architecture(p)
-    plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
-    if source is not None:
-        plan, cont = extend_plan(source, p.config, seconds)
-    return plan, PromptSchedule.of(prompts, p.config, plan), cont
 
 
 @presets_app.command("list")

@@ -2,8 +2,8 @@
 
 The loop hands each finished latent block to :class:`BlockWriter`; a worker thread decodes it (on a side CUDA
 stream when the model runs on a GPU), trims it to the frames asked for and sends it to the MP4 writer, strictly in
-order, then reports a :class:`Written` that the run collects with ``drain`` (its sidecar record, display line and
-resumable state are the run's, on the run's thread). At most ``depth`` blocks wait, so memory stays bounded. Only
+order, then hands a :class:`Written` record to the recorder (``run/recorder.py``: sidecar record, display line,
+resumable state), on the worker thread, so nothing is in the file that is not recorded. At most ``depth`` blocks wait, so memory stays bounded. Only
 the main thread receives signals, so a Ctrl-C never cuts a block's write in half; ``close`` writes every block
 already generated before it returns. ``threaded=False`` does the same inline (the serial path the pipelined one is
 tested against).
@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -28,12 +29,15 @@ _DONE = object()
 
 @dataclass(frozen=True)
 class Written:
-    """A block now in the file: ``frames`` pixel frames are in it after the block; ``decoder``: the decoder's
-    causal state right after the block (copied; only for the blocks ``decoder_every`` asks for), else None."""
+    """A block now in the file, and the pixel frames in the file after it."""
 
     block: Block
     frames: int
-    decoder: dict | None = None
+
+
+class Recorder(Protocol):
+    def record(self, written: Written) -> None:
+        """Called, in order, on the writer's thread, once each block is in the file."""
 
 
 class BlockWriter:
@@ -41,17 +45,15 @@ class BlockWriter:
         decoder: the video's streaming decoder (reset already).
         writer: the MP4 writer.
         frames_limit: pixel frames the video keeps; the rest of the last block is dropped.
+        recorder: told of each block once it is in the file.
         threaded: decode and encode on a worker thread.
         depth: blocks that may wait for the worker.
-        decoder_every: a block with a resumable state whose index + 1 is a multiple of it reports the decoder's
-            state after it (0: none does).
     """
 
-    def __init__(self, decoder: StreamingDecoder, writer: Mp4Writer, frames_limit: int, threaded: bool = True,
-                 depth: int = 2, decoder_every: int = 0):
-        self.decoder, self.writer, self.limit, self.decoder_every = decoder, writer, frames_limit, decoder_every
+    def __init__(self, decoder: StreamingDecoder, writer: Mp4Writer, frames_limit: int, recorder: Recorder,
+                 threaded: bool = True, depth: int = 2):
+        self.decoder, self.writer, self.limit, self.recorder = decoder, writer, frames_limit, recorder
         self.error: BaseException | None = None
-        self._done: queue.SimpleQueue = queue.SimpleQueue()  # Written, in order
         self._thread = None
         if threaded:
             self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -75,15 +77,6 @@ class BlockWriter:
                 self._queue.put((block, event))
         if held.received:
             signal.raise_signal(held.received)
-
-    def drain(self) -> list[Written]:
-        """The blocks written since the last call, in order."""
-        found = []
-        while True:
-            try:
-                found.append(self._done.get_nowait())
-            except queue.Empty:
-                return found
 
     def close(self) -> None:
         """Write everything queued, stop the worker, and raise its error if it had one."""
@@ -116,9 +109,7 @@ class BlockWriter:
     def _write(self, block: Block) -> None:
         frames = self.decoder.frames(block.latents)
         self.writer.write(frames[: max(0, self.limit - self.writer.frames)])
-        every = self.decoder_every
-        due = block.state is not None and every and (block.index + 1) % every == 0
-        self._done.put(Written(block, self.writer.frames, self.decoder.state_dict() if due else None))
+        self.recorder.record(Written(block, self.writer.frames))
 
     def _raise(self) -> None:
         if self.error is not None:

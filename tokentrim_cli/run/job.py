@@ -28,7 +28,8 @@ from ..output.write_guard import Input
 from .plan import Plan
 from .prompt_schedule import PromptSchedule
 from .resume import fingerprint, load_state, peek_state, state_dir
-from .video_run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Resume, VideoRun
+from .outcome import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Result
+from .video_run import Resume, VideoRun
 
 __all__ = ["Job", "Result", "run_job", "EXIT_OK", "EXIT_FAILED", "EXIT_INTERRUPTED"]
 
@@ -56,29 +57,6 @@ class Job:
                                    extend=self.extend.latent_frames if self.extend is not None else 0)
         schedule = self.schedule or PromptSchedule.of(self.timeline or self.prompt, cfg, plan)
         return dataclasses.replace(self, plan=plan, schedule=schedule)
-
-
-@dataclass
-class Result:
-    status: str  # ok | interrupted | failed
-    video: Path | None
-    sidecar: Path
-    error: str | None
-    frames_written: int
-    seconds: float
-    exit_code: int
-    held_signal: int = 0  # a Ctrl-C / SIGTERM that came while the outputs were being finished: the caller's to act on
-    resumable: int | None = None  # an unfinished run's NAME.state/ goes on after this block (``Job.resume``)
-
-    def as_dict(self) -> dict:
-        return {
-            "status": self.status,
-            "video": str(self.video) if self.video else None,
-            "sidecar": str(self.sidecar),
-            "error": self.error,
-            "frames_written": self.frames_written,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def run_job(job: Job, preset: Preset, components: Callable[[], Components], display: Display,

@@ -5,18 +5,19 @@
    written to the cache before block 0 (a start image's latent frame, an ``--extend`` video's context) or the
    resumed state the generation goes on from;
 2. generate the blocks (``pipeline.generate_blocks`` / ``resume_blocks``);
-3. write each block: the writer thread decodes and encodes it (``output/writer.py``) and reports it back; the run
-   records it in the sidecar and the display and saves the resumable state every ``runtime.state_every`` blocks;
+3. write each block: the writer thread decodes and encodes it (``output/writer.py``), then records it in the
+   sidecar and the display and saves the resumable state every ``runtime.state_every`` blocks (``recorder.py``);
 4. finish: every block already generated goes into the file (whatever stopped the run), the state is saved when
    the run stops early, and the outputs are published (``output/files.py``).
 
-The run owns its state; the writer thread only reports :class:`~..output.writer.Written` records.
+The run's own state (its outcome, timings) is the run's; the writer thread only hands immutable
+:class:`~..output.writer.Written` records to the :class:`~.recorder.BlockRecorder`, whose state the run reads only
+after the writer has stopped.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,21 +29,19 @@ from ..config.notices import run_notices
 from ..config.presets import Preset
 from ..engine.components import Components
 from ..engine.vae import StreamingDecoder
-from ..errors import ConfigError, TokentrimError
+from ..errors import ConfigError
 from ..output.display import Display
 from ..output.files import RunOutputs, error_text
 from ..output.sidecar import Sidecar
 from ..output.video import Mp4Writer
-from ..output.writer import BlockWriter, Written
-from ..signals import HeldSignals, deferred, pending, raise_pending, terminate_as_interrupt
+from ..output.writer import BlockWriter
+from ..signals import HeldSignals, raise_pending, terminate_as_interrupt
 from .continuation import source_latents
+from .outcome import EXIT_FAILED, EXIT_OK, Outcome, Result, outcome_of
 from .pipeline import Lead, generate_blocks, image_latents, resume_blocks
+from .recorder import DISK_FULL, BlockRecorder, StateSaving, device_label
 from .resume import StateWriter, state_dir
-from .state import History, RunState
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
+from .state import RunState
 
 @dataclass(frozen=True)
 class Resume:
@@ -53,24 +52,6 @@ class Resume:
     reencode: bool = False
 
 
-@dataclass
-class Outcome:
-    """How a run ended: ok | interrupted | failed, its one-line error and exit code."""
-
-    status: str = "ok"
-    error: str | None = None
-    code: int = EXIT_OK
-
-    def fail(self, status: str, error: str, code: int) -> None:
-        self.status, self.error, self.code = status, error, code
-
-
-def device_label(device) -> str:
-    """Where a state was made: the GPU's name or cpu, and the torch version (bit-exact resumes need both)."""
-    name = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else "cpu"
-    return f"{name}, torch {torch.__version__}"
-
-
 def copy_frames(video: Path, count: int, writer: Mp4Writer) -> None:
     """The first ``count`` frames of ``video``, decoded and written again (one more lossy generation)."""
     import imageio.v3 as iio
@@ -79,21 +60,6 @@ def copy_frames(video: Path, count: int, writer: Mp4Writer) -> None:
         if i == count:
             break
         writer.write(frame[None])
-
-
-def outcome_of(exc: BaseException, output: Path) -> Outcome:
-    """The outcome of a run stopped by ``exc``."""
-    if isinstance(exc, KeyboardInterrupt):
-        return Outcome("interrupted", str(exc) or "interrupted", EXIT_INTERRUPTED)
-    if isinstance(exc, TokentrimError):
-        return Outcome("failed", str(exc), exc.exit_code)
-    if isinstance(exc, torch.OutOfMemoryError):
-        return Outcome("failed", f"out of memory: {str(exc).splitlines()[0]}", EXIT_FAILED)
-    if isinstance(exc, OSError):  # a full disk, a read-only or unwritable folder, ffmpeg gone: one line, the path
-        return Outcome("failed", error_text(exc, output), EXIT_FAILED)
-    if pending():  # a library cut short by Ctrl-C while loading fails in its own way
-        return Outcome("interrupted", f"received signal {pending()}", EXIT_INTERRUPTED)
-    return Outcome("failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED)
 
 
 class VideoRun:
@@ -118,16 +84,13 @@ class VideoRun:
         self.seam = job.extend.seam_frame if job.extend is not None else 0  # the input's frames come first
         self.sidecar = self._sidecar(extra)
         self.saver = StateWriter(state_dir(job.output), run_id) if run_id is not None else None
-        self.outcome, self.timings, self.warned = Outcome(), {}, set()
-        self.device, self.decoder, self.blocks = None, None, None
-        self.last: Written | None = None  # the last block in the file with a state newer than the one on disk
+        self.outcome, self.timings = Outcome(), {}
+        self.decoder, self.blocks, self.recorder = None, None, None
         restored = list(resume.state.history.blocks) if resume is not None else []
         self.shown = restored[-1].get("prompt", 0) if restored else 0  # the entry whose prompt was last named
 
-    def run(self) -> "Result":
+    def run(self) -> Result:
         """The four steps (module docstring); returns the result, whatever happened."""
-        from .job import Result
-
         self._announce()
         writer = self._mp4_writer()
         try:
@@ -141,7 +104,7 @@ class VideoRun:
         except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - recorded, one line, partial output kept
             self.outcome = outcome_of(exc, self.job.output)
         finally:
-            result = self.finish(writer, Result)  # 4
+            result = self.finish(writer)  # 4
         return result
 
     # ------------------------------------------------------------------ before the models load
@@ -201,7 +164,7 @@ class VideoRun:
             prefix, frames = (ext.source.path, self.seam) if ext is not None and ext.copied else (None, 0)
         if self.run_id is not None:
             self.sidecar.data["run"] = self.run_id  # in the video's comment too: --resume recognises it by it
-        return Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.preset, prefix, frames,
+        return Mp4Writer(job.output, vid.width, vid.height, vid.fps, vid.crf, vid.x264_preset, prefix, frames,
                          self.run_id)
 
     # ------------------------------------------------------------------ steps 1-3
@@ -214,7 +177,6 @@ class VideoRun:
             self.display.warning(text)
         self.sidecar.data["warnings"] = self.notices + warnings  # written with the first block (or the end)
         self.timings["load_seconds"] = round(time.perf_counter() - self.t0, 3)
-        self.device = comps.device
         if comps.device.type == "cuda":  # the peak while generating (text encoding included), not while loading
             torch.cuda.reset_peak_memory_stats(comps.device)
         self.decoder = StreamingDecoder(comps.vae)
@@ -226,9 +188,11 @@ class VideoRun:
         """Step 1: the decoder where the video's frames so far leave it, those frames in the file when they are
         not joined, and the lead (None: from noise, or resumed)."""
         job, resume = self.job, self.resume
-        self.blocks = BlockWriter(self.decoder, writer, self.seam + job.plan.frames,
-                                  threaded=self.cfg.runtime.overlap_decode,
-                                  decoder_every=self.cfg.runtime.state_every if self.saver is not None else 0)
+        saving = (StateSaving(self.saver, self.cfg.runtime.state_every, self.decoder, comps.device)
+                  if self.saver is not None else None)
+        self.recorder = BlockRecorder(self.sidecar, self.display, job.schedule, self.seam, self.shown, saving)
+        self.blocks = BlockWriter(self.decoder, writer, self.seam + job.plan.frames, self.recorder,
+                                  threaded=self.cfg.runtime.overlap_decode)
         if resume is not None:
             here = device_label(comps.device)
             if resume.state.history.device != here:  # the same numbers need the same kernels
@@ -256,81 +220,26 @@ class VideoRun:
                                resumable=self.saver is not None)
 
     def write(self, block) -> None:
-        """Step 3: the block to the writer; the blocks it has finished meanwhile recorded (a Ctrl-C waits until
-        they are)."""
-        with deferred():
-            self.blocks.put(block)
-            for written in self.blocks.drain():
-                self._record(written)
+        """Step 3: the block to the writer, which decodes, encodes and records it (``recorder.py``)."""
+        self.blocks.put(block)
         raise_pending()
 
     def _close_blocks(self) -> None:
-        """Every block queued written, and recorded."""
-        with deferred():
-            try:
-                self.blocks.close()
-            finally:
-                for written in self.blocks.drain():
-                    self._record(written)
+        """Every block queued written and recorded."""
+        self.blocks.close()
         self.timings["generate_seconds"] = round(time.perf_counter() - self.t1, 3)
 
     def _measure(self, comps: Components) -> None:
         if comps.device.type == "cuda":
             self.timings["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(comps.device)
 
-    def _record(self, written: Written) -> None:
-        """A block is in the file: its record goes to the sidecar and the display; its state is saved when due."""
-        block, frames = written.block, written.frames
-        rec = {"index": block.index, "latent_frames": block.latent_frames, **block.record, "frames_written": frames}
-        self._name_prompt(rec.get("prompt"), block.index)
-        rec["seconds"] = round(rec["seconds"], 4)
-        self.sidecar.add_block(rec)
-        self.display.block(rec, frames - self.seam)  # the display counts the new part's frames (its plan's)
-        if block.state is None:
-            return
-        self.last = written
-        if written.decoder is not None:
-            try:
-                self._save(written, written.decoder)
-            except OSError as exc:  # the video matters more than its resumability, but a full disk ends both
-                if exc.errno in DISK_FULL:
-                    raise
-                self._warn_once(f"could not save the resumable state: {error_text(exc, self.saver.folder)}")
-
-    def _name_prompt(self, entry: int | None, block: int) -> None:
-        """The display names a timeline's prompt from the first block made under it."""
-        schedule = self.job.schedule
-        if not schedule.timeline or entry is None or entry == self.shown:
-            return
-        self.shown = entry
-        entries, switches = schedule.entries, schedule.switches
-        if len(switches) != len(self.sidecar.data.get("switches", [])):  # one added while the run went on
-            self.sidecar.data.update(timeline=[e.as_dict() for e in entries], switches=[s.as_dict() for s in switches])
-        sw = next(s for s in switches if s.entry == entry)
-        self.display.message(f"prompt {entry + 1}/{len(entries)} from block {block} ({round(sw.snapped, 4):g} s, "
-                             f"{sw.mode}): {entries[entry].prompt}")
-
-    def _save(self, written: Written, decoder: dict) -> None:
-        """Save the state right after ``written``'s block, with the decoder's state after it."""
-        if self.device is not None and self.device.type == "cuda":  # the decoder ran on a side stream,
-            torch.cuda.synchronize(self.device)  # the journal's copies are asynchronous
-        data = self.sidecar.data
-        history = History(tuple(data["blocks"]), tuple(data.get("resumed", [])), device_label(self.device))
-        self.saver.save(RunState(written.block.state, decoder, written.frames, history))
-        self.last = None
-
-    def _warn_once(self, text: str) -> None:  # a problem that repeats every block is said once
-        if text not in self.warned:
-            self.warned.add(text)
-            self.display.warning(text)
-
     # ------------------------------------------------------------------ step 4
-    def finish(self, writer: Mp4Writer, result_type) -> "Result":
+    def finish(self, writer: Mp4Writer) -> Result:
         """Step 4: every block already generated into the file, the state saved when the run stopped early, the
         outputs published or kept as partial, the result."""
         with HeldSignals() as held:
             written_all = self._flush()
-            if self.outcome.status != "ok" and self.last is not None and written_all:
+            if self.outcome.status != "ok" and written_all and self.recorder.pending is not None:
                 self._save_at_stop()
             self.timings["total_seconds"] = round(time.perf_counter() - self.t0, 3)
             o = self.outcome
@@ -339,7 +248,7 @@ class VideoRun:
                                      finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             status, error, video = self.outputs.finish(writer, self.sidecar, o.status, o.error)
             code = EXIT_FAILED if status == "failed" and o.code == EXIT_OK else o.code
-            result = result_type(status, video, self.sidecar.path, error, self.sidecar.data["frames_written"],
+            result = Result(status, video, self.sidecar.path, error, self.sidecar.data["frames_written"],
                                  time.perf_counter() - self.t0, code, held.received, self._resumable(status, video))
             self.display.finish(result.as_dict())
         return result
@@ -355,20 +264,14 @@ class VideoRun:
             if self.outcome.status == "ok":
                 self.outcome = Outcome("failed", error_text(exc, self.job.output), EXIT_FAILED)
             return False
-        finally:
-            try:
-                for written in self.blocks.drain():
-                    self._record(written)
-            except Exception:  # noqa: BLE001 - the run has failed already; the file holds the blocks
-                pass
 
     def _save_at_stop(self) -> None:
         """The run stopped early: the decoder is where the last block left it."""
         try:
-            self._save(self.last, self.decoder.state_dict())
+            self.recorder.save_pending()
         except OSError as exc:  # a full disk is the failure line's to report
             if not (exc.errno in DISK_FULL and self.outcome.status == "failed"):
-                self._warn_once(f"could not save the resumable state: {error_text(exc, self.saver.folder)}")
+                self.recorder.warn_once(f"could not save the resumable state: {error_text(exc, self.saver.folder)}")
 
     def _resumable(self, status: str, video: Path | None) -> int | None:
         """The block the state on disk goes on after (None: there is none to go on from, and it is removed)."""
