@@ -11,13 +11,13 @@ from tokentrim_cli.errors import ConfigError
 from tokentrim_cli.live.commands import parse_line, parse_mode, read_prompts
 from tokentrim_cli.live.control import LiveControl, LiveError, Request, Stopped, restored
 from tokentrim_cli.live.feed import Behind, Feed
-from tokentrim_cli.run.pipeline import Plan
+from tokentrim_cli.run.plan import Plan
 from tokentrim_cli.run.timeline import Entry, snap
 
 
 def make(seconds=4.0, fps=16, block_frames=3, ratio=1, entries=None, next_block=0) -> LiveControl:
     plan_for = lambda s: Plan.for_seconds(s, fps, block_frames, ratio)
-    switches_for = lambda e, p: snap(e, p.seconds, p.blocks, p.block_frames, p.fps, p.temporal_ratio)
+    switches_for = lambda e, p: snap(e, p)
     return LiveControl(entries or [Entry(0.0, "a red circle")], seconds, plan_for, switches_for, next_block)
 
 
@@ -31,7 +31,7 @@ def test_a_live_switch_is_written_in_seconds_that_snap_back_to_its_block(fps, ra
         assert got.block == block
         entries = [Entry(0.0, "a red circle"), Entry(got.start, "a blue square", "recache")]
         plan = control.plan
-        again = snap(entries, plan.seconds, plan.blocks, plan.block_frames, plan.fps, plan.temporal_ratio)
+        again = snap(entries, plan)
         assert again[0].block == block, (fps, ratio, block, got.start)
         assert len(repr(got.start)) <= 8  # a readable number when one snaps right (0.1875, 1.5417)
 

@@ -89,7 +89,10 @@ def test_changes_made_during_the_loop_give_the_blocks_of_the_final_timeline_plan
     from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
     from tokentrim_cli.live.control import LiveControl, Request
-    from tokentrim_cli.run.pipeline import Plan, generate_blocks, timeline_switches
+    from tokentrim_cli.live.schedule import LiveSchedule
+    from tokentrim_cli.run.pipeline import generate_blocks
+    from tokentrim_cli.run.plan import Plan
+    from tokentrim_cli.run.prompt_schedule import timeline_switches
     from tokentrim_cli.run.timeline import Entry
 
     cfg = load_preset(name, ["pruning.lambda=0"]).config
@@ -108,11 +111,11 @@ def test_changes_made_during_the_loop_give_the_blocks_of_the_final_timeline_plan
 
     control.boundary = requests_arrive
     live = [(b.index, b.latents.clone(), b.record["regenerations"])
-            for b in generate_blocks(comps, cfg, "a red kite", 4, Plan.for_preset(3.0, cfg), live=control)]
+            for b in generate_blocks(comps, cfg, LiveSchedule(control), 4, Plan.for_preset(3.0, cfg))]
     entries, switches = control.schedule()
     assert [(s.block, s.mode, s.blend) for s in switches] == [(2, "keep", 2), (5, "cut", 0)]
     final = Plan.for_preset(5.0, cfg)
-    planned = list(generate_blocks(comps, cfg, "", 4, final, entries))
+    planned = list(generate_blocks(comps, cfg, entries, 4, final))
     assert [i for i, _, _ in live] == [b.index for b in planned] == list(range(final.blocks))
     assert final.blocks == 7 > Plan.for_preset(3.0, cfg).blocks
     for (i, latents, regen), b in zip(live, planned):

@@ -7,8 +7,8 @@ raises :class:`LiveError` (an HTTP status and one line). An accepted prompt beco
 is the first pixel frame of the block it takes effect at, written so that snapping it again gives that block:
 the finished run's timeline (in its sidecar) replays the same video.
 
-The loop calls :meth:`LiveControl.boundary` just before a block starts (``pipeline.generate_blocks``'s
-``before_block``); from then on that block is past and no request may change it.
+The loop calls :meth:`LiveControl.boundary` just before a block starts (through ``schedule.LiveSchedule``, the
+run's prompt schedule); from then on that block is past and no request may change it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..run.timeline import MODES, Entry, Switch, block_start_seconds, check, entries_problems, from_data
+from ..run.timeline import MODES, Entry, Switch, check, entries_problems, from_data
 
 MAX_PROMPT = 2000  # characters of one live prompt
 MAX_EXTEND = 3600.0  # seconds one "keep going" may add
@@ -96,8 +96,7 @@ def entry_start(plan, block: int, fits: Callable[[float], bool]) -> float:
     """The seconds written for a switch at ``block``: the block's first pixel frame when it has at most 4
     decimals, else the fewest decimals (2 to 6), rounded down, for which ``fits`` (snapping gives ``block``
     again) holds; the exact value otherwise."""
-    exact = block_start_seconds(block, plan.block_frames, plan.fps, plan.temporal_ratio, plan.start_frame,
-                                plan.continued)
+    exact = plan.block_seconds(block)
     short = [round(exact, d) for d in range(5) if round(exact, d) == exact]
     cut = [math.floor(exact * 10**d) / 10**d for d in range(2, 7)]
     return next((t for t in short + cut if fits(t)), exact)

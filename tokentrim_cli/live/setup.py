@@ -34,20 +34,29 @@ def open_for_job(job, cfg, serve: Serve | None, prompts_from: str | None, displa
     """The started session of a ``generate`` job (None without --live or --prompts-from): its page served, its
     prompts read, before the model loads."""
     from ..output.display import QuietDisplay
-    from ..run.pipeline import Plan, timeline_switches
+    from .schedule import LiveSchedule
 
     if serve is None and prompts_from is None:
         return None
-    extend = job.extend.latent_frames if job.extend is not None else 0
-    control = LiveControl(job.timeline or [Entry(0.0, job.prompt)], job.seconds,
-                          lambda s: Plan.for_preset(s, cfg, image=job.image is not None, extend=extend),
-                          lambda found, plan: timeline_switches(found, cfg, plan))
+    control = live_control(job, cfg, job.timeline or [Entry(0.0, job.prompt)], job.seconds)
     say = None if isinstance(display, QuietDisplay) else display.message  # quiet: the URL still shows (stderr)
+    job.plan, job.schedule = control.plan, LiveSchedule(control)  # the loop follows the control
     vid = cfg.video
     session = LiveSession(control, job.output.stem, (vid.width, vid.height, vid.fps), serve,
                           _prompt_stream(prompts_from), say)
     session.start()
     return session
+
+
+def live_control(job, cfg, entries: list[Entry], seconds: float, next_block: int = 0,
+                 recache: bool = True) -> LiveControl:
+    """A control for ``job``'s run of ``entries`` over ``seconds``."""
+    from ..run.plan import Plan
+    from ..run.prompt_schedule import timeline_switches
+
+    extend = job.extend.latent_frames if job.extend is not None else 0
+    return LiveControl(entries, seconds, lambda s: Plan.for_preset(s, cfg, image=job.image is not None, extend=extend),
+                       lambda found, plan: timeline_switches(found, cfg, plan), next_block, recache)
 
 
 def _prompt_stream(prompts_from: str | None):
@@ -77,13 +86,18 @@ def close_for_job(job, result, argv: list[str], display) -> None:
                     + replay_command(result.sidecar, job.live.control.seconds, job.seed, options))
 
 
-def resumed_job(job, state: dict):
-    """``job`` with the timeline and length its live state recorded (ConfigError when they do not read)."""
+def resumed_job(job, preset, state):
+    """``job`` with the timeline and length its live state recorded (``state``: a ``run.state.RunState`` whose
+    history has ``live``), its plan and schedule made again; ConfigError when they do not read."""
     from dataclasses import replace
 
     from .control import restored
+    from .schedule import LiveSchedule
 
-    entries, seconds = restored(state["live"], job.seconds)
+    entries, seconds = restored(state.history.live, job.seconds)
+    job = replace(job, timeline=entries if len(entries) > 1 else None, seconds=seconds, plan=None, schedule=None)
     if job.live is not None:
-        job.live.control.restore(entries, seconds, state["loop"]["next_block"], recache=state.get("kept") is not None)
-    return replace(job, timeline=entries if len(entries) > 1 else None, seconds=seconds)
+        job.live.control.restore(entries, seconds, state.generation.loop.next_block,
+                                 recache=state.generation.kept is not None)
+        job = replace(job, plan=job.live.control.plan, schedule=LiveSchedule(job.live.control))
+    return job.prepared(preset)
