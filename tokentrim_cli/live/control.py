@@ -223,16 +223,12 @@ class LiveControl:
         first = max(self.next_block, 1)  # block 0 is the first prompt's
         if start is not None:
             return self._try(entry, start, first, exact=False)
-        problem = None
-        for block in range(first, self.plan.blocks):
-            if any(s.block == block for s in self.switches):
-                continue
-            try:
-                return self._try(entry, block, first, exact=True)
-            except LiveError as exc:
-                problem = exc
-        raise problem or LiveError(409, f"no block left to switch at (the video ends after block "
-                                        f"{self.plan.blocks - 1}); press keep going to make it longer")
+        taken = {s.block + k for s in self.switches for k in range(max(1, s.blend))}  # a switch or its blend
+        block = next((b for b in range(first, self.plan.blocks) if b not in taken), None)
+        if block is None:
+            raise LiveError(409, f"no block left to switch at (the video ends after block {self.plan.blocks - 1}); "
+                                 "press keep going to make it longer")
+        return self._try(entry, block, first, exact=True)
 
     def _try(self, entry: Entry, at, first: int, exact: bool) -> tuple[Accepted, list[Entry], list[Switch]]:
         def placed(seconds: float):
