@@ -79,3 +79,24 @@ def test_a_blocks_state_shares_no_storage_with_the_running_loop():
             assert saved.latents.untyped_storage().data_ptr() != running.latents.untyped_storage().data_ptr()
         seen += len(state.loop.window) + len(state.kept)
     assert seen > 0
+
+
+def test_a_recache_switch_is_added_only_to_a_live_schedule():
+    """A recache rebuilds the cache from the finished blocks' latents: a live schedule has them kept from the
+    start, and its recache switch added during the run equals one given from the start."""
+    from tokentrim_cli.run.pipeline import generate_blocks
+
+    cfg, comps = _comps("tiny", "pruning.lambda=0", "cache.sink_frames=3")
+    plan = Plan.for_preset(3.0, cfg)
+    timeline = [Entry(0.0, "a red kite"), Entry(1.5, "a blue boat", "recache")]
+    (switch,) = timeline_switches(timeline, cfg, plan)
+    with pytest.raises(ValueError, match="live schedule"):
+        PromptSchedule([timeline[0]]).add(timeline[1], switch)
+    given = list(generate_blocks(comps, cfg, timeline, 3, plan))
+    live = PromptSchedule([timeline[0]], live=True)
+    added = []
+    for block in generate_blocks(comps, cfg, live, 3, plan):
+        added.append(block)
+        if block.index == 0:
+            live.add(timeline[1], switch)
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(given, added)) and len(added) == plan.blocks
