@@ -45,7 +45,7 @@ def test_a_switch_cannot_be_added_for_a_block_already_started():
     plan = Plan.for_preset(3.0, cfg)
     first, later = Entry(0.0, "a"), Entry(1.5, "b")
     (switch,) = timeline_switches([first, later], cfg, plan)
-    live = PromptSchedule([first])
+    live = PromptSchedule([first], live=True)
     live.change_before(switch.block)  # the sampler is about to start that block
     with pytest.raises(ValueError, match="too early"):
         live.add(later, switch)
