@@ -96,7 +96,7 @@ class Arena:
                     rope.move(src, positions(seg.t, seg.rot[layer]), layout.tokens(seg))
                     K[:, row : row + n], V[:, row : row + n] = src, V[:, seg.rows]
                 else:
-                    K[:, row : row + n] = rotate(seg.keys[layer], self._table(seg, layout))
+                    K[:, row : row + n] = rotate(seg.unrotated_keys()[layer], self._table(seg, layout))
                     V[:, row : row + n] = seg.values[layer]
                 row += n
             self._staged[layer] = key
@@ -129,7 +129,7 @@ class Arena:
             elif seg.kind != "recent":  # aged into mid / made a sink: kept un-rotated from now on
                 keys, values = self.unrotated(seg), self.values(seg)
                 self._drop(seg)
-                seg.keys, seg.values = keys, values
+                seg.store(keys, values)
         self._compact()
         for seg in segments:
             if not self._residable(seg, current_pos):
@@ -138,9 +138,9 @@ class Arena:
             if self.r1 + n > self.cap:
                 self.n_current = n
                 self._relocate(keep_current=False)
-            freqs = rope.tables(positions(seg.t, current_pos), seg.hw)
+            freqs, keys = rope.tables(positions(seg.t, current_pos), seg.hw), seg.unrotated_keys()
             for layer in range(self.num_layers):
-                self.k[layer][:, self.r1 : self.r1 + n] = rotate(seg.keys[layer], freqs)
+                self.k[layer][:, self.r1 : self.r1 + n] = rotate(keys[layer], freqs)
                 self.v[layer][:, self.r1 : self.r1 + n] = seg.values[layer]
             self._adopt(seg, current_pos)
 
@@ -152,7 +152,8 @@ class Arena:
     def _adopt(self, seg, current_pos: dict[int, int]) -> None:
         n = seg.num_tokens
         seg.rows = torch.arange(self.r1, self.r1 + n)
-        seg.arena, seg.keys, seg.values = self, None, None
+        seg.store(None, None)
+        seg.arena = self
         seg.rot = [{f: current_pos[f] for f in seg.distinct_frames} for _ in range(self.num_layers)]
         self.order.append(seg)
         self.r1 += n

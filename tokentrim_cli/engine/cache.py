@@ -41,22 +41,44 @@ subclass :class:`KVCache` and override ``admit`` (what happens when a written bl
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
+from ..config.settings import Cache
 from .arena import Arena
 from .rope import Rope, positions, rotate
 
 POSITIONS = ("packed", "absolute")  # how cached keys are positioned (module docstring)
+DEFAULTS = Cache()  # every policy parameter's default is the setting's: constructors read them here
+POLICIES: dict[str, type[KVCache]] = {}  # cache.policy -> its class; complete once ``policies.py`` is imported
+
+
+def policy(name: str) -> Callable[[type[KVCache]], type[KVCache]]:
+    """Class decorator: register a cache class as the policy ``name`` of ``cache.policy`` (``make_cache``)."""
+
+    def register(cls: type[KVCache]) -> type[KVCache]:
+        POLICIES[name] = cls
+        return cls
+
+    return register
 
 
 class Segment:
     """Tokens written by one context pass (one block), or a compressed stand-in for one.
 
     ``t`` and ``hw`` hold, per token, the absolute latent frame index and the row-major spatial index in the
-    latent token grid. ``keys``/``values`` read one un-rotated tensor of shape (B, n, heads, head_dim) per layer,
-    whether the segment keeps them itself (loose) or lives in a cache's arena (resident, stored rotated).
+    latent token grid. :meth:`unrotated_keys` and ``values`` read one un-rotated tensor of shape
+    (B, n, heads, head_dim) per layer, whether the segment keeps them itself (loose) or lives in a cache's arena
+    (resident, stored rotated: reading its keys un-rotates every layer).
+
+    Args:
+        t: (n,) absolute latent frame index of each token.
+        hw: (n,) row-major spatial index of each token in the latent token grid.
+        keys, values: per layer, (B, n, heads, head_dim) un-rotated keys and values (None for a resident segment).
+        kind: ``"sink"`` (never pruned or evicted), ``"recent"`` or ``"mid"`` (compressed).
+        frames: the latent frames the segment was written from (or stands for, compressed).
+        cover: for compressed tokens, (n, c) spatial indices each one stands for, -1 padded.
     """
 
     def __init__(self, t, hw, keys=None, values=None, kind: str = "recent", frames=(), cover=None):
@@ -71,21 +93,19 @@ class Segment:
         self.version = 0  # bumped whenever tokens go, so copies of it are rebuilt
         self._distinct: tuple[int, tuple[int, ...]] | None = None
 
-    @property
-    def keys(self) -> list[torch.Tensor]:
+    def unrotated_keys(self) -> list[torch.Tensor]:
+        """Per layer, (B, n, heads, head_dim) un-rotated keys: a resident segment's are un-rotated copies, made on
+        every call (one RoPE turn per layer), so read them once."""
         return self.arena.unrotated(self) if self.arena is not None else self._keys
-
-    @keys.setter
-    def keys(self, value) -> None:
-        self._keys = value
 
     @property
     def values(self) -> list[torch.Tensor]:
+        """Per layer, (B, n, heads, head_dim) values."""
         return self.arena.values(self) if self.arena is not None else self._values
 
-    @values.setter
-    def values(self, value) -> None:
-        self._values = value
+    def store(self, keys: list[torch.Tensor] | None, values: list[torch.Tensor] | None) -> None:
+        """Hold these per-layer un-rotated keys and values itself (loose); None, None when an arena takes them."""
+        self._keys, self._values = keys, values
 
     @property
     def num_tokens(self) -> int:
@@ -144,6 +164,7 @@ class Layout(NamedTuple):
         return positions(seg.t, self.pos)
 
 
+@policy("full")
 class KVCache:
     """Unbounded cache (keeps every block): the base every policy refines.
 
@@ -154,7 +175,10 @@ class KVCache:
         positions: "packed" or "absolute" (the module docstring's position rules).
     """
 
-    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+    sink_frames = 0  # the base keeps no sink; policies with one set theirs
+
+    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.num_layers = num_layers
@@ -173,6 +197,42 @@ class KVCache:
         self._layouts: dict[tuple[int, ...], Layout] = {}
         self._current_pos: torch.Tensor | None = None
         self.journal = None  # a journal.Journal recording every change (resumable runs), or None
+
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        """The policy with its parameters from a preset's ``cache:`` section (fast path).
+
+        Args:
+            cfg: the typed ``cache:`` section.
+            num_layers: transformer blocks that read and write the cache.
+            rope_len: length of the model's temporal RoPE table.
+        """
+        return cls(num_layers, rope_len, positions=cfg.positions)
+
+    # ------------------------------------------------------------------ what --extend writes
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """Latent frames after the sink the policy holds once a video is long enough to evict (what continuing a
+        video writes as context). ``room``: what an unbounded cache may hold and leave the new part room in the
+        RoPE table. The base: everything that fits."""
+        return room
+
+    def retained_frames(self, latent_frames: int, block_frames: int,
+                        new_frames: int = 0) -> tuple[tuple[int, ...], int]:
+        """The latent frames of a video this policy would hold had it generated the video itself: the sink, then
+        the last :meth:`tail_frames` (``generate --extend`` writes them as context).
+
+        Args:
+            latent_frames: the video's latent frames (L).
+            block_frames: latent frames per block.
+            new_frames: latent frames to be generated after them (they need room in the RoPE table).
+
+        Returns:
+            (the frames in time order, how many of them form the sink).
+        """
+        room = max(1, self.rope_len - new_frames)
+        sink = min(self.sink_frames, latent_frames)
+        first_tail = max(sink, latent_frames - max(1, self.tail_frames(block_frames, room)))
+        return tuple(range(sink)) + tuple(range(first_tail, latent_frames)), sink
 
     # ------------------------------------------------------------------ model side
     def begin(self, frames: torch.Tensor, grid: tuple[int, int], write: bool, first_step: bool = False,
@@ -214,7 +274,7 @@ class KVCache:
         if self.arena is not None:
             return self.arena.attend(layer, segs, layout, k_rot, v)
         b = k_rot.shape[0]
-        keys = [rotate(s.keys[layer][:b], self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
+        keys = [rotate(s.unrotated_keys()[layer][:b], self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
         values = [s.values[layer][:b] for s in segs]
         return torch.cat(keys + [k_rot], 1), torch.cat(values + [v], 1)
 
@@ -249,15 +309,12 @@ class KVCache:
         return self.segments
 
     def choice(self):
-        """Policy hook: the context selection a write pass would use now, as plain data (None: nothing chosen)."""
+        """Replay hook: the context selection a write pass would use now, as plain data (None: this policy chooses
+        nothing; the journal records it with every write pass)."""
         return None
 
     def restore_choice(self, choice) -> None:
-        """Policy hook: make ``choice`` (from :meth:`choice`) the selection again, before a replayed write pass."""
-
-    def trim(self, keep: torch.Tensor) -> None:
-        """Policy hook: redo a token-budget trim the policy recorded (only policies that trim have one)."""
-        raise NotImplementedError(f"{type(self).__name__} does not trim")
+        """Replay hook: make ``choice`` (from :meth:`choice`) the selection again, before a replayed write pass."""
 
     # ------------------------------------------------------------------ reviewer / reporting side
     def prune(self, hw_indices: torch.Tensor) -> int:
@@ -343,19 +400,30 @@ class KVCache:
             self.arena.sync(self.segments, written, pos)
 
 
+@policy("rolling")
 class RollingCache(KVCache):
     """Self Forcing's rolling window, optionally with an attention sink (LongLive: sink 3 + window 6 cached frames).
 
     Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
         window_frames: most recent latent frames kept (besides the sink); None keeps everything.
         sink_frames: the first frames of the video, kept for the whole run and never pruned.
     """
 
-    def __init__(self, num_layers: int, window_frames: int | None = None, sink_frames: int = 0, rope_len: int = 1024,
-                 arena: bool = True, positions: str = "packed"):
+    def __init__(self, num_layers: int, window_frames: int | None = DEFAULTS.window_frames,
+                 sink_frames: int = DEFAULTS.sink_frames, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         super().__init__(num_layers, rope_len, arena, positions)
         self.window_frames = window_frames
         self.sink_frames = sink_frames
+
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len, positions=cfg.positions)
+
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """The window (no window: everything that fits)."""
+        return self.window_frames if self.window_frames is not None else room
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
@@ -383,12 +451,12 @@ def split_sink(segment: Segment, sink_frames: int, origin: int = 0) -> list[Segm
     parts = []
     for mask, kind in ((in_sink, "sink"), (~in_sink, segment.kind)):
         idx = mask.nonzero().squeeze(1)
-        didx = idx.to(segment.keys[0].device)
+        didx = idx.to(segment.values[0].device)
         parts.append(
             Segment(
                 t=segment.t[idx],
                 hw=segment.hw[idx],
-                keys=[k.index_select(1, didx) for k in segment.keys],
+                keys=[k.index_select(1, didx) for k in segment.unrotated_keys()],
                 values=[v.index_select(1, didx) for v in segment.values],
                 kind=kind,
                 frames=tuple(sorted(set(segment.t[idx].tolist()))),
