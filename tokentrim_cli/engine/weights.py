@@ -9,34 +9,7 @@ A weights reference is one of
 
 A transformer may name a LoRA (``model.transformer.lora``), merged into the base weights at load:
 W <- W + lora_scale * B @ A (:func:`read_lora`, :func:`merge_lora`).
-
-LongLive (Efficient-Large-Model/LongLive-1.3B), as read in NVlabs/LongLive at tag ``v1.0`` (main is now LongLive
-2.0, a Wan2.2-TI2V-5B model):
-  files      ``configs/longlive_inference.yaml``: ``generator_ckpt: longlive_models/models/longlive_base.pt``,
-             ``lora_ckpt: longlive_models/models/lora.pt``, with ``longlive_models`` the download folder of the hub
-             repository (the docs: ``huggingface-cli download Efficient-Large-Model/LongLive --local-dir
-             longlive_models``; the README's model link is ``Efficient-Large-Model/LongLive-1.3B``).
-  base       ``inference.py``: ``torch.load``, then ``["generator"]`` (``use_ema: false``; ``generator_ema`` only
-             with ``use_ema``), loaded strictly into the WanDiffusionWrapper: ``model.`` + original Wan names.
-             ``trainer/distillation.py`` ``save()`` writes ``generator``, ``critic``, optionally ``generator_ema``,
-             optimiser states and ``step``. Hence ``checkpoint_key: generator`` in the preset.
-  LoRA       ``inference.py``: ``torch.load``; the ``generator_lora`` entry if there is one, else the dict itself,
-             given to ``peft.set_peft_model_state_dict`` on the CausalWanModel. It is written by
-             ``utils/lora_utils.py`` ``gather_lora_state_dict`` (peft's ``get_peft_model_state_dict``), so the keys
-             are peft's: ``base_model.model.blocks.N.self_attn.q.lora_A.weight`` / ``lora_B.weight``.
-  modules    ``utils/lora_utils.py`` ``configure_lora_for_model``: every nn.Linear inside a
-             ``CausalWanAttentionBlock`` (``wan/modules/causal_model.py``): self_attn and cross_attn q, k, v, o and
-             ffn.0, ffn.2 (10 per block, 300 in the 30 blocks); not the embeddings, time projection or head.
-  rank       ``configs/longlive_inference.yaml`` ``adapter``: rank 256, alpha 256, dropout 0, bfloat16, passed to
-             ``peft.LoraConfig(r=rank, lora_alpha=alpha)``: scale alpha / rank = 1.0.
-  sampling   the same file: ``denoising_step_list`` [1000, 750, 500, 250] with ``warp_denoising_step``,
-             ``num_frame_per_block`` 3, ``timestep_shift`` 5.0, ``context_noise`` 0, no guidance at inference
-             (``guidance_scale`` 3.0 appears only in the training configs), ``num_output_frames`` 120, 480x832
-             (``configs/default_config.yaml``).
-  KV cache   ``model_kwargs``: ``local_attn_size`` 12, ``sink_size`` 3, ``global_sink: true``. In
-             ``CausalWanSelfAttention`` the attention span is ``local_attn_size * 1560`` tokens (12 latent frames,
-             sink included): the 3 sink frames plus the newest 9, the current block among them, so 6 cached frames
-             besides the sink (``pipeline/causal_inference.py`` sizes the cache at the same 12 frames).
+How the LongLive checkpoint and its LoRA were read: ``docs/models.md``, "LongLive's files".
 """
 
 from __future__ import annotations
