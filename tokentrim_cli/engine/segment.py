@@ -93,3 +93,31 @@ class Segment:
                 self._values = [v.index_select(1, didx) for v in self._values]
             self.version += 1
         return removed
+
+
+def split_sink(segment: Segment, sink_frames: int, origin: int = 0) -> list[Segment]:
+    """Split a freshly written (loose) block into its sink part (frames ``origin`` to ``origin + sink_frames - 1``)
+    and the rest."""
+    if sink_frames <= 0:
+        return [segment]
+    in_sink = (segment.t >= origin) & (segment.t < origin + sink_frames)
+    if not bool(in_sink.any()):
+        return [segment]
+    if bool(in_sink.all()):
+        segment.kind = "sink"
+        return [segment]
+    parts = []
+    for mask, kind in ((in_sink, "sink"), (~in_sink, segment.kind)):
+        idx = mask.nonzero().squeeze(1)
+        didx = idx.to(segment.values[0].device)
+        parts.append(
+            Segment(
+                t=segment.t[idx],
+                hw=segment.hw[idx],
+                keys=[k.index_select(1, didx) for k in segment.unrotated_keys()],
+                values=[v.index_select(1, didx) for v in segment.values],
+                kind=kind,
+                frames=tuple(sorted(set(segment.t[idx].tolist()))),
+            )
+        )
+    return parts
