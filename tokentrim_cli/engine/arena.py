@@ -31,6 +31,12 @@ from .rope import Rope, positions, rotate
 
 
 class Arena:
+    """One cache's buffers on the fast path (module docstring); ``KVCache`` drives it.
+
+    Args:
+        num_layers: transformer blocks (one key and one value buffer each, allocated at the first attend).
+    """
+
     def __init__(self, num_layers: int):
         self.num_layers = num_layers
         self.k: list[torch.Tensor] | None = None
@@ -49,7 +55,13 @@ class Arena:
     # ------------------------------------------------------------------ per forward
     def begin(self, n_current: int, write: bool, rope: Rope) -> None:
         """Make room for this forward's current rows and as much staging as the last forward needed (a layer
-        that needs more makes room when it gets there)."""
+        that needs more makes room when it gets there).
+
+        Args:
+            n_current: the forward's tokens.
+            write: a context pass (its rows become the written segment's).
+            rope: the model's rotations.
+        """
         if write:
             self._write_rows = n_current
         self.n_current = n_current if n_current <= self._write_rows else 0
@@ -61,7 +73,18 @@ class Arena:
             self._relocate(keep_current=False)
 
     def attend(self, layer: int, segs: list, layout, k_rot: torch.Tensor, v: torch.Tensor):
-        """Write the current tokens at r1, stage what the layer needs below r0, return (keys, values)."""
+        """Write the current tokens at r1, stage what the layer needs below r0.
+
+        Args:
+            layer: the transformer block.
+            segs: the segments it attends to (``KVCache.select``), in time order.
+            layout: their positions (``KVCache.layout``).
+            k_rot: (B, n, heads, d) current keys, rotated.
+            v: (B, n, heads, d) current values.
+
+        Returns:
+            (keys, values), each (B, m + n, heads, d), in the plain path's order.
+        """
         b, n_cur, rope = k_rot.shape[0], self.n_current, self._rope
         if self.k is None:
             self._allocate(k_rot, v)
@@ -117,7 +140,13 @@ class Arena:
 
     # ------------------------------------------------------------------ after a write pass or pruning
     def sync(self, segments: list, written, current_pos: dict[int, int]) -> None:
-        """Match the resident set to the policy's segments (see ``KVCache._sync``)."""
+        """Match the resident set to the policy's segments (see ``KVCache._sync``).
+
+        Args:
+            segments: the cache's segments after the policy's change.
+            written: the segment the last write pass produced (it adopts its rows), or None.
+            current_pos: frame -> position of the last forward's current frames.
+        """
         rope = self._rope
         live = {id(s) for s in segments}
         if (written is not None and id(written) in live and self._residable(written, current_pos)
@@ -191,7 +220,14 @@ class Arena:
 
     # ------------------------------------------------------------------ reading resident segments back
     def unrotated(self, seg) -> list[torch.Tensor]:
-        """Copies of a resident segment's keys, un-rotated (for compression, scoring, detaching)."""
+        """Copies of a resident segment's keys, un-rotated (for compression, scoring, detaching).
+
+        Args:
+            seg: a segment resident here.
+
+        Returns:
+            per layer, (B, n, heads, d).
+        """
         out = []
         for layer in range(self.num_layers):
             freqs = self._rope.tables(positions(seg.t, seg.rot[layer]), seg.hw)
@@ -199,10 +235,12 @@ class Arena:
         return out
 
     def values(self, seg) -> list[torch.Tensor]:
+        """Per layer, (B, n, heads, d) copies of a resident segment's values."""
         return [self.v[layer][:, seg.rows] for layer in range(self.num_layers)]
 
     @property
     def allocated_bytes(self) -> int:
+        """Bytes of the buffers (0 before the first attend)."""
         return 0 if self.k is None else sum(b.numel() * b.element_size() for b in self.k + self.v)
 
     # ------------------------------------------------------------------ internals

@@ -34,6 +34,8 @@ from .sink_policies import EmaSinkCache, InfinityRopeCache  # noqa: F401  (regis
 
 
 class Compressor(Protocol):
+    """What a three-partition cache turns an aged-out block into."""
+
     def __call__(self, segment: Segment, grid: tuple[int, int]) -> Segment:
         """Return a smaller stand-in for ``segment`` (kind "mid"), with ``t``/``hw``/``cover`` filled."""
 
@@ -43,6 +45,9 @@ class PoolingCompressor:
 
     Keys are cached un-rotated, so pooled keys are rotated at the cell's representative position (its first
     frame, its centre token) like any other key.
+
+    Args:
+        factors: the cell's size in (frames, token rows, token columns) (``cache.compression``).
     """
 
     def __init__(self, factors: tuple[int, int, int] = DEFAULTS.compression):
@@ -82,12 +87,28 @@ class PoolingCompressor:
 
 
 def half_heads(query: torch.Tensor) -> torch.Tensor:
-    """Every other head: the half of the heads that scores context."""
+    """Every other head: the half of the heads that scores context.
+
+    Args:
+        query: (B, n, heads, d).
+
+    Returns:
+        (heads / 2,) long head indices on the query's device.
+    """
     return torch.arange(0, query.shape[2], 2, device=query.device)
 
 
 def query_summary(query: torch.Tensor, samples: int, heads: torch.Tensor) -> torch.Tensor:
-    """Sum of a uniform subsample of the (un-rotated) queries over the chosen heads: (B, heads, head_dim)."""
+    """Sum of a uniform subsample of the (un-rotated) queries over the chosen heads.
+
+    Args:
+        query: (B, n, heads, d) un-rotated queries.
+        samples: queries to sample (all when fewer).
+        heads: (h,) the heads to keep.
+
+    Returns:
+        (B, h, d) float32.
+    """
     n = query.shape[1]
     idx = torch.linspace(0, n - 1, min(samples, n)).round().long().to(query.device)
     return query.index_select(1, idx).index_select(2, heads).float().sum(1)
@@ -98,13 +119,26 @@ def affinity(summary: torch.Tensor, keys: torch.Tensor, heads: torch.Tensor) -> 
 
     Both are un-rotated (content affinity, independent of where re-packing will put the block);
     sum_i sum_j q_i . k_j = (sum_i q_i) . (sum_j k_j), per head and batch item.
+
+    Args:
+        summary: (B, h, d) from :func:`query_summary`.
+        keys: (B, n, heads, d) one layer's un-rotated keys of a block.
+        heads: (h,) the heads ``summary`` was taken over.
+
+    Returns:
+        a float32 scalar.
     """
     k = keys.index_select(2, heads).float()
     return (summary * k.sum(1)).sum() / math.sqrt(summary.shape[-1])
 
 
 def aged_out(recent: list[Segment], recent_frames: int) -> list[Segment]:
-    """Recent segments none of whose frames is among the last ``recent_frames``."""
+    """Recent segments none of whose frames is among the last ``recent_frames``.
+
+    Args:
+        recent: the full-resolution recent segments.
+        recent_frames: frames that count as recent.
+    """
     if not recent:
         return []
     newest = max(int(s.t.max()) for s in recent)
@@ -163,14 +197,17 @@ class ThreePartitionCache(KVCache):
 
     @property
     def sink(self) -> list[Segment]:
+        """The sink's segments."""
         return [s for s in self.segments if s.kind == "sink"]
 
     @property
     def mid(self) -> list[Segment]:
+        """The compressed mid blocks, oldest first."""
         return [s for s in self.segments if s.kind == "mid"]
 
     @property
     def recent(self) -> list[Segment]:
+        """The full-resolution recent blocks."""
         return [s for s in self.segments if s.kind == "recent"]
 
     def begin(self, frames, grid, write, first_step=False, rope=None):

@@ -46,7 +46,11 @@ class Segment:
         return self.arena.values(self) if self.arena is not None else self._values
 
     def store(self, keys: list[torch.Tensor] | None, values: list[torch.Tensor] | None) -> None:
-        """Hold these per-layer un-rotated keys and values itself (loose); None, None when an arena takes them."""
+        """Hold keys and values itself (loose).
+
+        Args:
+            keys, values: per layer, (B, n, heads, head_dim) un-rotated; None, None when an arena takes them.
+        """
         self._keys, self._values = keys, values
 
     @property
@@ -71,14 +75,28 @@ class Segment:
         return self.kind != "sink"
 
     def prune_mask(self, hw_indices: torch.Tensor) -> torch.Tensor:
-        """Tokens to keep when ``hw_indices`` are pruned; a compressed token goes when half its cover does."""
+        """Tokens to keep when ``hw_indices`` are pruned; a compressed token goes when half its cover does.
+
+        Args:
+            hw_indices: (k,) spatial indices to prune.
+
+        Returns:
+            (n,) bool, True for tokens that stay.
+        """
         if self.cover is None:
             return ~torch.isin(self.hw, hw_indices)
         hit = torch.isin(self.cover, hw_indices).sum(1)
         return 2 * hit < (self.cover >= 0).sum(1)
 
     def keep(self, mask: torch.Tensor) -> int:
-        """Keep only tokens where ``mask`` is true; return how many were removed."""
+        """Keep only tokens where ``mask`` is true.
+
+        Args:
+            mask: (n,) bool.
+
+        Returns:
+            how many tokens were removed.
+        """
         removed = int((~mask).sum())
         if removed:
             idx = mask.nonzero().squeeze(1)
@@ -96,8 +114,16 @@ class Segment:
 
 
 def split_sink(segment: Segment, sink_frames: int, origin: int = 0) -> list[Segment]:
-    """Split a freshly written (loose) block into its sink part (frames ``origin`` to ``origin + sink_frames - 1``)
-    and the rest."""
+    """Split a freshly written (loose) block into its sink part and the rest.
+
+    Args:
+        segment: the written block.
+        sink_frames: frames in the sink.
+        origin: the sink's first frame (moved by a hard cut).
+
+    Returns:
+        the parts in time order (the segment itself, marked ``"sink"`` when wholly inside it).
+    """
     if sink_frames <= 0:
         return [segment]
     in_sink = (segment.t >= origin) & (segment.t < origin + sink_frames)

@@ -102,6 +102,12 @@ class InfinityRopeCache(RollingCache):
     window already holds: tokentrim's ``keep`` switch. A scene cut (``rope_cut`` switch) places the cut block, for
     all its forwards, at positions ``cut_position``.. (45: ``transition_from``) while its context keeps 0, 1, ...: a
     jump in RoPE distance for one block; the next block is laid out contiguously again.
+
+    Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
+        window_frames: cached frames besides the sink (Infinity-RoPE: 2).
+        sink_frames: the first frames of the video (1).
+        cut_position: where a RoPE cut places the cut block's first frame (45).
     """
 
     def __init__(self, num_layers: int, window_frames: int | None = DEFAULTS.window_frames,
@@ -117,7 +123,11 @@ class InfinityRopeCache(RollingCache):
         return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len, positions=cfg.positions)
 
     def rope_cut(self, next_frame: int) -> None:
-        """The block starting at latent frame ``next_frame`` is laid out after a RoPE cut."""
+        """Lay out the block starting at ``next_frame`` after a RoPE cut; recorded in the journal (replay hook).
+
+        Args:
+            next_frame: the absolute latent frame the cut block starts at.
+        """
         if self.journal is not None:
             self.journal.add("rope_cut", int(next_frame))
         self.cut_frame = int(next_frame)
