@@ -28,6 +28,8 @@ WEIGHTS_DIR_ENV = "TOKENTRIM_WEIGHTS_DIR"
 
 @dataclass(frozen=True)
 class HubRef:
+    """A Hugging Face reference ``hf://OWNER/REPO[/PATH]``."""
+
     repo: str
     path: str = ""  # file or folder inside the repo; "" = whole repo
 
@@ -36,7 +38,14 @@ class HubRef:
 
 
 def parse_ref(ref: str) -> HubRef | Path | int:
-    """HubRef for hub references, an int seed for ``random[:SEED]``, a Path otherwise."""
+    """Parse a weights reference (module docstring).
+
+    Args:
+        ref: the reference as a preset writes it.
+
+    Returns:
+        a HubRef for hub references, an int seed for ``random[:SEED]``, a Path otherwise.
+    """
     ref = str(ref).strip()
     if ref == "random":
         return 0
@@ -54,7 +63,15 @@ def parse_ref(ref: str) -> HubRef | Path | int:
 
 def resolve(ref: str, weights_dir: str | None = None) -> Path | int:
     """Turn a reference into a local path (or a seed), without downloading anything. Hub weights that are not
-    here raise :class:`MissingWeights` with ``downloadable`` set: the command adds how to fetch them."""
+    here raise :class:`MissingWeights` with ``downloadable`` set: the command adds how to fetch them.
+
+    Args:
+        ref: a weights reference.
+        weights_dir: the local mirror (None: ``$TOKENTRIM_WEIGHTS_DIR``, then the hub cache).
+
+    Returns:
+        the local file or folder, or the seed of ``random[:SEED]``.
+    """
     parsed = parse_ref(ref)
     if isinstance(parsed, int):
         return parsed
@@ -91,7 +108,15 @@ def _from_hub_cache(ref: HubRef) -> Path | None:
 
 
 def fetch(ref: str, local_dir: str | None = None) -> Path:
-    """Download a hub reference (used by ``tokentrim download``); return its local path."""
+    """Download a hub reference (used by ``tokentrim download``).
+
+    Args:
+        ref: an ``hf://`` reference.
+        local_dir: where to put it (None: the hub cache).
+
+    Returns:
+        its local path.
+    """
     from huggingface_hub import hf_hub_download, snapshot_download
 
     parsed = parse_ref(ref)
@@ -129,6 +154,13 @@ def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tenso
     Training checkpoints nest the weights under ``generator_ema`` (preferred), ``generator`` or ``model`` (``key``:
     that one only; LongLive reads ``generator``), prefix them with ``model.`` and sometimes FSDP's
     ``_fsdp_wrapped_module.``, and use the original Wan key names; the result is a flat dict in diffusers' naming.
+
+    Args:
+        path: the checkpoint file.
+        key: the top-level key to read (None: the first of the three found).
+
+    Returns:
+        diffusers name -> tensor.
     """
     path = Path(path)
     sd = _read_tensors(path, "checkpoint", mmap=True)
@@ -161,7 +193,13 @@ def _uses_original_names(sd: dict) -> bool:
 
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load a complete state dict into a model built on the meta device (no second copy of the weights)."""
+    """Load a complete state dict into a model built on the meta device (no second copy of the weights).
+
+    Args:
+        model: built on the meta device; its parameters are assigned in place.
+        state_dict: every parameter and buffer, by name.
+        source: the file, for the error naming a missing or unexpected key.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -194,6 +232,9 @@ def read_lora(path: Path) -> dict[str, dict]:
     names, ``lora_A`` of shape (rank, in) and ``lora_B`` (out, rank). A ``.safetensors`` file, diffusers names
     (``transformer.blocks.N.attn1.to_q...``), an FSDP prefix or peft's adapter name (``lora_A.default.weight``) are
     read too. A key that is not a LoRA matrix, or a matrix without its partner, is a WeightsError naming it.
+
+    Args:
+        path: the LoRA file.
     """
     path = Path(path)
     sd = _read_tensors(path, "LoRA file")
@@ -232,7 +273,17 @@ def read_lora(path: Path) -> dict[str, dict]:
 def merge_lora(weights: dict[str, torch.Tensor], lora: dict[str, dict], scale: float, source: str) -> list[str]:
     """W <- W + scale * B @ A for every adapted linear layer, in float32, stored back in W's dtype and device (in
     place in the ``weights`` mapping); returns the names replaced. A LoRA module without a matching
-    ``<module>.weight``, or shapes that do not fit, is a WeightsError naming the LoRA key."""
+    ``<module>.weight``, or shapes that do not fit, is a WeightsError naming the LoRA key.
+
+    Args:
+        weights: the transformer's tensors by diffusers name, changed in place.
+        lora: from :func:`read_lora`.
+        scale: alpha / rank (``model.transformer.lora_scale``).
+        source: the LoRA file, for errors.
+
+    Returns:
+        the names of the weights replaced.
+    """
     for module, pair in lora.items():
         name, key = module + ".weight", pair["key"]
         a, b = pair["A"], pair["B"]
