@@ -51,10 +51,12 @@ class CausalWan(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are."""
         return self.transformer.proj_out.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The weights' dtype (the forward casts its input to it)."""
         return self.transformer.proj_out.weight.dtype
 
     def to(self, *args, **kwargs):

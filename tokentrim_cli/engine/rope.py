@@ -64,6 +64,7 @@ class Rope:
 
     @property
     def device(self) -> torch.device:
+        """Where the tables are."""
         return self.cos[0].device
 
     def tables(self, t_pos: torch.Tensor, hw: torch.Tensor) -> torch.Tensor:

@@ -55,10 +55,12 @@ class Segment:
 
     @property
     def num_tokens(self) -> int:
+        """n, its tokens (per batch item)."""
         return int(self.t.numel())
 
     @property
     def nbytes(self) -> int:
+        """Bytes of its keys and values, every layer and batch item."""
         if self.arena is not None:
             return self.num_tokens * self.arena.token_bytes
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self._keys, self._values))
@@ -72,6 +74,7 @@ class Segment:
 
     @property
     def prunable(self) -> bool:
+        """TokenTrim may prune it (every kind but the sink)."""
         return self.kind != "sink"
 
     def prune_mask(self, hw_indices: torch.Tensor) -> torch.Tensor:
