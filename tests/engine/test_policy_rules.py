@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import CacheDriver
+
 from tokentrim_cli.config.settings import CACHE_POLICIES, POLICY_ALIASES, Cache
 from tokentrim_cli.engine.cache import POLICIES, KVCache, RollingCache
 from tokentrim_cli.engine.noise import NoiseSource

@@ -32,14 +32,15 @@ context than the denoising passes, as in Rolling Forcing's reference).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from ..config.settings import Cache
 from .arena import Arena
 from .rope import Rope, positions, rotate
-from .segment import Segment, split_sink  # noqa: F401  (split_sink: policies import it from here)
+from .segment import Segment, split_sink  # split_sink: the policies import it from here
 
 POSITIONS = ("packed", "absolute")  # how cached keys are positioned (module docstring)
 DEFAULTS = Cache()  # every policy parameter's default is the setting's: constructors read them here
@@ -250,7 +251,6 @@ class KVCache:
     def choice(self):
         """Replay hook: the context selection a write pass would use now, as plain data (None: this policy chooses
         nothing; the journal records it with every write pass)."""
-        return None
 
     def restore_choice(self, choice) -> None:
         """Replay hook: make a recorded selection the selection again, before a replayed write pass.
