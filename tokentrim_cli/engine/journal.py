@@ -60,10 +60,10 @@ def write_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, 
     """One write pass (a forward that writes ``x``'s keys and values to ``cache``), recorded when the cache keeps
     a journal: ``x`` (B, C, F, h, w) at ``timesteps`` (F,) and latent frame indices ``frames`` (F,).
 
-    The journal keeps ``x`` on the CPU in the model's dtype: the forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the
-    size; the journal holds no device memory. From a GPU the copy is asynchronous (synchronise before reading
-    it); on the CPU it is a copy too, since a view would keep (and save) its whole base. ``kept``: that copy
-    already (a replay records the entry it replays)."""
+    The journal keeps ``x`` on the CPU in the model's dtype: the forward casts to it first thing, so nothing of
+    the pass is lost and a bf16 state is half the size; the journal holds no device memory. From a GPU the copy
+    is asynchronous (synchronise before reading it); on the CPU it is a copy too, since a view would keep (and
+    save) its whole base. ``kept``: that copy already (a replay records the entry it replays)."""
     if cache.journal is not None:
         if kept is None:
             kept = x.detach().to(model.dtype)

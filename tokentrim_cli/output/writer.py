@@ -3,10 +3,10 @@
 The loop hands each finished latent block to :class:`BlockWriter`; a worker thread decodes it (on a side CUDA
 stream when the model runs on a GPU), trims it to the frames asked for and sends it to the MP4 writer, strictly in
 order, then hands a :class:`Written` record to the recorder (``run/recorder.py``: sidecar record, display line,
-resumable state), on the worker thread, so nothing is in the file that is not recorded. At most ``depth`` blocks wait, so memory stays bounded. Only
-the main thread receives signals, so a Ctrl-C never cuts a block's write in half; ``close`` writes every block
-already generated before it returns. ``threaded=False`` does the same inline (the serial path the pipelined one is
-tested against).
+resumable state), on the worker thread, so nothing is in the file that is not recorded. At most ``depth`` blocks
+wait, so memory stays bounded. Only the main thread receives signals, so a Ctrl-C never cuts a block's write in
+half; ``close`` writes every block already generated before it returns. ``threaded=False`` does the same inline
+(the serial path the pipelined one is tested against).
 """
 
 from __future__ import annotations

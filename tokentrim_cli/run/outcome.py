@@ -45,9 +45,6 @@ class Outcome:
     error: str | None = None
     code: int = EXIT_OK
 
-    def fail(self, status: str, error: str, code: int) -> None:
-        self.status, self.error, self.code = status, error, code
-
 
 def outcome_of(exc: BaseException, output: Path) -> Outcome:
     """The outcome of a run stopped by ``exc``."""

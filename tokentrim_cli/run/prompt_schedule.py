@@ -55,11 +55,14 @@ class PromptSchedule:
         entries: the timeline's entries (one entry: a single prompt); entry 0 starts at block 0.
         switches: the snapped switches (``timeline_switches``), one per entry after the first, in block order.
         timeline: the request gave a timeline (its blocks' records then name their entry).
+        live: switches may be added while the run goes on (:meth:`add`); the generation then keeps the latents
+            a recache switch needs, whatever the switches so far.
     """
 
-    def __init__(self, entries: list[Entry], switches: list[Switch] = (), timeline: bool = False):
+    def __init__(self, entries: list[Entry], switches: list[Switch] = (), timeline: bool = False,
+                 live: bool = False):
         self._entries, self._switches = list(entries), list(switches)
-        self.timeline = timeline
+        self.timeline, self.live = timeline, live
         self._lock = threading.Lock()
         self._encode: Callable[[str], Embeddings] | None = None
         self._encoded: dict[int, Embeddings] = {}
@@ -92,8 +95,8 @@ class PromptSchedule:
 
     @property
     def recaches(self) -> bool:
-        """A switch rebuilds the cache from the finished blocks' latents (they must be kept)."""
-        return any(s.mode == "recache" for s in self.switches)
+        """A switch may rebuild the cache from the finished blocks' latents (they must be kept)."""
+        return self.live or any(s.mode == "recache" for s in self.switches)
 
     def embeddings(self, entry: int) -> Embeddings:
         """Entry ``entry``'s prompt embeddings (encoded on first use)."""
@@ -125,7 +128,11 @@ class PromptSchedule:
 
     def add(self, entry: Entry, switch: Switch) -> None:
         """Append ``entry`` and its ``switch`` (``switch.entry`` its index) while the run goes on: ValueError unless
-        the switch lies after every block started and after the last switch (and its blend)."""
+        the switch lies after every block started and after the last switch (and its blend), and, for a recache
+        switch, the schedule is ``live`` or had one already (the latents it needs are kept)."""
+        if switch.mode == "recache" and not self.recaches:
+            raise ValueError("a recache switch added during a run needs a live schedule (PromptSchedule(..., "
+                             "live=True)): the generation keeps the latents it rebuilds the cache from")
         with self._lock:
             last = self._switches[-1] if self._switches else None
             if switch.entry != len(self._entries):

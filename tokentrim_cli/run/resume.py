@@ -1,7 +1,8 @@
 """``NAME.state/``: what an unfinished run leaves so that ``generate --resume`` goes on exactly where it stopped.
 
-A run to ``NAME.mp4`` saves the state (``state.RunState``) of the block last written to the video every ``runtime.state_every``
-blocks and when it stops early (Ctrl-C, SIGTERM, an error); a run that finishes removes it. The folder holds:
+A run to ``NAME.mp4`` saves the state (``state.RunState``) of the block last written to the video every
+``runtime.state_every`` blocks and when it stops early (Ctrl-C, SIGTERM, an error); a run that finishes removes it.
+The folder holds:
 
     state.pt            everything but the journal's entries: the next block, the sampler's window, TokenTrim's
                         statistics, the latents a recache needs, the decoder's causal state, the frames in the

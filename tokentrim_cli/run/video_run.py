@@ -43,6 +43,7 @@ from .recorder import DISK_FULL, BlockRecorder, StateSaving, device_label
 from .resume import StateWriter, state_dir
 from .state import RunState
 
+
 @dataclass(frozen=True)
 class Resume:
     """An unfinished run's state to go on from; ``reencode``: its partial video (a killed run's) holds more frames
@@ -68,7 +69,7 @@ class VideoRun:
     Args:
         job: the request (``job.Job``, its plan and prompt schedule made).
         preset: the preset it runs.
-        components: loads the models (called once, in step 2).
+        components: loads the models (called once, before step 1).
         display: the terminal or JSON progress.
         extra: more sidecar fields (batch, image, extend, timeline).
         outputs: the run's files.
