@@ -17,14 +17,9 @@ from .control import LiveControl
 class LiveSchedule(PromptSchedule):
     def __init__(self, control: LiveControl):
         entries, switches = control.schedule()
-        super().__init__(entries, switches, timeline=True)
+        super().__init__(entries, switches, timeline=True, live=True)  # live: the finished blocks' latents kept
         self.control = control
         self.num_blocks = control.count
-
-    @property
-    def recaches(self) -> bool:
-        """A live recache may come: the finished blocks' latents are kept from the start."""
-        return True
 
     def change_before(self, block: int) -> Change | None:
         self.control.boundary(block)

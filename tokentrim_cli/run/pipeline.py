@@ -161,7 +161,8 @@ class BlockLoop:
     def blocks(self) -> Iterator[Block]:
         """The finished blocks, each with its record (and, with a journal, its state)."""
         samp, plan = self.samp, self.plan
-        steps = BlockSteps(self.schedule.num_blocks or plan.blocks, warp_steps(samp.steps, samp.shift), plan.block_frames, samp.context_noise,
+        count = self.schedule.num_blocks or plan.blocks  # a live run's length grows while it goes
+        steps = BlockSteps(count, warp_steps(samp.steps, samp.shift), plan.block_frames, samp.context_noise,
                            plan.start_frame, samp.solver,
                            warp_steps(samp.first_block_steps, samp.shift) if samp.first_block_steps else None)
         hooks = Hooks(self.reviewer, self._before_block, self.loop)
