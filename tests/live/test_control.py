@@ -151,3 +151,24 @@ def test_a_viewer_that_falls_behind_is_dropped_and_the_writer_never_waits():
         return feed.since(10)[0]
 
     assert asyncio.run(reader()) == ["new"]
+
+
+def test_the_loops_schedule_takes_an_inserted_entry_and_refuses_to_change_a_started_block():
+    """PromptSchedule.replace (what LiveSchedule calls at each boundary): the later entries renumbered, the
+    embeddings already encoded kept by prompt text, a switch at a started block never changed."""
+    from tokentrim_cli.run.prompt_schedule import PromptSchedule
+
+    control = make(entries=[Entry(0.0, "a red circle"), Entry(3.0, "a white cross", "cut")])
+    schedule = PromptSchedule(*control.schedule(), timeline=True, live=True)
+    encoded = []
+    schedule.bind(lambda text: encoded.append(text) or (text,))
+    assert schedule.embeddings(0) == ("a red circle",) and schedule.change_before(4) is None  # blocks 0-4 start
+    control.boundary(4)
+    control.submit(Request("a blue square", "keep"))
+    schedule.replace(*control.schedule())
+    assert [e.prompt for e in schedule.entries] == ["a red circle", "a blue square", "a white cross"]
+    assert schedule.change_before(5).embeddings == ("a blue square",) and schedule.entry_of(16) == 2
+    assert encoded == ["a red circle", "a blue square"]  # the first prompt was not encoded again
+    entries, switches = control.schedule()
+    with pytest.raises(ValueError, match="started"):
+        schedule.replace(entries[:1], [])

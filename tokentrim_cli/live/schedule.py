@@ -23,15 +23,7 @@ class LiveSchedule(PromptSchedule):
 
     def change_before(self, block: int) -> Change | None:
         self.control.boundary(block)
-        self.follow()
-        return super().change_before(block)
-
-    def follow(self) -> None:
-        """Take the control's timeline as it stands now."""
         entries, switches = self.control.schedule()
-        with self._lock:
-            if entries == self._entries and switches == self._switches:
-                return
-            old = self._entries
-            self._encoded = {k: v for k, v in self._encoded.items() if k < len(entries) and old[k].prompt == entries[k].prompt}
-            self._entries, self._switches = list(entries), list(switches)
+        if entries != self.entries or switches != self.switches:
+            self.replace(entries, switches)
+        return super().change_before(block)

@@ -143,3 +143,17 @@ class PromptSchedule:
             self._entries.append(entry)
             self._switches.append(switch)
             self.timeline = True
+
+    def replace(self, entries: list[Entry], switches: list[Switch]) -> None:
+        """The whole timeline as it now stands, while the run goes on (a live run's, ``live/schedule.py``: an entry
+        may come between planned ones, which are renumbered): ValueError when a switch at a block already started
+        would change. Embeddings already encoded are kept by their prompt's text."""
+        past = lambda found: [(s.block, s.mode, s.blend) for s in found if s.block <= self._started]  # noqa: E731
+        with self._lock:
+            if past(switches) != past(self._switches):
+                raise ValueError(f"the new timeline changes a switch at or before block {self._started}, which has "
+                                 "started")
+            old, self._entries, self._switches = self._entries, list(entries), list(switches)
+            self._encoded = {k: v for k, v in self._encoded.items()
+                             if k < len(entries) and old[k].prompt == entries[k].prompt}
+            self.timeline = self.timeline or len(entries) > 1
