@@ -178,8 +178,8 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, capsys, sig):
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             pass
         time.sleep(0.1)
-    code, _, err = run_main(capsys, "generate", "--prompt", "x", "--seconds", "0.5", "--output", str(out),
-                            "--overwrite")
+    code, _, err = run_main(capsys, "generate", "--prompt", "x", "--seconds", "0.5", "--seed", "2",
+                            "--output", str(out), "--overwrite")
     assert code == 2 and len(err.strip().splitlines()) == 1 and f"being written by process {proc.pid}" in err, err
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

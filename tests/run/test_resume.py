@@ -195,8 +195,8 @@ def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, m
 
 
 def _args(out):
-    return ["generate", "-p", "a red circle bouncing", "--seconds", "3", "--seed", "2", "--preset", "toy", "-o", str(out),
-            "--set", "runtime.state_every=2"]
+    return ["generate", "-p", "a red circle bouncing", "--seconds", "3", "--seed", "2", "--preset", "toy",
+            "-o", str(out), "--set", "runtime.state_every=2"]
 
 
 def _signal_after(out, blocks: int, sig) -> int:
