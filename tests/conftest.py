@@ -37,18 +37,20 @@ except ValueError:  # not the main thread: nothing to restore here
 # the first half of the collection to one worker and the second half to the other, then lets an idle worker take
 # the back half of the other's queue: the groups go to the front of the two halves (the heavier half of the work to
 # the lighter worker) so that both start with them and the run does not end on one of them. Other modes: harmless.
-SLOW = {
-    "tests/run/test_resume.py::test_sig": 35,
-    "tests/batch/test_batch.py::test_accelerate_launch": 35,
-    "tests/output/test_writer.py::test_gpu_check": 25,
-    "tests/test_packaging.py::": 25,
-    "tests/test_cli.py::test_interrupt_leaves_playable_partial_video": 30,
-    "tests/output/test_files.py::test_sigkill": 10,
-    "tests/output/test_files.py::test_a_real_full_tmpfs": 10,
-    "tests/output/test_writer.py::test_compiled_blocks": 15,
-    "tests/batch/test_batch.py::test_interrupt_finalises": 10,
-    "tests/engine/test_fast_path.py::test_fast_path_past_1024": 8,
-    "tests/toy/test_toy.py::": 10,
+SLOW = {  # CPU seconds of the group in one run of the suite (2 workers, a busy machine)
+    "tests/batch/test_batch.py::test_accelerate_launch": 39,
+    "tests/run/test_resume.py::test_sig": 36,
+    "tests/output/test_writer.py::test_gpu_check": 30,
+    "tests/test_cli.py::test_interrupt_leaves_playable_partial_video": 29,
+    "tests/test_packaging.py::": 22,
+    "tests/output/test_writer.py::test_compiled_blocks": 14,
+    "tests/toy/test_toy.py::": 13,
+    "tests/output/test_files.py::test_a_real_full_tmpfs": 12,
+    "tests/test_cli.py::test_quiet_prints_only_the_path": 10,
+    "tests/toy/test_toy_training.py::test_sigterm": 9,
+    "tests/batch/test_batch.py::test_interrupt_finalises": 8,
+    "tests/output/test_files.py::test_sigkill": 8,
+    "tests/engine/test_fast_path.py::test_fast_path_past_1024": 5,
 }
 
 
