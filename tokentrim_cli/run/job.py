@@ -292,6 +292,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
         with terminate_as_interrupt():
             comps = components()
             raise_pending()  # a Ctrl-C that loading swallowed
+            sidecar.data["levers"] = getattr(comps.model, "levers", None)  # live: counts as of each write
             warnings = [w for e in job.timeline or [job] for w in comps.prompt_warnings(e.prompt)]
             for text in warnings:
                 display.warning(text)
