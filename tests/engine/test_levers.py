@@ -2,7 +2,9 @@
 graph semantics on the CPU and the meta device), compile, int8 / fp8 quantisation, and their refusals."""
 
 import dataclasses
+import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,6 +26,7 @@ from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.errors import ConfigError
 
 SHAPE = (1, 16, 3, 8, 8)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _latents(model, cache, blocks=4, steps=(1000, 500)):
@@ -207,3 +210,31 @@ def test_new_runtime_settings_default_off():
     model = CausalWan(tiny_transformer())
     assert apply_levers(model, runtime).as_dict()["cuda_graphs"] is None and model.piecewise is None
     assert SimpleNamespace(**apply_levers(model, runtime).as_dict()).compile is None
+
+
+def test_lever_bench_measures_what_the_cpu_runs_and_says_why_not_the_rest(tmp_path):
+    """bench/levers.py (gpu_check's levers step), in this process on the tiny preset: eager and int8 measured,
+    int8 compared with eager on the same seed; the GPU-only levers and compile recorded as skipped with a reason;
+    a lever that fails is recorded with its error and the next still runs."""
+    pytest.importorskip("torchao")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levers as bench
+
+    out, ref = tmp_path / "levers.json", tmp_path / "ref.pt"
+    names = ["eager", "cuda_graphs", "compile", "int8"]
+    bench.worker(str(ROOT / "presets" / "tiny.yaml"), 1.0, names, str(out), str(ref))
+    res = json.loads(out.read_text())
+    assert list(res) == names and res["eager"]["speedup_vs_eager"] == 1.0
+    assert res["cuda_graphs"]["error"] == "skipped: needs a CUDA GPU" and "skipped on the CPU" in res["compile"]["error"]
+    int8 = res["int8"]
+    assert 0 < int8["first_block_max_abs_diff"] <= bench.SAME_OUTPUT and int8["same_output"]
+    assert int8["transformer_weight_bytes"] < res["eager"]["transformer_weight_bytes"]
+    assert (int8["device"], int8["resolution"], int8["block_frames"], int8["dtype"]) == ("cpu", "64x96", 3, "float32")
+    bench.LEVERS["broken"] = {"quantize": "fp4"}  # not a lever: fails in the worker, recorded
+    try:
+        bench.worker(str(ROOT / "presets" / "tiny.yaml"), 1.0, ["broken", "int8"], str(out), str(ref))
+    finally:
+        del bench.LEVERS["broken"]
+    res = json.loads(out.read_text())
+    assert res["broken"]["error"] == "ValueError: unknown runtime.quantize 'fp4'"
+    assert res["int8"]["median_block_s"] > 0

@@ -52,6 +52,8 @@ def quantize_blocks(model: CausalWan, kind: str) -> None:
     weights and activations (scaled per row, activations quantised on the fly). ``none``: nothing."""
     if kind == "none":
         return
+    if kind not in ("int8", "fp8"):
+        raise ValueError(f"unknown runtime.quantize {kind!r}")
     q = _torchao()
     if kind == "int8":
         config = q.Int8WeightOnlyConfig()
