@@ -92,7 +92,8 @@ class CudaCapturer:
             fn(*args)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread-local: the decoder's worker thread (runtime.overlap_decode) keeps decoding on its own stream
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             out = fn(*args)
         return Captured(graph.replay, out)
 
