@@ -238,3 +238,37 @@ def test_lever_bench_measures_what_the_cpu_runs_and_says_why_not_the_rest(tmp_pa
     res = json.loads(out.read_text())
     assert res["broken"]["error"] == "ValueError: unknown runtime.quantize 'fp4'"
     assert res["int8"]["median_block_s"] > 0
+
+
+def _generate(capsys, out, *sets):
+    from tokentrim_cli.cli import main
+
+    args = ["generate", "--preset", "tiny", "--prompt", "a red circle", "--seconds", "1", "--seed", "1",
+            "--output", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        main(args + [a for s in sets for a in ("--set", s)])
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_the_sidecar_says_what_the_levers_did(tmp_path, capsys):
+    """A user's run with int8 weights: the sidecar's ``levers`` record names them and the transformer's bytes."""
+    pytest.importorskip("torchao")
+    code, _ = _generate(capsys, tmp_path / "int8.mp4", "runtime.quantize=int8")
+    assert code == 0
+    levers = json.loads((tmp_path / "int8.json").read_text())["levers"]
+    assert levers["quantize"] == "int8" and levers["compile"] is None and levers["cuda_graphs"] is None
+    assert 0 < levers["transformer_weight_bytes"] < weight_bytes(load_transformer_of("tiny"))
+
+
+def load_transformer_of(preset: str) -> torch.nn.Module:
+    from tokentrim_cli.engine.components import build_transformer
+
+    return build_transformer(load_preset(preset).config.model.transformer).transformer
+
+
+def test_cuda_graphs_on_a_cpu_stop_the_run_in_one_line(tmp_path, capsys):
+    code, err = _generate(capsys, tmp_path / "g.mp4", "runtime.cuda_graphs=true")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "tokentrim: failed: runtime.cuda_graphs needs a CUDA device and this run is on cpu: set "
+        "runtime.cuda_graphs=false or run on a GPU")
+    assert not (tmp_path / "g.mp4").exists() and not (tmp_path / "g.partial.mp4").exists()
