@@ -69,6 +69,30 @@ def test_graph_replays_match_eager_while_the_cache_layout_changes(policy):
     assert stats["captured_shapes"] == 1 and stats["graphs"] == 2 * 2 and stats["error"] is None
 
 
+def test_rolling_forcing_with_guidance_replays_its_steady_shapes():
+    """Rolling Forcing's windows change size at start-up and in the end flush, and guidance runs a batch of two
+    (one when a forward is unguided): each size warms up once, the steady ones (the full window, the write pass)
+    are captured and replayed, a shape past the limit stays eager; the latents equal eager's bit for bit."""
+    from tokentrim_cli.config.settings import Cache
+    from tokentrim_cli.engine.guidance import Guided
+    from tokentrim_cli.engine.samplers import rolling_forcing
+
+    def run(model):
+        torch.manual_seed(1)
+        guided = Guided(model, 3.0, min_timestep=600)
+        guided.set_prompt(torch.randn(1, 16, 32), torch.randn(1, 16, 32))
+        cache = make_cache(Cache(policy="rolling_forcing", sink_frames=3), 2, 64)
+        blocks = rolling_forcing(guided, cache, NoiseSource(0, SHAPE), 7, warp_steps([1000, 750, 500, 250]))
+        return torch.cat([b.latents for b in blocks], 2)
+
+    eager = run(CausalWan(tiny_transformer()))
+    model, graphs = _graphed()
+    assert torch.equal(run(model), eager)
+    stats = graphs.stats.as_dict()
+    assert stats["captured_shapes"] == 3 and stats["replayed_forwards"] > sum(stats["eager_forwards"].values())
+    assert set(stats["eager_forwards"]) == {"warm-up", "shape limit"}
+
+
 def _state(prompt, cache=True):
     return ForwardState(cache=object() if cache else None, prompt_kv=prompt)
 
