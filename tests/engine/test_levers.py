@@ -1,6 +1,7 @@
 """The speed levers of ``runtime`` (issue 32): the piecewise block runner, CUDA graphs (their rules, exercised with
 graph semantics on the CPU and the meta device), compile, int8 / fp8 quantisation, and their refusals."""
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -296,3 +297,44 @@ def test_cuda_graphs_on_a_cpu_stop_the_run_in_one_line(tmp_path, capsys):
         "tokentrim: failed: runtime.cuda_graphs needs a CUDA device and this run is on cpu: set "
         "runtime.cuda_graphs=false or run on a GPU")
     assert not (tmp_path / "g.mp4").exists() and not (tmp_path / "g.partial.mp4").exists()
+
+
+def test_cuda_capturer_warms_up_on_a_side_stream_then_captures_into_one_pool(monkeypatch):
+    """The real capturer up to the CUDA calls (faked here, in the order torch's docs ask): the piece runs once on a
+    side stream, the capture waits for it, captures thread-locally into the shared pool, and a replay is the
+    graph's; a reset takes a new pool."""
+    from tokentrim_cli.engine import cuda_graphs as cg
+
+    calls = []
+
+    class Stream:
+        def wait_stream(self, other):
+            calls.append(("wait", type(other).__name__))
+
+    class Graph:
+        def replay(self):
+            calls.append("replay")
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, capture_error_mode="global"):
+        calls.append(("capture", pool, capture_error_mode))
+        yield
+
+    @contextlib.contextmanager
+    def stream(s):
+        calls.append("side stream")
+        yield
+
+    pools = iter(["pool 1", "pool 2"])
+    fakes = {"Stream": Stream, "current_stream": Stream, "stream": stream, "graph": graph, "CUDAGraph": Graph,
+             "graph_pool_handle": lambda: next(pools)}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    capturer = cg.CudaCapturer()
+    piece = capturer.capture(lambda x: calls.append("piece") or x + 1, (torch.zeros(2),))
+    piece.replay()
+    assert calls == [("wait", "Stream"), "side stream", "piece", ("wait", "Stream"), ("capture", "pool 1", "thread_local"),
+                     "piece", "replay"]
+    assert torch.equal(piece.outputs, torch.ones(2))
+    capturer.reset()
+    assert capturer.pool == "pool 2"

@@ -146,7 +146,8 @@ def build_tokenizer(spec: str | dict, weights_dir=None):
     return AutoTokenizer.from_pretrained(sub)
 
 
-def compile_blocks(model: CausalWan, backend: str = "inductor", mode: str = "default", dynamic: bool = True) -> CausalWan:
+def compile_blocks(model: CausalWan, backend: str = "inductor", mode: str = "default",
+                   dynamic: bool = True) -> CausalWan:
     """``runtime.compile``: torch.compile the pieces every transformer block runs in (``piecewise.py``); the
     cache's bookkeeping and attention run eagerly between them."""
     model.piecewise = PiecewiseBlocks(CompileSpec(mode, dynamic, backend))
