@@ -100,11 +100,15 @@ def measure(comps, cfg, base, name: str, seconds: float, ref: list | None) -> tu
         torch.cuda.reset_peak_memory_stats()
     try:
         times, latents = timed_loop(dataclasses.replace(comps, model=model), cfg, seconds)
-    finally:
-        base.piecewise = None
+    finally:  # the next lever starts from the plain model (a copy of it must not copy captured graphs)
+        base.piecewise = base.levers = None
+        if model is not base:
+            del model
+        if comps.device.type == "cuda":
+            torch.cuda.empty_cache()
     steady = times[2:] or times
     res = {"levers": LEVERS[name], **setup(comps, cfg), "blocks": len(times), "median_block_s": statistics.median(steady),
-           "first_block_s": times[0], "loop_fps": cfg.sampler.block_frames * 4 / statistics.median(steady),
+           "first_block_s": times[0], "loop_fps": cfg.sampler.block_frames * cfg.model.vae.temporal_ratio / statistics.median(steady),
            **{k: v for k, v in report.as_dict().items() if v is not None},
            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if comps.device.type == "cuda" else None}
     if ref is not None:
