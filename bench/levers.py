@@ -1,5 +1,6 @@
 """The speed levers side by side (issue 32): eager bf16, CUDA graphs, fp8, int8, compile (static shapes, then again
-from the inductor's caches, then dynamic shapes) and all together, on one preset's loop, as ratios to eager on the same seed.
+from the inductor's caches, then dynamic shapes) and all together, on one preset's loop, as ratios to eager on the
+same seed.
 
 Every lever runs on the same loaded model (quantised ones on a copy), TokenTrim off so that every lever makes the
 same blocks: s/block is the median over the blocks after the first two (the first block pays compile and capture;
@@ -106,9 +107,10 @@ def measure(comps, cfg, base, name: str, seconds: float, ref: list | None) -> tu
             del model
         if comps.device.type == "cuda":
             torch.cuda.empty_cache()
-    steady = times[2:] or times
-    res = {"levers": LEVERS[name], **setup(comps, cfg), "blocks": len(times), "median_block_s": statistics.median(steady),
-           "first_block_s": times[0], "loop_fps": cfg.sampler.block_frames * cfg.model.vae.temporal_ratio / statistics.median(steady),
+    median = statistics.median(times[2:] or times)
+    frames = cfg.sampler.block_frames * cfg.model.vae.temporal_ratio
+    res = {"levers": LEVERS[name], **setup(comps, cfg), "blocks": len(times), "median_block_s": median,
+           "first_block_s": times[0], "loop_fps": frames / median,
            **{k: v for k, v in report.as_dict().items() if v is not None},
            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if comps.device.type == "cuda" else None}
     if ref is not None:
@@ -145,7 +147,8 @@ def worker(preset_path: str, seconds: float, names: list[str], out: str, ref_fil
                     ref = latents
                     torch.save(ref, ref_file)
             except Exception as exc:  # noqa: BLE001 - one lever fails, the others still run
-                results[name] = {"levers": LEVERS[name], **setup(comps, cfg), "error": f"{type(exc).__name__}: {exc}"[:1500]}
+                error = f"{type(exc).__name__}: {exc}"[:1500]
+                results[name] = {"levers": LEVERS[name], **setup(comps, cfg), "error": error}
         Path(out).write_text(json.dumps(results, default=str))
     add_ratios(results)
     Path(out).write_text(json.dumps(results, default=str))
@@ -199,7 +202,8 @@ def table(preset: str, cell: dict) -> str:
                      f"{r.get('resolution', '-'):>8s} {str(r.get('block_frames', '-')):>3s} {r.get('dtype', '-'):>8s} "
                      f"{num(r.get('median_block_s')):>7s} {num(r.get('speedup_vs_eager'), '{:.2f}'):>7s} "
                      f"{num(r.get('first_block_s'), '{:.2f}'):>9s} {num(comp[0] if comp else None, '{:.1f}'):>9s} "
-                     f"{num(r.get('first_block_max_abs_diff'), '{:.1e}'):>9s} {num(r.get('max_abs_diff'), '{:.1e}'):>8s}")
+                     f"{num(r.get('first_block_max_abs_diff'), '{:.1e}'):>9s} "
+                     f"{num(r.get('max_abs_diff'), '{:.1e}'):>8s}")
         if r.get("error"):
             lines.append(f"{'':{len(preset) + 11}s}   {name}: {str(r['error'])[:160]}")
     return "\n".join(lines)
