@@ -4,6 +4,7 @@ graph semantics on the CPU and the meta device), compile, int8 / fp8 quantisatio
 import contextlib
 import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -338,3 +339,38 @@ def test_cuda_capturer_warms_up_on_a_side_stream_then_captures_into_one_pool(mon
     assert torch.equal(piece.outputs, torch.ones(2))
     capturer.reset()
     assert capturer.pool == "pool 2"
+
+
+def test_lever_bench_starts_a_dead_worker_again_for_the_levers_it_did_not_reach(tmp_path, monkeypatch):
+    """A worker that dies in a lever (a CUDA crash takes the process) leaves that lever recorded as not finished;
+    a new worker measures the levers after it; one that dies loading is not started again."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import levers as bench
+
+    runs = []
+
+    def fake_run(cmd, **kw):
+        names = cmd[cmd.index("--worker") + 5:]
+        runs.append(names)
+        out = Path(cmd[cmd.index("--worker") + 3])
+        done = json.loads(out.read_text()) if out.exists() else {}
+        if len(runs) == 1:  # eager measured, dies in cuda_graphs
+            done.update(eager={"median_block_s": 2.0}, cuda_graphs={"error": "started, did not finish (the worker died)"})
+            out.write_text(json.dumps(done))
+            return subprocess.CompletedProcess(cmd, -11, "", "Segmentation fault")
+        done.update({n: {"median_block_s": 1.0} for n in names})
+        out.write_text(json.dumps(done))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    cell = bench.run_levers(tmp_path / "p.yaml", 1.0, tmp_path, 60, ["eager", "cuda_graphs", "fp8", "int8"])
+    assert runs == [["eager", "cuda_graphs", "fp8", "int8"], ["fp8", "int8"]]
+    res = cell["levers"]
+    assert "did not finish" in res["cuda_graphs"]["error"] and res["int8"]["speedup_vs_eager"] == 2.0
+    assert cell["errors"] == ["worker exit -11: Segmentation fault"]
+
+    runs.clear()
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: runs.append(1) or subprocess.CompletedProcess(
+        cmd, 1, "", "CUDA out of memory"))
+    cell = bench.run_levers(tmp_path / "p.yaml", 1.0, tmp_path, 60, ["eager", "int8"])
+    assert runs == [1] and cell["levers"]["int8"]["error"] == "worker exit 1: CUDA out of memory"
