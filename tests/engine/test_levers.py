@@ -292,12 +292,12 @@ def load_transformer_of(preset: str) -> torch.nn.Module:
     return build_transformer(load_preset(preset).config.model.transformer).transformer
 
 
-def test_cuda_graphs_on_a_cpu_stop_the_run_in_one_line(tmp_path, capsys):
+def test_cuda_graphs_on_a_cpu_stop_the_command_before_it_writes_anything(tmp_path, capsys):
     code, err = _generate(capsys, tmp_path / "g.mp4", "runtime.cuda_graphs=true")
-    assert code == 2 and err.strip().splitlines()[-1] == (
-        "tokentrim: failed: runtime.cuda_graphs needs a CUDA device and this run is on cpu: set "
-        "runtime.cuda_graphs=false or run on a GPU")
-    assert not (tmp_path / "g.mp4").exists() and not (tmp_path / "g.partial.mp4").exists()
+    assert code == 2 and err.strip().splitlines() == [
+        "tokentrim: error: runtime.cuda_graphs needs a CUDA device and this run is on cpu: set "
+        "runtime.cuda_graphs=false or run on a GPU"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cuda_capturer_warms_up_on_a_side_stream_then_captures_into_one_pool(monkeypatch):
