@@ -137,8 +137,6 @@ def generate(
     # the checks above answer without torch (seconds, not the 6-17 s of importing it first); now the rest
     from .batch import settings_hash
     from .config.presets import check_architecture
-    from .engine.components import pick_device
-    from .engine.levers import check_levers
     from .run.continuation import extend_plan
     from .run.job import Job, Plan, run_job, timeline_switches
     from .config.loading import components_loader
@@ -147,7 +145,6 @@ def generate(
     from .run.timeline import canonical
 
     check_architecture(p)
-    check_levers(p.config.runtime, pick_device(p.config.runtime.device))  # a lever this device cannot run: exit 2
     plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
     if source is not None:  # exit 2 for a file that cannot be continued, before anything loads
         plan, cont = extend_plan(source, p.config, seconds)
