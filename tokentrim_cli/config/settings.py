@@ -242,6 +242,11 @@ class Video(Section):
     crf: int = setting(integer(1, 51), "an integer from 1 to 51 (0 is lossless and unplayable in yuv420p)", 18)
     preset: str = choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower")
 
+    @property
+    def x264_preset(self) -> str:
+        """The encoder's speed/size preset (the setting ``video.preset``; not a tokentrim preset)."""
+        return self.preset
+
 
 def _device(v) -> bool:
     return isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
