@@ -40,6 +40,10 @@ HASH_FIELDS_ADDED = {
     ("sampler", "first_block_steps"): None,
     ("cache", "positions"): "packed",
     ("cache", "ema_alpha"): 0.999,
+    ("runtime", "compile_mode"): "default",
+    ("runtime", "compile_dynamic"): True,
+    ("runtime", "cuda_graphs"): False,  # the same kernels in principle; hashed like compile, to be safe
+    ("runtime", "quantize"): "none",
 }
 # Fields that never change the pictures: never hashed.
 UNHASHED_FIELDS = (("runtime", "threads"), ("runtime", "state_every"),
