@@ -200,19 +200,25 @@ def presets_show(
 def download(
     name: str = typer.Argument(..., help=PRESET_ARG_HELP),
     local_dir: Optional[Path] = typer.Option(None, "--local-dir", help="Mirror into this folder instead of the hub cache."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
-    """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""
+    """Fetch every weights file a preset needs (from the Hugging Face Hub, or a URL) and print where each went.
+    --set video.decoder=tiny fetches the fast decoder too."""
     from .engine import weights as W
+    from .engine.tiny_decoder import LICENSE as TINY_DECODER_LICENSE
     from .loading import check_hub_reachable, weights_refs
 
-    p = _load(name, None)
+    p = _load(name, set_)
     print(f"preset {p.name}: checkpoint license {p.config.license.describe()}")
-    refs = weights_refs(p.config.model)
-    hub = [r for r in refs if r.startswith("hf://")]
+    refs = weights_refs(p.config.model, p.config.video.decoder)
+    hub = [r for r in refs if r.startswith(("hf://", "https://"))]
     if not hub:
         print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
         return
-    check_hub_reachable()
+    if p.config.video.decoder == "tiny":
+        print(f"fast decoder (video.decoder tiny): TAEHV taew2_1, license {TINY_DECODER_LICENSE}")
+    if any(r.startswith("hf://") for r in hub):
+        check_hub_reachable()
     for ref in hub:
         try:
             path = W.fetch(ref, str(local_dir) if local_dir else None)

@@ -28,7 +28,7 @@ from .block_writer import BlockWriter
 from .config import Preset
 from .continuation import source_latents
 from .engine.components import Components
-from .engine.vae import StreamingDecoder
+from .engine.vae import streaming_decoder
 from .errors import ConfigError, TokentrimError
 from .notices import run_notices
 from .outputs import RunOutputs, error_text
@@ -301,7 +301,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             writer_device[0] = comps.device
             if cuda:  # the peak while generating (text encoding included), not while loading
                 torch.cuda.reset_peak_memory_stats(comps.device)
-            decoder = StreamingDecoder(comps.vae)
+            decoder = streaming_decoder(comps)
             decoder.reset()
             t1 = time.perf_counter()
             lead = None

@@ -13,17 +13,18 @@ from .errors import MissingWeights, TokentrimError
 from .settings import Model
 
 
-def weights_refs(model: Model) -> list[str]:
-    """Every weights reference a preset's ``model`` section names."""
+def weights_refs(model: Model, decoder: str = "vae") -> list[str]:
+    """Every weights reference a preset's ``model`` section names (the fast decoder's only with ``video.decoder``
+    ``tiny``: pass it as ``decoder``)."""
     refs = [model.transformer.weights] + ([model.transformer.lora] if model.transformer.lora else [])
-    refs += [model.vae.weights, model.text_encoder.weights]
+    refs += [model.vae.weights, model.text_encoder.weights] + ([model.tiny_decoder] if decoder == "tiny" else [])
     return refs + ([model.tokenizer] if isinstance(model.tokenizer, str) else [])
 
 
 def missing_weights(preset: Preset, weights_dir: str | None) -> list[str]:
     """The references of ``preset`` that are not on this machine (``doctor``)."""
     missing = []
-    for ref in weights_refs(preset.config.model):
+    for ref in weights_refs(preset.config.model, preset.config.video.decoder):
         try:
             W.resolve(ref, weights_dir)
         except MissingWeights:
@@ -34,13 +35,14 @@ def missing_weights(preset: Preset, weights_dir: str | None) -> list[str]:
 def _with_hint(exc: MissingWeights, preset: Preset) -> MissingWeights:
     if not exc.downloadable:
         return exc
-    return MissingWeights(f"{exc}; run: tokentrim download {preset.name}", downloadable=True)
+    extra = " --set video.decoder=tiny" if preset.config.video.decoder == "tiny" else ""
+    return MissingWeights(f"{exc}; run: tokentrim download {preset.name}{extra}", downloadable=True)
 
 
 def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], Components]:
     """Check every weights reference resolves now, load on the first call, then reuse."""
     try:
-        for ref in weights_refs(preset.config.model):
+        for ref in weights_refs(preset.config.model, preset.config.video.decoder):
             W.resolve(ref, weights_dir)
     except MissingWeights as exc:
         raise _with_hint(exc, preset) from None
@@ -49,12 +51,25 @@ def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], C
     def load() -> Components:
         if not loaded:
             try:
-                loaded.append(load_components(preset.config.model, preset.config.runtime, weights_dir))
+                loaded.append(_with_decoder(load_components(preset.config.model, preset.config.runtime, weights_dir),
+                                            preset, weights_dir))
             except MissingWeights as exc:  # deleted since the check
                 raise _with_hint(exc, preset) from None
         return loaded[0]
 
     return load
+
+
+def _with_decoder(comps: Components, preset: Preset, weights_dir: str | None) -> Components:
+    """With ``video.decoder: tiny``, the fast decoder joins the components (``engine/tiny_decoder.py``), in the
+    VAE's dtype on the run's device."""
+    if preset.config.video.decoder == "tiny":
+        from .engine.tiny_decoder import build_tiny_decoder
+
+        dtype = next(comps.vae.parameters()).dtype
+        ref = W.resolve(preset.config.model.tiny_decoder, weights_dir)
+        comps.fast_decoder = build_tiny_decoder(ref, comps.device, dtype)
+    return comps
 
 
 def check_hub_reachable() -> None:

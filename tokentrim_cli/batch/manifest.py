@@ -40,6 +40,9 @@ HASH_FIELDS_ADDED = {
     ("sampler", "first_block_steps"): None,
     ("cache", "positions"): "packed",
     ("cache", "ema_alpha"): 0.999,
+    ("video", "decoder"): "vae",
+    ("model", "tiny_decoder"): "https://github.com/madebyollin/taehv/raw/0ad83bb8fdc48e9e94138704e939d500a3b43660/"
+                               "safetensors/taew2_1.safetensors",
 }
 # Fields that never change the pictures: never hashed.
 UNHASHED_FIELDS = (("runtime", "threads"), ("runtime", "state_every"),
