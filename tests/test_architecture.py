@@ -11,13 +11,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tokentrim_cli"
 LAYERS = [
     ("command", ["cli", "__main__"]),
     ("batch", ["batch"]),
-    ("job", ["job", "loading"]),
+    ("job", ["job", "loading", "planner"]),
     ("run parts", ["pipeline", "block_writer", "progress", "sidecar", "video", "outputs", "metrics", "toy", "image",
                    "resume", "source_video", "continuation", "write_guard", "notices",
                    "evaluate"]),
     ("methods and presets", ["pruning", "config"]),
     ("engine", ["engine"]),
-    ("leaves", ["settings", "checks", "errors", "signals", "timeline", "inputs", "__init__"]),
+    ("leaves", ["settings", "checks", "errors", "signals", "timeline", "inputs", "speed", "__init__"]),
 ]
 MAX_LINES = 400
 LONGER = {"toy/world.py"}  # the world generator reads best in one file

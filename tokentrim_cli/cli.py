@@ -234,8 +234,22 @@ def download(
 
 
 @app.command()
-def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP)):
-    """Report torch/CUDA, GPU memory, ffmpeg, and which presets have their weights on this machine."""
+def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+           preset: Optional[str] = typer.Option(None, "--preset", help="Predict this preset's peak GPU memory from "
+                                                "its shapes, say which GPU sizes it fits, and which --set lines "
+                                                "bring it under the others (nothing is loaded)."),
+           seconds: float = typer.Option(60.0, "--seconds", "-s", help="Video length for --preset."),
+           set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP)):
+    """Report torch/CUDA, GPU memory, ffmpeg, and which presets have their weights on this machine; with --preset,
+    the memory plan of one preset instead."""
+    if preset is not None:
+        from .planner import report
+        from .checks import require_seconds
+
+        require_seconds(seconds, "--seconds")
+        for line in report(_load(preset, set_, architecture=False), seconds):
+            print(line)
+        return
     import imageio_ffmpeg
     import torch
 

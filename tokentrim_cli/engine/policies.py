@@ -278,8 +278,9 @@ class DeepSinkCache(RollingCache):
         mid = [s for s in self.segments if s.kind == "mid"]
         start = 0
         for s in mid:
-            s.keep(keep[start : start + s.num_tokens])
-            start += s.num_tokens
+            n = s.num_tokens  # before keep() shrinks it: the next segment's mask starts after this one's tokens
+            s.keep(keep[start : start + n])
+            start += n
         self.segments = [s for s in self.segments if s.num_tokens > 0]
 
 

@@ -1,0 +1,100 @@
+"""The memory planner (``tokentrim doctor --preset``): its exact parts against what the real objects hold."""
+
+import pytest
+import torch
+
+from conftest import CacheDriver
+from tokentrim_cli.engine.noise import NoiseSource
+from tokentrim_cli.engine.policies import make_cache
+from tokentrim_cli.engine.samplers import self_forcing
+from tokentrim_cli.engine.schedule import warp_steps
+from tokentrim_cli.planner import GPU_SIZES, kv_tokens, levers, predict, under
+from tokentrim_cli.settings import Cache
+
+SHAPE = (1, 16, 3, 8, 8)  # 3-frame blocks of 4 x 4 tokens (CacheDriver's 2 x 2 patches)
+TOKEN_BYTES = 2 * 2 * 2 * 12 * 4  # keys and values, 2 layers, 2 heads of 12, float32
+# every policy, sized so that sinks split blocks, windows are not whole blocks and every bound is reached
+POLICIES = {
+    "full": Cache(policy="full"),
+    "rolling": Cache(policy="rolling", window_frames=5),
+    "sink_window": Cache(policy="sink_window", window_frames=6, sink_frames=4),
+    "rolling_forcing": Cache(policy="rolling_forcing", sink_frames=3, span_frames=12),
+    "deep_sink": Cache(policy="deep_sink", sink_frames=4, recent_frames=4, budget_frames=3),
+    "three_partition": Cache(policy="three_partition", sink_frames=4, recent_frames=4, mid_capacity=3,
+                             mid_top_k=2, compression=(2, 3, 3)),
+    "ema_sink": Cache(policy="ema_sink", window_frames=4, sink_frames=3),
+    "infinity_rope": Cache(policy="infinity_rope", window_frames=2, sink_frames=1),
+}
+
+
+def measured_peak(cfg: Cache, blocks: int) -> int:
+    cache = make_cache(cfg, 2, 64)
+    peak = 0
+    for _ in self_forcing(CacheDriver(), cache, NoiseSource(0, SHAPE), blocks, warp_steps([1000, 500])):
+        peak = max(peak, cache.nbytes)
+    return peak
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+@pytest.mark.parametrize("blocks", [3, 12])
+def test_the_kv_cache_prediction_is_what_every_policy_holds(name, blocks):
+    """Before the plateau (3 blocks) and on it (12): predicted tokens x bytes per token = the cache's nbytes."""
+    assert kv_tokens(POLICIES[name], 3, blocks, (4, 4)) * TOKEN_BYTES == measured_peak(POLICIES[name], blocks)
+
+
+def test_weights_are_what_the_loaded_models_hold():
+    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.engine.components import load_components
+    from tokentrim_cli.engine.tiny_decoder import TinyDecoder
+
+    cfg = load_preset("tiny", ["video.decoder=tiny"]).config
+    comps = load_components(cfg.model, cfg.runtime)
+
+    def held(m):
+        return sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])
+
+    pred = predict(cfg, 2.0, device="cpu")
+    assert pred.transformer == held(comps.model.transformer)
+    assert pred.vae == held(comps.vae) and pred.text_encoder == held(comps.text_encoder)
+    assert pred.fast_decoder == held(TinyDecoder())
+
+
+def test_int8_counts_one_byte_per_linear_weight():
+    from tokentrim_cli.config import load_preset
+
+    cfg = load_preset("self-forcing", architecture=False).config
+    full, int8 = predict(cfg, 10), predict(cfg, 10, quantize="int8")
+    assert full.transformer == 1_418_996_800 * 2 + 0 or full.transformer > 2.6 * 2**30  # 1.3B in bf16 (+fp32 parts)
+    assert 0.5 < int8.transformer / full.transformer < 0.6  # linear weights 2 -> 1 byte, norms and scales kept
+
+
+def test_the_levers_bring_a_preset_under_a_card_size():
+    from tokentrim_cli.config import load_preset
+
+    cfg = load_preset("rolling-forcing", architecture=False).config
+    pred = predict(cfg, 60)
+    assert [under(cfg, 60, g) == [] for g in GPU_SIZES] == [pred.fits(g) for g in GPU_SIZES]
+    small = next(g for g in reversed(GPU_SIZES) if not pred.fits(g) and under(cfg, 60, g))
+    sets = under(cfg, 60, small)
+    chosen = [lv for lv in levers(cfg) if lv.setting in sets]
+    c, q = cfg, None
+    for lv in chosen:
+        c, q = lv.apply(c), lv.quantize or q
+    assert predict(c, 60, quantize=q).fits(small) and not pred.fits(small)
+    for line in sets:
+        if not line.startswith("runtime.quantize"):  # every other line is a setting the preset accepts
+            load_preset("rolling-forcing", [line], architecture=False)
+
+
+def test_doctor_prints_the_plan_and_keeps_its_old_report(capsys):
+    from test_cli import run_main, tokentrim
+
+    r = tokentrim("doctor", "--preset", "self-forcing", "--seconds", "30")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("preset self-forcing, 30 s at 832x480, bfloat16") and "KV cache at its plateau" in r.stdout
+    assert [ln.split(":")[0].strip() for ln in lines if " GB:" in ln] == [f"{g} GB" for g in GPU_SIZES]
+    assert "preset tiny:" not in r.stdout  # the weights report is doctor without --preset
+    code, _, err = run_main(capsys, "doctor", "--preset", "self-forcing", "--seconds", "0")
+    assert code == 2 and "--seconds" in err
+    assert "preset tiny:" in tokentrim("doctor").stdout
