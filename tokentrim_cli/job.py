@@ -36,6 +36,7 @@ from .pipeline import Plan, generate_blocks, image_latents, timeline_switches
 from .progress import Display
 from .resume import StateWriter, fingerprint, load_state, peek_state, state_dir
 from .sidecar import Sidecar
+from .speed import SpeedMeter
 from .signals import HeldSignals, pending, raise_pending, terminate_as_interrupt
 from .video import Mp4Writer, probe
 from .write_guard import Input
@@ -174,6 +175,17 @@ def _device_label(device) -> str:
     return f"{name}, torch {torch.__version__}"
 
 
+def _record_speed(meter: SpeedMeter, sidecar: Sidecar, display: Display) -> None:
+    """The run's loop, decode and end-to-end rates into the sidecar (``speed``) and one display line."""
+    try:
+        speed = meter.record()
+    except Exception as exc:  # noqa: BLE001 - a timing problem (a GPU gone bad) never costs the outputs
+        sidecar.data["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return
+    sidecar.data["speed"] = speed.as_dict()
+    display.message(speed.line())
+
+
 def _copy_frames(video: Path, count: int, writer: Mp4Writer) -> None:
     """The first ``count`` frames of ``video``, decoded and written again (one more lossy generation)."""
     import imageio.v3 as iio
@@ -252,6 +264,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
     last = {"block": None, "unsaved": False}  # the last block in the file, and whether the state on disk is older
     writer_device = [None]
     warned = set()
+    meter = SpeedMeter(compile=cfg.runtime.compile)  # loop, decode and end-to-end rates (speed.py)
 
     def warn_once(text: str) -> None:  # a problem that repeats every block is said once
         if text not in warned:
@@ -275,6 +288,8 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             display.message(f"prompt {entry + 1}/{len(job.timeline)} from block {block.index} "
                             f"({sw['snapped']:g} s, {sw['mode']}): {job.timeline[entry].prompt}")
         rec["seconds"] = round(rec["seconds"], 4)
+        meter.written(block.index, frames)
+        rec.update(meter.block_seconds(block.index))
         sidecar.add_block(rec)
         display.block(rec, frames - seam)  # the display counts the new part's frames (its plan's)
         if block.state is not None:
@@ -298,7 +313,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             sidecar.data["warnings"] = notices + warnings  # written with the first block (or the final record)
             timings["load_seconds"] = round(time.perf_counter() - t0, 3)
             cuda = comps.device.type == "cuda"
-            writer_device[0] = comps.device
+            writer_device[0] = meter.device = comps.device
             if cuda:  # the peak while generating (text encoding included), not while loading
                 torch.cuda.reset_peak_memory_stats(comps.device)
             decoder = streaming_decoder(comps)
@@ -319,9 +334,10 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
             context = None
             if ext is not None and state is None:  # the input streams through the encoder (and the decoder, warming it)
                 context = source_latents(comps, ext, decoder, None if ext.copied else writer.write)
-            blocks = BlockWriter(decoder, writer, seam + plan.frames, written, threaded=cfg.runtime.overlap_decode)
-            for block in generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead, context,
-                                         resumable=saver is not None, resume=state):
+            blocks = BlockWriter(meter.decoder(decoder), writer, seam + plan.frames, written,
+                                 threaded=cfg.runtime.overlap_decode)
+            for block in meter.loop(generate_blocks(comps, cfg, job.prompt, job.seed, plan, job.timeline, lead,
+                                                    context, resumable=saver is not None, resume=state)):
                 blocks.put(block)
                 raise_pending()
             blocks.close()
@@ -359,6 +375,7 @@ def _run(job, preset, components, display, extra, plan, outputs: RunOutputs, sta
                     if not (exc.errno in DISK_FULL and status == "failed"):
                         warn_once(f"could not save the resumable state: {error_text(exc, saver.folder)}")
             timings["total_seconds"] = round(time.perf_counter() - t0, 3)
+            _record_speed(meter, sidecar, display)
             sidecar.data.update(status=status, error=error, frames_written=writer.frames, timings=timings,
                                 finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             status, error, video = outputs.finish(writer, sidecar, status, error)
