@@ -98,3 +98,27 @@ def test_doctor_prints_the_plan_and_keeps_its_old_report(capsys):
     code, _, err = run_main(capsys, "doctor", "--preset", "self-forcing", "--seconds", "0")
     assert code == 2 and "--seconds" in err
     assert "preset tiny:" in tokentrim("doctor").stdout
+
+
+def test_gpu_check_puts_the_prediction_beside_the_measured_peak(tmp_path, capsys):
+    """bench/gpu_check.py's calibration step: per preset, predicted and measured peak and their ratio, and the
+    command's speed record read from its sidecar."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_check", root / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    run = gpu_check.Run(tmp_path / "out.json", 60)
+    path = root / "presets" / "tiny.yaml"
+    run.cell("tiny")["command"] = {"peak_gpu_bytes": 3_000_000}
+    speed = {"loop_fps": 12.5, "decode_fps": 300.0, "end_to_end_fps": 11.0, "warmup_seconds": 0.7}
+    (tmp_path / "tiny-3s.json").write_text(json.dumps({"speed": speed}))
+    gpu_check.calibrate(run, {"tiny": path}, 3.0, tmp_path)
+    cell = json.loads((tmp_path / "out.json").read_text())["presets"]["tiny"]
+    pred = predict(__import__("tokentrim_cli.config", fromlist=["x"]).load_preset(str(path)).config, 3.0)
+    assert cell["planner"]["predicted_peak_bytes"] == pred.peak and cell["planner"]["measured_peak_bytes"] == 3_000_000
+    assert cell["planner"]["ratio"] == pytest.approx(3_000_000 / pred.peak) and cell["speed"] == speed
+    assert "12.50" in capsys.readouterr().out
