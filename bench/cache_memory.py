@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokentrim_cli.config import load_preset  # noqa: E402
+from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine import policies as P  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache, RollingCache  # noqa: E402
-from tokentrim_cli.pipeline import Plan  # noqa: E402
+from tokentrim_cli.run.pipeline import Plan  # noqa: E402
 
 FULL = dict(layers=30, heads=12, head_dim=128, grid=(30, 52), fps=16, block=3)
 
@@ -94,7 +94,7 @@ def simulate_full(seconds: float) -> dict:
 
 def tiny_run(policy_cfg: dict, seconds: float, selection: str | None = None) -> dict:
     from tokentrim_cli.engine.components import load_components
-    from tokentrim_cli.pipeline import generate_blocks
+    from tokentrim_cli.run.pipeline import generate_blocks
 
     sets = [f"cache.{k}={json.dumps(v)}" for k, v in policy_cfg.items()] + ["pruning.enabled=false"]
     if selection:

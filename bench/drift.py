@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokentrim_cli.config import load_preset  # noqa: E402
+from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
 from tokentrim_cli.metrics import evaluate_video, merge_metrics  # noqa: E402
-from tokentrim_cli.pipeline import generate_video  # noqa: E402
+from tokentrim_cli.run.pipeline import generate_video  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
 from tokentrim_cli.toy.scoring import toy_metrics  # noqa: E402
 

@@ -57,8 +57,8 @@ ENCODE = ["--set", "video.preset=veryfast"]
 
 def real_presets() -> list[str]:
     """Every shipped preset that downloads a checkpoint, the longlive ones last (their base has no LoRA here)."""
-    from tokentrim_cli.config import load_preset
-    from tokentrim_cli.loading import weights_refs
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.config.loading import weights_refs
 
     names = [p.stem for p in sorted((ROOT / "presets").glob("*.yaml"))]
     real = [n for n in names if any(r.startswith("hf://") for r in weights_refs(load_preset(n).config.model))]
@@ -107,10 +107,10 @@ def peak_bytes() -> int | None:
 def worker_loop(preset_path: str, seconds: float, out: str) -> None:
     import torch
 
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
     from tokentrim_cli.engine.vae import StreamingDecoder
-    from tokentrim_cli.pipeline import Plan, generate_blocks
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks
 
     preset = load_preset(preset_path)
     cfg = preset.config
@@ -226,7 +226,7 @@ class Run:
 
 def describe(preset_path: Path) -> dict:
     """The cache rule and license the preset runs with (the random-weights preset inherits both)."""
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
 
     cfg = load_preset(str(preset_path)).config
     return {"cache": cfg.cache.policy, "positions": cfg.cache.positions, "license": cfg.license.name,
@@ -245,8 +245,8 @@ def run_loop(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> di
 
 
 def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> dict:
-    from tokentrim_cli.sidecar import block_records
-    from tokentrim_cli.video import probe
+    from tokentrim_cli.output.sidecar import block_records
+    from tokentrim_cli.output.video import probe
 
     video = tmp / f"{preset_path.stem}-{seconds:g}s.mp4"
     cmd = [sys.executable, "-m", "tokentrim_cli", "generate", "--preset", str(preset_path), "--prompt", PROMPT,
@@ -283,7 +283,7 @@ def calibrate(run: Run, paths: dict, seconds: float, tmp: Path) -> None:
     """Per preset: the planner's predicted peak (``planner.predict``, from shapes alone) next to the command step's
     measured peak, and the command's speed record (loop, decode, end-to-end FPS, warm-up left out) from its
     sidecar; a table of its own. Run after the command steps (their sidecars are still in ``tmp``)."""
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.planner import predict
 
     for name, path in paths.items():

@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokentrim_cli import pruning  # noqa: E402
-from tokentrim_cli.config import load_preset  # noqa: E402
+from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
-from tokentrim_cli.pipeline import Plan, generate_blocks  # noqa: E402
+from tokentrim_cli.run.pipeline import Plan, generate_blocks  # noqa: E402
 
 
 def score_once(ctrl: pruning.TokenTrim, shape, n=50) -> float:

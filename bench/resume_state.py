@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokentrim_cli.config import load_preset  # noqa: E402
+from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import cast, load_components  # noqa: E402
 from tokentrim_cli.engine.journal import replay  # noqa: E402
 from tokentrim_cli.engine.policies import make_cache  # noqa: E402
-from tokentrim_cli.pipeline import Plan, generate_blocks, guided_model  # noqa: E402
-from tokentrim_cli.resume import StateWriter  # noqa: E402
+from tokentrim_cli.run.pipeline import Plan, generate_blocks, guided_model  # noqa: E402
+from tokentrim_cli.run.resume import StateWriter  # noqa: E402
 
 MIB = 2**20
 UMT5_PROMPT_BYTES = 512 * 4096 * 2  # one prompt's embeddings, bf16

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tokentrim_cli.config import load_preset  # noqa: E402
+from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
-from tokentrim_cli.pipeline import generate_video  # noqa: E402
+from tokentrim_cli.run.pipeline import generate_video  # noqa: E402
 
 PROMPTS = ["a red circle bouncing on a dark blue background", "a yellow square sliding on a gray background",
            "a white ring growing on a gradient purple background"]

@@ -25,14 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tokentrim_cli.engine.attention as attention  # noqa: E402
-from tokentrim_cli.config import load_preset  # noqa: E402
+from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
 from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
 from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
 from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
-from tokentrim_cli.pipeline import prompted_model  # noqa: E402
+from tokentrim_cli.run.pipeline import prompted_model  # noqa: E402
 from tokentrim_cli.toy import world  # noqa: E402
 from tokentrim_cli.toy.scoring import attribute_errors  # noqa: E402
 from tokentrim_cli.toy.world import to_pixels  # noqa: E402

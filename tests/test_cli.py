@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tokentrim_cli.cli import main
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -66,7 +66,7 @@ def test_generate_writes_mp4_and_sidecar(tmp_path):
     assert side["blocks"][-1]["frames_written"] == 18
     # sidecar_version 2: "blocks", with "batches" kept for readers of version 1; block_records reads both
     assert side["sidecar_version"] == 2 and side["batches"] == side["blocks"]
-    from tokentrim_cli.sidecar import block_records
+    from tokentrim_cli.output.sidecar import block_records
 
     assert block_records(side) == side["blocks"] and block_records({"batches": side["blocks"]}) == side["blocks"]
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left
@@ -190,8 +190,8 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, sig):
 def test_interrupt_during_a_write_leaves_sidecar_and_video_equal(tmp_path, monkeypatch, capsys, sig):
     """A Ctrl-C landing while a block's frames go to the encoder (once seen in CI: 43 frames in the MP4, 33 in
     the sidecar). The block is finished first, then the run stops."""
-    import tokentrim_cli.job as job
-    from tokentrim_cli.video import Mp4Writer
+    import tokentrim_cli.run.job as job
+    from tokentrim_cli.output.video import Mp4Writer
 
     class SignalMidBlock(Mp4Writer):
         def write(self, frames):
@@ -282,7 +282,7 @@ def test_prompt_warnings_name_the_cut():
 
 def test_threads_reach_the_run_and_not_the_resume_hash(tmp_path):
     from tokentrim_cli.batch import settings_hash
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
 
     out = tmp_path / "t.mp4"
     r = tokentrim("generate", "--prompt", "a red circle", "--seconds", "0.5", "--output", str(out), "--threads", "1")

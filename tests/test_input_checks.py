@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tokentrim_cli.errors import ConfigError
-from tokentrim_cli.image import load_image
+from tokentrim_cli.run.image import load_image
 
 from test_cli import run_main
 
@@ -93,7 +93,7 @@ def test_a_huge_image_is_refused_by_us_in_one_line_before_decoding(tmp_path):
 # ------------------------------------------------------------------------------------------ timelines, prompts
 def test_a_yaml_alias_bomb_is_refused_fast_and_not_echoed(tmp_path):
     """700 bytes of nested aliases expand to gigabytes: refused at the first alias, in one short line (#16)."""
-    from tokentrim_cli.timeline import load_file
+    from tokentrim_cli.run.timeline import load_file
 
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
@@ -105,7 +105,7 @@ def test_a_yaml_alias_bomb_is_refused_fast_and_not_echoed(tmp_path):
 
 
 def test_a_huge_timeline_file_and_a_long_bad_value_are_bounded(tmp_path):
-    from tokentrim_cli.timeline import load_file
+    from tokentrim_cli.run.timeline import load_file
 
     (tmp_path / "big.yaml").write_text("- {start: 0, prompt: a}\n" + "#" * (5 * 2**20) + "\n")
     with pytest.raises(ConfigError, match="MiB"):
@@ -119,7 +119,7 @@ def test_a_huge_timeline_file_and_a_long_bad_value_are_bounded(tmp_path):
 @pytest.mark.parametrize("prefix", ["-1s", "nans", "1e999s", "1e-9s", "1S CUT"])
 def test_an_odd_start_time_is_named_not_repeated_in_the_hint(prefix):
     """The hint was "e.g. --prompt '20s: -1s: ...'" (#22)."""
-    from tokentrim_cli.timeline import parse_prompts
+    from tokentrim_cli.run.timeline import parse_prompts
 
     with pytest.raises(ConfigError) as exc:
         parse_prompts(["a red kite", f"{prefix}: a blue ball"])
@@ -130,7 +130,7 @@ def test_an_odd_start_time_is_named_not_repeated_in_the_hint(prefix):
 def test_a_blend_longer_than_the_video_is_refused():
     """blend=1000 on a 16-block clip: the new prompt would never pass 1.4 % weight (#21). Refused, not warned: it is
     a slip of units (blocks, not frames) and the run would be wasted; a blend up to the blocks left is allowed."""
-    from tokentrim_cli.timeline import Entry, snap
+    from tokentrim_cli.run.timeline import Entry, snap
 
     with pytest.raises(ConfigError, match="blend=1000 is longer than the 14 block"):
         snap([Entry(0, "a"), Entry(1, "b", blend=1000)], seconds=12, blocks=16, block_frames=3, fps=16)
@@ -195,7 +195,7 @@ def test_bad_generate_input_is_refused_before_torch_is_imported(tmp_path, args):
 # ------------------------------------------------------------------------------------------ --extend
 def _mp4(path, frames=33):
     """A finished MP4 of the tiny preset's size and rate (random pictures), as Mp4Writer makes it."""
-    from tokentrim_cli.video import Mp4Writer
+    from tokentrim_cli.output.video import Mp4Writer
 
     w = Mp4Writer(path, 96, 64, 16, 18, "veryfast")
     rng = np.random.default_rng(0)
@@ -225,7 +225,7 @@ def test_a_cut_short_extend_input_is_refused_before_loading_in_one_line(tmp_path
 def test_a_joined_video_with_frames_missing_fails_instead_of_reporting_ok(tmp_path, monkeypatch):
     """The output's frame count is verified after the join: a prefix that loses frames in the stream copy is an
     error (the run keeps its partial), never 'ok' with fewer frames (#2)."""
-    from tokentrim_cli.video import Mp4Writer
+    from tokentrim_cli.output.video import Mp4Writer
 
     prefix = _mp4(tmp_path / "prefix.mp4")
     w = Mp4Writer(tmp_path / "out.mp4", 96, 64, 16, 18, "veryfast", prefix, 40)  # claims 7 frames it has not

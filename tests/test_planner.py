@@ -9,7 +9,7 @@ from tokentrim_cli.engine.policies import make_cache
 from tokentrim_cli.engine.samplers import self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.planner import GPU_SIZES, kv_tokens, levers, predict, under
-from tokentrim_cli.settings import Cache
+from tokentrim_cli.config.settings import Cache
 
 SHAPE = (1, 16, 3, 8, 8)  # 3-frame blocks of 4 x 4 tokens (CacheDriver's 2 x 2 patches)
 TOKEN_BYTES = 2 * 2 * 2 * 12 * 4  # keys and values, 2 layers, 2 heads of 12, float32
@@ -43,7 +43,7 @@ def test_the_kv_cache_prediction_is_what_every_policy_holds(name, blocks):
 
 
 def test_weights_are_what_the_loaded_models_hold():
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
     from tokentrim_cli.engine.tiny_decoder import TinyDecoder
 
@@ -60,7 +60,7 @@ def test_weights_are_what_the_loaded_models_hold():
 
 
 def test_int8_counts_one_byte_per_linear_weight():
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
 
     cfg = load_preset("self-forcing", architecture=False).config
     full, int8 = predict(cfg, 10), predict(cfg, 10, quantize="int8")
@@ -69,7 +69,7 @@ def test_int8_counts_one_byte_per_linear_weight():
 
 
 def test_the_levers_bring_a_preset_under_a_card_size():
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
 
     cfg = load_preset("rolling-forcing", architecture=False).config
     pred = predict(cfg, 60)
@@ -118,7 +118,7 @@ def test_gpu_check_puts_the_prediction_beside_the_measured_peak(tmp_path, capsys
     (tmp_path / "tiny-3s.json").write_text(json.dumps({"speed": speed}))
     gpu_check.calibrate(run, {"tiny": path}, 3.0, tmp_path)
     cell = json.loads((tmp_path / "out.json").read_text())["presets"]["tiny"]
-    pred = predict(__import__("tokentrim_cli.config", fromlist=["x"]).load_preset(str(path)).config, 3.0)
+    pred = predict(__import__("tokentrim_cli.config.presets", fromlist=["x"]).load_preset(str(path)).config, 3.0)
     assert cell["planner"]["predicted_peak_bytes"] == pred.peak and cell["planner"]["measured_peak_bytes"] == 3_000_000
     assert cell["planner"]["ratio"] == pytest.approx(3_000_000 / pred.peak) and cell["speed"] == speed
     assert "12.50" in capsys.readouterr().out

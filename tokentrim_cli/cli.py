@@ -17,7 +17,7 @@ from . import __version__
 from .errors import ConfigError, TokentrimError
 from .inputs import printable
 from .signals import pending
-from .write_guard import check_evaluate, check_generate
+from .output.write_guard import check_evaluate, check_generate
 
 app = typer.Typer(
     name="tokentrim",
@@ -59,8 +59,8 @@ def default_output(prompt: str, seed: int) -> Path:
 
 def _shortcut_sets(overrides: list[str] | None, fps: int | None = None, threads: int | None = None) -> list[str]:
     """``--set`` plus the options that are shortcuts for preset values, checked by the preset's own rules."""
-    from .checks import require_setting
-    from .settings import Runtime, Video
+    from .config.checks import require_setting
+    from .config.settings import Runtime, Video
 
     sets = list(overrides or [])
     if fps is not None:
@@ -74,7 +74,7 @@ def _shortcut_sets(overrides: list[str] | None, fps: int | None = None, threads:
 
 def _load(preset: str | None, overrides: list[str] | None, fps: int | None = None, threads: int | None = None,
           architecture: bool = True):
-    from .config import load_preset
+    from .config.presets import load_preset
 
     return load_preset(preset, _shortcut_sets(overrides, fps, threads), architecture)
 
@@ -106,10 +106,10 @@ def generate(
 ):
     """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture;
     --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
-    from .checks import require_log_format, require_seconds, require_seed
-    from .image import load_image
-    from .source_video import load_source
-    from .timeline import load_file, parse_prompts
+    from .config.checks import require_log_format, require_seconds, require_seed
+    from .run.image import load_image
+    from .run.source_video import load_source
+    from .run.timeline import load_file, parse_prompts
 
     require_log_format(log_format)
     require_seconds(seconds, confirmed=yes)
@@ -136,13 +136,13 @@ def generate(
     source = load_source(extend, vid.height, vid.width, vid.fps) if extend is not None else None  # exit 2
     # the checks above answer without torch (seconds, not the 6-17 s of importing it first); now the rest
     from .batch import settings_hash
-    from .config import check_architecture
-    from .continuation import extend_plan
-    from .job import Job, Plan, run_job, timeline_switches
-    from .loading import components_loader
-    from .progress import closing_lines, make_display
-    from .resume import state_dir
-    from .timeline import canonical
+    from .config.presets import check_architecture
+    from .run.continuation import extend_plan
+    from .run.job import Job, Plan, run_job, timeline_switches
+    from .config.loading import components_loader
+    from .output.display import closing_lines, make_display
+    from .run.resume import state_dir
+    from .run.timeline import canonical
 
     check_architecture(p)
     plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
@@ -168,8 +168,8 @@ def generate(
 @presets_app.command("list")
 def presets_list():
     """List the presets found (checkout, installed package, $TOKENTRIM_PRESETS), each with its checkpoint's license."""
-    from .config import list_presets, load_preset
-    from .notices import license_label
+    from .config.presets import list_presets, load_preset
+    from .config.notices import license_label
 
     rows = []
     for name in list_presets():
@@ -189,7 +189,7 @@ def presets_show(
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Print the fully resolved YAML of a preset (defaults filled, extends merged, --set applied)."""
-    from .config import dump
+    from .config.presets import dump
 
     p = _load(name, set_)
     print(f"# preset {p.name} from {p.path}")
@@ -205,8 +205,8 @@ def download(
     """Fetch every weights file a preset needs (from the Hugging Face Hub, or a URL) and print where each went.
     --set video.decoder=tiny fetches the fast decoder too."""
     from .engine import weights as W
+    from .config.loading import check_hub_reachable, weights_refs
     from .engine.tiny_decoder import LICENSE as TINY_DECODER_LICENSE
-    from .loading import check_hub_reachable, weights_refs
 
     p = _load(name, set_)
     print(f"preset {p.name}: checkpoint license {p.config.license.describe()}")
@@ -244,7 +244,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
     the memory plan of one preset instead."""
     if preset is not None:
         from .planner import report
-        from .checks import require_seconds
+        from .config.checks import require_seconds
 
         require_seconds(seconds, "--seconds")
         for line in report(_load(preset, set_, architecture=False), seconds):
@@ -253,9 +253,9 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
     import imageio_ffmpeg
     import torch
 
-    from .config import list_presets, load_preset
-    from .loading import missing_weights
-    from .notices import license_label
+    from .config.presets import list_presets, load_preset
+    from .config.loading import missing_weights
+    from .config.notices import license_label
 
     print(f"tokentrim {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
     if torch.cuda.is_available():
@@ -328,9 +328,9 @@ def evaluate(
     sharpness, first-vs-last-5-s drift and, for toy-world captions, attribute errors. Writes JSON and a PNG plot."""
     from .evaluate import measure_file
     from .metrics import metrics_text, plot_metrics
-    from .outputs import find_prompt, replace_file
+    from .output.files import find_prompt, replace_file
     from .toy.scoring import SERIES_TITLES
-    from .video import probe
+    from .output.video import probe
 
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")

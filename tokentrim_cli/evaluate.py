@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import evaluate_video, merge_metrics
-from .outputs import find_timeline
+from .output.files import find_timeline
 from .toy.scoring import toy_metrics
 
 

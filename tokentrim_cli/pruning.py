@@ -33,7 +33,7 @@ import math
 import torch
 
 from .engine.cache import KVCache
-from .settings import Pruning
+from .config.settings import Pruning
 
 
 def latent_summary(latents: torch.Tensor, patch: tuple[int, int] = (2, 2)) -> torch.Tensor:

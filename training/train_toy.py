@@ -39,7 +39,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's tokentrim_cli
 
-from tokentrim_cli.config import dump, load_preset  # noqa: E402
+from tokentrim_cli.config.presets import dump, load_preset  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.guidance import Guided  # noqa: E402
 from tokentrim_cli.engine.model import CausalWan  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 from tokentrim_cli import batch as B
 from tokentrim_cli.batch import names as batch_names
 from tokentrim_cli.cli import main
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
 from conftest import ROOT
 from test_cli import tokentrim  # the command in this process, its output captured
@@ -316,7 +316,7 @@ def test_name_template_preset_is_the_preset_items_run(capsys, tmp_path, monkeypa
 def test_settings_hash_of_a_0_1_0_batch_is_unchanged():
     """Settings added since 0.1.0 (runtime.threads, sampler.switch at its default) stay out of the hash, so a
     batch begun with 0.1.0 resumes without redoing finished items (the value is 0.1.0's for this item)."""
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
 
     cfg = load_preset("tiny").config.as_dict()
     assert B.settings_hash(cfg, "a red circle", 1.0, 5) == "18bec84e67d6d73f"
@@ -331,7 +331,7 @@ def test_settings_hash_of_a_0_1_0_batch_is_unchanged():
 def _leaf_paths(cls, prefix=()):
     import dataclasses
 
-    from tokentrim_cli.settings import section_type, yaml_key
+    from tokentrim_cli.config.settings import section_type, yaml_key
 
     for f in dataclasses.fields(cls):
         sub = section_type(cls, f)
@@ -342,7 +342,7 @@ def test_every_setting_has_a_settings_hash_rule():
     """Each field of a preset is in exactly one list of the hash's rule (0.1.0's fields, fields added since with
     their 0.1.0 value, never hashed): a new setting cannot change old manifests' hashes by accident."""
     from tokentrim_cli.batch import manifest as M
-    from tokentrim_cli.settings import Config
+    from tokentrim_cli.config.settings import Config
 
     lists = [set(M.HASH_FIELDS_V1), set(M.HASH_FIELDS_ADDED), set(M.UNHASHED_FIELDS)]
     assert sum(len(s) for s in lists) == len(set().union(*lists))  # no field in two lists

@@ -159,9 +159,9 @@ def test_sink_is_byte_identical_after_compression_and_pruning(causal_model):
 def test_guidance_runs_through_every_policy_and_pruning(policy):
     """Guidance doubles the batch inside the cache: each policy keeps both branches (twice the bytes of an
     unguided run at the same point), pruning still fires, and the sampler still yields one latent block."""
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
-    from tokentrim_cli.pipeline import Plan, generate_blocks
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks
 
     def run(*sets):
         preset = load_preset("tiny", [f"cache.policy={policy}", "cache.sink_frames=3", "cache.recent_frames=3",

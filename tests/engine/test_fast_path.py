@@ -149,7 +149,7 @@ def test_no_cpu_tensor_meets_a_device_tensor(sampler, steps, cache, guided):
     policy and the guided model run a few blocks there (pruning needs values, so it is off). Budgets are large
     enough that no policy needs to read values (top-K, token budgets) in these few blocks."""
     from tokentrim_cli.engine.policies import make_cache
-    from tokentrim_cli.settings import Cache
+    from tokentrim_cli.config.settings import Cache
 
     cfg = Cache(policy=cache, window_frames=9, sink_frames=3, recent_frames=3, mid_capacity=8, mid_top_k=8,
                 budget_frames=64)

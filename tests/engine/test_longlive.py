@@ -12,10 +12,10 @@ import torch
 from conftest import TINY_TRANSFORMER, tiny_transformer
 from test_weights import to_original_name
 from tokentrim_cli.cli import main
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.errors import WeightsError
-from tokentrim_cli.settings import Transformer
+from tokentrim_cli.config.settings import Transformer
 
 RANK = 2
 LORA_MODULES = [f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo"] + ["ffn.0", "ffn.2"]
@@ -121,9 +121,9 @@ def test_lora_on_random_weights_merges_too(tmp_path):
 
 
 def test_presets_name_the_lora_and_download_lists_it(capsys, monkeypatch):
-    from tokentrim_cli import loading
+    from tokentrim_cli.config import loading
     from tokentrim_cli.engine import weights as W
-    from tokentrim_cli.loading import weights_refs
+    from tokentrim_cli.config.loading import weights_refs
 
     for name in ("longlive", "longlive-packed"):
         cfg = load_preset(name).config

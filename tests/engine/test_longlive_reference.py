@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_TRANSFORMER, tiny_transformer
 from test_longlive import RANK, longlive_base, longlive_lora
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache

@@ -24,7 +24,7 @@ import torch
 
 from conftest import TINY_TRANSFORMER, tiny_transformer
 from test_weights import to_original_name
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import EmaSinkCache, make_cache
@@ -410,8 +410,8 @@ def test_infinity_rope_prompt_changes_match_its_loop(causal_model, cut_mode, cut
 
 
 def test_rope_cut_needs_the_infinity_rope_policy(causal_model):
-    from tokentrim_cli.pipeline import Plan, timeline_switches
-    from tokentrim_cli.timeline import parse_prompts
+    from tokentrim_cli.run.pipeline import Plan, timeline_switches
+    from tokentrim_cli.run.timeline import parse_prompts
 
     cfg = load_preset("self-forcing").config
     plan = Plan.for_preset(6.0, cfg)
@@ -601,7 +601,7 @@ HUB = {
 
 @pytest.mark.parametrize("preset", NEW)
 def test_download_fetches_the_checkpoint_and_the_wan_components(preset, monkeypatch, capsys):
-    from tokentrim_cli import loading
+    from tokentrim_cli.config import loading
     from tokentrim_cli.cli import main
     from tokentrim_cli.engine import weights as W
 
@@ -660,8 +660,8 @@ def test_resumed_blocks_equal_the_uninterrupted_run(sets, timeline):
     """``generate --resume`` goes on bit for bit with each new rule: the fold replayed from the journal (with
     TokenTrim pruning on every block), the first block's own steps not reapplied, a RoPE cut recorded and replayed."""
     from tokentrim_cli.engine.components import load_components
-    from tokentrim_cli.pipeline import Plan, generate_blocks
-    from tokentrim_cli.timeline import parse_prompts
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks
+    from tokentrim_cli.run.timeline import parse_prompts
 
     cfg = load_preset("tiny", sets).config
     comps = load_components(cfg.model, cfg.runtime)
@@ -677,7 +677,7 @@ def test_resumed_blocks_equal_the_uninterrupted_run(sets, timeline):
 def test_extend_writes_the_sink_and_the_window_as_context():
     """``generate --extend``: the input's sink frames and the window's last frames, as the policy would hold them
     after generating the input itself (not the whole input, which the window would evict at once)."""
-    from tokentrim_cli.continuation import context_frames
+    from tokentrim_cli.run.continuation import context_frames
 
     for preset, want in (("reward-forcing", ((0, 1, 2, 27, 28, 29), 3)), ("infinity-rope", ((0, 28, 29), 1)),
                          ("causal-forcing-framewise", (tuple(range(10, 30)), 0))):

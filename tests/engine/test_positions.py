@@ -4,14 +4,14 @@ Forcing), ``packed`` closes the gaps eviction leaves (Rolling Forcing, three-par
 import pytest
 import torch
 
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.cache import RollingCache
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache
 from tokentrim_cli.engine.samplers import self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.errors import ConfigError
-from tokentrim_cli.settings import Cache
+from tokentrim_cli.config.settings import Cache
 
 SHAPE = (1, 16, 3, 8, 8)
 STEPS = (1000, 500)

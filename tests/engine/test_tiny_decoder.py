@@ -122,7 +122,7 @@ def test_a_restored_state_goes_on_as_the_uninterrupted_stream(model):
 def test_generate_with_the_tiny_decoder_writes_the_vae_paths_frame_count(tmp_path):
     from test_cli import tokentrim
 
-    from tokentrim_cli.video import probe
+    from tokentrim_cli.output.video import probe
 
     import imageio.v3 as iio
 
@@ -141,7 +141,7 @@ def test_generate_with_the_tiny_decoder_writes_the_vae_paths_frame_count(tmp_pat
 
 
 def test_the_toy_codec_refuses_the_tiny_decoder():
-    from tokentrim_cli.config import load_preset
+    from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="video.decoder tiny decodes Wan 2.1 latents"):
@@ -151,7 +151,7 @@ def test_the_toy_codec_refuses_the_tiny_decoder():
 def test_download_fetches_the_tiny_decoder_only_when_asked(tmp_path, capsys, monkeypatch):
     from tokentrim_cli.cli import main
     from tokentrim_cli.engine import weights
-    from tokentrim_cli.settings import TINY_DECODER_WEIGHTS
+    from tokentrim_cli.config.settings import TINY_DECODER_WEIGHTS
 
     fetched = []
     monkeypatch.setattr(weights, "fetch", lambda ref, local=None: fetched.append(ref) or tmp_path / "f")
@@ -173,7 +173,7 @@ class _no_exit:
 def test_a_url_reference_is_found_in_the_weights_folder_or_named_missing(tmp_path, monkeypatch):
     from tokentrim_cli.engine import weights
     from tokentrim_cli.errors import MissingWeights
-    from tokentrim_cli.settings import TINY_DECODER_WEIGHTS
+    from tokentrim_cli.config.settings import TINY_DECODER_WEIGHTS
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(MissingWeights) as exc:

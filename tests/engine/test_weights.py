@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_TRANSFORMER, tiny_transformer
 from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.errors import MissingWeights, WeightsError
-from tokentrim_cli.settings import Weights
+from tokentrim_cli.config.settings import Weights
 
 _TO_ORIGINAL = [
     ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
@@ -81,8 +81,8 @@ def test_wrong_shape_names_first_mismatching_key(tmp_path):
 
 def test_missing_files_say_what_to_run(tmp_path, monkeypatch):
     """The engine names the missing file; the layer that knows the preset adds the command that fetches it."""
-    from tokentrim_cli.config import load_preset
-    from tokentrim_cli.loading import components_loader
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.config.loading import components_loader
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("TOKENTRIM_WEIGHTS_DIR", raising=False)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import load_components
-from tokentrim_cli.pipeline import generate_video
+from tokentrim_cli.run.pipeline import generate_video
 from tokentrim_cli.toy import world
 from tokentrim_cli.toy.scoring import attribute_errors
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokentrim_cli.config import load_preset
+from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.guidance import Guided
 from tokentrim_cli.engine.schedule import warp_steps
-from tokentrim_cli.video import probe
+from tokentrim_cli.output.video import probe
 
 from conftest import ROOT
 

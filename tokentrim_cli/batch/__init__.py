@@ -3,7 +3,7 @@
 Flow: read and validate the whole prompts file (``prompts.py``; plus --set, --preset, every item's preset
 (``presets.py``) and the name template) before any model loads; give every item a deterministic seed and a
 unique, filesystem-safe name (``names.py``); keep this shard's and this process's items (``shards.py``); then
-run each through :func:`tokentrim_cli.job.run_job`, reusing loaded models, and append one line per finished
+run each through :func:`tokentrim_cli.run.job.run_job`, reusing loaded models, and append one line per finished
 item to ``OUT_DIR/manifest.jsonl`` (``manifest.py``). :class:`~.run.BatchRun` (``run.py``) ties them together.
 
 The helpers of the first four modules load nothing and are tested directly.

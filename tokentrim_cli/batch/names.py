@@ -7,7 +7,7 @@ import string
 import unicodedata
 from typing import Sequence
 
-from ..config import default_preset as configured_preset, preset_label
+from ..config.presets import default_preset as configured_preset, preset_label
 from ..errors import ConfigError
 from .prompts import Item
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..outputs import OutputBusy, sidecar_path
-from ..write_guard import Input, Target, check, run_targets
+from ..output.files import OutputBusy, sidecar_path
+from ..output.write_guard import Input, Target, check, run_targets
 from .manifest import MANIFEST
 from .prompts import Item
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..config import Preset, load_preset, looks_like_path
+from ..config.presets import Preset, load_preset, looks_like_path
 from .manifest import canonical
 
 
@@ -57,7 +57,7 @@ class Presets:
         return preset.name, canonical(cfg.model.as_dict()), canonical(cfg.runtime.as_dict())
 
     def loader(self, preset: Preset) -> Callable:
-        from ..loading import components_loader
+        from ..config.loading import components_loader
 
         key = self.loader_key(preset)
         if key not in self._loaders:

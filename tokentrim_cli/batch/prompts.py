@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import seconds_problem, seed_problem
+from ..config.checks import seconds_problem, seed_problem
 from ..errors import ConfigError
-from ..timeline import canonical, entries_problems, from_data, length_problem
+from ..run.timeline import canonical, entries_problems, from_data, length_problem
 
 FIELDS = ("prompt", "seconds", "seed", "preset", "output", "set", "timeline")
 MAX_ERRORS = 5  # validation problems listed on the one error line

@@ -1,5 +1,5 @@
 """One ``tokentrim batch`` invocation: :class:`BatchRun` checks everything, then runs this process's items
-through :func:`tokentrim_cli.job.run_job`, one manifest line per finished item."""
+through :func:`tokentrim_cli.run.job.run_job`, one manifest line per finished item."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import require_log_format, require_seconds, require_seed, seconds_problem
+from ..config.checks import require_log_format, require_seconds, require_seed, seconds_problem
 from ..errors import ConfigError, TokentrimError
-from ..outputs import refuse_existing
-from ..progress import emit_json
+from ..output.files import refuse_existing
+from ..output.display import emit_json
 from ..signals import deferred, raise_pending, terminate_as_interrupt
 from .manifest import MANIFEST, append_line, read_manifest, settings_hash
 from .paths import check_items, done_elsewhere
@@ -113,7 +113,7 @@ class BatchRun:
 
     def _check_timelines(self) -> None:
         """Every timeline must fit its item's video (snapped to that preset's blocks); line numbers on error."""
-        from ..pipeline import Plan, timeline_switches
+        from ..run.pipeline import Plan, timeline_switches
 
         problems = []
         for it in self.items:
@@ -203,7 +203,7 @@ class BatchRun:
         print(summary, file=sys.stderr, flush=True)
 
     def _dry_run(self, mine: list[Item], procs: Processes) -> None:
-        from ..pipeline import Plan
+        from ..run.pipeline import Plan
 
         o = self.o
         done = read_manifest(self.manifest) if o.resume else {}
@@ -257,9 +257,9 @@ class BatchRun:
         item does (but a Ctrl-C) stops the batch."""
         import torch
 
-        from ..job import Job, run_job
-        from ..progress import make_display
-        from ..resume import fingerprint, peek_state, state_dir
+        from ..run.job import Job, run_job
+        from ..output.display import make_display
+        from ..run.resume import fingerprint, peek_state, state_dir
 
         o, presets = self.o, self.presets
         out = o.out_dir / (it.name + ".mp4")

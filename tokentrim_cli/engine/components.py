@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from ..errors import WeightsError
-from ..settings import Codec, Model, Runtime, Transformer, Weights
+from ..config.settings import Codec, Model, Runtime, Transformer, Weights
 from . import weights as W
 from .model import CausalWan
 from .text import encode_prompts, prompt_warnings, restore_tied_embedding

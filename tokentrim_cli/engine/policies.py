@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from ..settings import Cache
+from ..config.settings import Cache
 from .cache import KVCache, RollingCache, Segment, split_sink
 from .sink_policies import EmaSinkCache, InfinityRopeCache
 
