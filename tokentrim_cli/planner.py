@@ -369,6 +369,15 @@ def _fit_line(cfg: Config, seconds: float, gib: int, pred: Prediction) -> str:
     return f"{gib:>3} GB: fits with " + " ".join(f"--set {s}" for s in sets)
 
 
+def print_plan(ref: str, seconds: float, overrides: list[str] | None = None) -> None:
+    """``tokentrim doctor --preset``: the plan of a preset (name or path, with --set lines) on stdout."""
+    from .config.checks import require_seconds
+
+    require_seconds(seconds, "--seconds")
+    for line in report(load_preset(ref, overrides, architecture=False), seconds):
+        print(line)
+
+
 def predict_preset(name: str, seconds: float, overrides: list[str] | None = None) -> Prediction:
     """The prediction for a preset by name or path (``bench/gpu_check.py`` compares it with the measured peak)."""
     return predict(load_preset(name, overrides, architecture=False).config, seconds)

@@ -183,3 +183,16 @@ def test_a_url_reference_is_found_in_the_weights_folder_or_named_missing(tmp_pat
     local.parent.mkdir(parents=True)
     synthetic_file(local)
     assert weights.resolve(TINY_DECODER_WEIGHTS, str(tmp_path)) == local
+
+
+def test_the_decoder_settings_keep_old_hashes_and_tiny_changes_it():
+    from tokentrim_cli.batch.manifest import settings_hash
+    from tokentrim_cli.config.presets import load_preset
+
+    vae = load_preset("tiny", architecture=False).config.as_dict()
+    old = {k: v for k, v in vae.items()}  # a config from before the two settings existed
+    old["video"] = {k: v for k, v in vae["video"].items() if k != "decoder"}
+    old["model"] = {k: v for k, v in vae["model"].items() if k != "tiny_decoder"}
+    tiny = load_preset("tiny", ["video.decoder=tiny"], architecture=False).config.as_dict()
+    h = lambda c: settings_hash(c, "a prompt", 2.0, 0)  # noqa: E731
+    assert h(vae) == h(old) != h(tiny)

@@ -4,7 +4,8 @@ preset, says how to fetch them (and, for ``download``, fails at once when the hu
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 from .presets import Preset
 from ..engine import weights as W
@@ -70,6 +71,23 @@ def _with_decoder(comps: Components, preset: Preset, weights_dir: str | None) ->
         ref = W.resolve(preset.config.model.tiny_decoder, weights_dir)
         comps.fast_decoder = build_tiny_decoder(ref, comps.device, dtype)
     return comps
+
+
+def fetch_all(refs: list[str], local_dir: str | None) -> Iterator[tuple[str, Path]]:
+    """Download each hub reference or URL (``tokentrim download``), yielding (ref, local path); the hub's
+    reachability is checked once first, and a failure is one actionable line."""
+    if any(r.startswith("hf://") for r in refs):
+        check_hub_reachable()
+    for ref in refs:
+        try:
+            path = W.fetch(ref, local_dir)
+        except TokentrimError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network / auth problems become one actionable line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TokentrimError(f"could not download {ref}: {first}. Check the network and HF_TOKEN, or copy the "
+                                 "files into a folder and pass --weights-dir") from None
+        yield ref, path
 
 
 def check_hub_reachable() -> None:
