@@ -19,8 +19,8 @@ here is tokentrim's own:
   4T - 3 pixel frames, Wan's VAE's count (1 for the first latent frame, 4 for each later one).
 
 Every operation is causal in time with a one-frame memory per memory block, so a stream decoded block by block (the
-memories carried from one block to the next) gives the frames of decoding all latents at once; within a block the
-frames go through each layer together (parallel over time).
+memories carried from one block to the next) gives the frames of decoding all latents at once; a block's latent
+frames go through the stack one at a time, each one's 4 pixel frames through each layer together.
 """
 
 from __future__ import annotations
@@ -109,7 +109,11 @@ class TinyDecoder(nn.Module):
         """Args:
             latents: (N, 16, T, h, w) normalised Wan 2.1 latents that continue the stream.
             state: the stream's state, updated in place.
-        Returns (N, 3, F, 8h, 8w) RGB in [0, 1], F = 4T minus the frames the stream still drops."""
+        Returns (N, 3, F, 8h, 8w) RGB in [0, 1], F = 4T minus the frames the stream still drops. One latent frame
+        goes through the stack at a time (memory bounded by its 4 pixel frames)."""
+        return torch.cat([self._decode_one(z, state) for z in latents.split(1, dim=2)], dim=2)
+
+    def _decode_one(self, latents: torch.Tensor, state: StreamState) -> torch.Tensor:
         p = next(self.parameters())
         x = latents.to(p.device, p.dtype).permute(0, 2, 1, 3, 4)  # (N, T, C, h, w)
         for index, layer in enumerate(self.decoder):
