@@ -122,3 +122,19 @@ def test_gpu_check_puts_the_prediction_beside_the_measured_peak(tmp_path, capsys
     assert cell["planner"]["predicted_peak_bytes"] == pred.peak and cell["planner"]["measured_peak_bytes"] == 3_000_000
     assert cell["planner"]["ratio"] == pytest.approx(3_000_000 / pred.peak) and cell["speed"] == speed
     assert "12.50" in capsys.readouterr().out
+
+
+def test_guidance_doubles_the_cache_and_the_prediction_follows():
+    """With classifier-free guidance both branches' keys and values are cached (batch of two)."""
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.engine.guidance import Guided
+
+    cfg = POLICIES["sink_window"]
+    cache = make_cache(cfg, 2, 64)
+    peak = 0
+    for _ in self_forcing(Guided(CacheDriver(), 3.0), cache, NoiseSource(0, SHAPE), 6, warp_steps([1000, 500])):
+        peak = max(peak, cache.nbytes)
+    assert peak == 2 * kv_tokens(cfg, 3, 6, (4, 4)) * TOKEN_BYTES
+    tiny = load_preset("tiny", architecture=False).config
+    guided = load_preset("tiny", ["sampler.guidance_scale=3"], architecture=False).config
+    assert predict(guided, 4.0).kv_cache == 2 * predict(tiny, 4.0).kv_cache

@@ -31,13 +31,17 @@ class Span:
     """One timed interval: CUDA events on ``device``'s current stream, else the host clock."""
 
     def __init__(self, device: torch.device | None):
-        self.cuda = device is not None and device.type == "cuda"
+        self.device = device if device is not None and device.type == "cuda" else None
         self.start, self.end = self._mark(), None
 
+    @property
+    def cuda(self) -> bool:
+        return self.device is not None
+
     def _mark(self):
-        if self.cuda:
+        if self.cuda:  # on the stream that runs the work now (the writer's side stream inside its context)
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 
