@@ -62,10 +62,19 @@ def test_weights_are_what_the_loaded_models_hold():
 def test_int8_counts_one_byte_per_linear_weight():
     from tokentrim_cli.config.presets import load_preset
 
+    from tokentrim_cli.planner import _transformer
+
     cfg = load_preset("self-forcing", architecture=False).config
+    model = _transformer(cfg, torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 1_418_996_800  # Wan2.1-T2V-1.3B (the design notes)
+    kept = sum(p.numel() for p in model.parameters() if p.dtype == torch.float32)  # norms, time embedder
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     full, int8 = predict(cfg, 10), predict(cfg, 10, quantize="int8")
-    assert full.transformer == 1_418_996_800 * 2 + 0 or full.transformer > 2.6 * 2**30  # 1.3B in bf16 (+fp32 parts)
-    assert 0.5 < int8.transformer / full.transformer < 0.6  # linear weights 2 -> 1 byte, norms and scales kept
+    assert full.transformer == 2 * 1_418_996_800 + 2 * kept + buffers
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    size = lambda m: m.weight.element_size()  # noqa: E731 - the time embedder's linears stay float32
+    saved = sum(m.weight.numel() * (size(m) - 1) - m.out_features * size(m) for m in linear)
+    assert full.transformer - int8.transformer == saved and 0.5 < int8.transformer / full.transformer < 0.6
 
 
 def test_the_levers_bring_a_preset_under_a_card_size():
