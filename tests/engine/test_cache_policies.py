@@ -110,7 +110,8 @@ def test_top_k_selects_highest_affinity_blocks():
     mids = []
     for i, s in enumerate(strengths):
         seg = _seg([3 + 3 * i, 4 + 3 * i, 5 + 3 * i], "mid")
-        seg.keys = [direction.expand(1, seg.num_tokens, 2, 4) * s + 0.01 * torch.randn(1, seg.num_tokens, 2, 4)]
+        seg.store([direction.expand(1, seg.num_tokens, 2, 4) * s + 0.01 * torch.randn(1, seg.num_tokens, 2, 4)],
+                  seg.values)
         mids.append(seg)
     cache.segments = [_seg([0, 1, 2], "sink"), *mids, _seg([18, 19, 20])]
     cache.begin(torch.tensor([21, 22, 23]), (4, 4), write=False, first_step=True)
@@ -118,7 +119,7 @@ def test_top_k_selects_highest_affinity_blocks():
     chosen = cache.select(0, query)
     assert [s for s in chosen if s.kind == "mid"] == [mids[1], mids[4]]
     heads = torch.tensor([0])
-    scores = [float(affinity(query_summary(query, 8, heads), m.keys[0], heads)) for m in mids]
+    scores = [float(affinity(query_summary(query, 8, heads), m.unrotated_keys()[0], heads)) for m in mids]
     assert sorted(range(5), key=lambda i: -scores[i])[:2] == [4, 1]
     # later steps of the block reuse the choice even if queries change
     cache.begin(torch.tensor([21, 22, 23]), (4, 4), write=False)
@@ -127,12 +128,12 @@ def test_top_k_selects_highest_affinity_blocks():
 
 def test_pooling_compressor_means_and_cover():
     seg = _seg([3, 4, 5], grid=16)
-    seg.keys = [torch.arange(48 * 2 * 4, dtype=torch.float32).reshape(1, 48, 2, 4)]
-    seg.values = [seg.keys[0].clone()]
+    keys = [torch.arange(48 * 2 * 4, dtype=torch.float32).reshape(1, 48, 2, 4)]
+    seg.store(keys, [keys[0].clone()])
     out = PoolingCompressor((2, 2, 2))(seg, (4, 4))
     assert out.kind == "mid" and out.num_tokens == 2 * 2 * 2  # frames {3,4},{5} x 2 x 2 cells
     first = (torch.isin(seg.t, torch.tensor([3, 4])) & torch.isin(seg.hw, torch.tensor([0, 1, 4, 5])))
-    assert torch.allclose(out.keys[0][0, 0], seg.keys[0][0, first].mean(0))
+    assert torch.allclose(out.unrotated_keys()[0][0, 0], seg.unrotated_keys()[0][0, first].mean(0))
     assert out.t.tolist()[:4] == [3, 3, 3, 3] and out.cover[0].tolist() == [0, 1, 4, 5]
     # a compressed token is pruned once half of the positions it stands for are
     assert out.prune_mask(torch.tensor([0])).tolist()[0] is True
@@ -144,14 +145,14 @@ def test_sink_is_byte_identical_after_compression_and_pruning(causal_model):
     gen = self_forcing(causal_model, cache, NoiseSource(0, SHAPE), 12, warp_steps([1000, 500]))
     next(gen)
     sink = cache.sink[0]
-    snapshot = [(k.clone(), v.clone()) for k, v in zip(sink.keys, sink.values)]
+    snapshot = [(k.clone(), v.clone()) for k, v in zip(sink.unrotated_keys(), sink.values)]
     for _ in gen:
         pass
     assert len(cache.mid) == 3  # compression and eviction happened
     removed = cache.prune(torch.arange(0, 16, 2))
     assert removed > 0
     assert cache.sink == [sink] and sink.num_tokens == 3 * 16
-    for (k0, v0), k1, v1 in zip(snapshot, sink.keys, sink.values):
+    for (k0, v0), k1, v1 in zip(snapshot, sink.unrotated_keys(), sink.values):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
 
 

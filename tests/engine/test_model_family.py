@@ -531,7 +531,7 @@ def test_ema_sink_folds_evicted_frames_into_the_sink(causal_model):
     plain = RollingCache(2, window_frames=3, sink_frames=3, rope_len=64, arena=False)
     written = {}
     orig = plain.admit
-    plain.admit = lambda seg: written.setdefault(seg.frames, [k.clone() for k in seg.keys]) and orig(seg)
+    plain.admit = lambda seg: written.setdefault(seg.frames, [k.clone() for k in seg.unrotated_keys()]) and orig(seg)
     ours(causal_model, "reward-forcing", 4, cache=cache)
     ours(causal_model, "reward-forcing", 4, cache=plain)
     assert [s.frames for s in cache.segments] == [(0, 1, 2), (9, 10, 11)]
@@ -539,8 +539,8 @@ def test_ema_sink_folds_evicted_frames_into_the_sink(causal_model):
     assert sink.kind == "sink" and sorted(set(sink.t.tolist())) == [0, 1, 2]
     for layer in range(2):
         b0, b1, b2 = (written[f][layer] for f in ((0, 1, 2), (3, 4, 5), (6, 7, 8)))
-        assert torch.allclose(sink.keys[layer], 0.5 * (0.5 * b0 + 0.5 * b1) + 0.5 * b2, atol=1e-6)
-        assert not torch.allclose(sink.keys[layer], b0, atol=1e-3)
+        assert torch.allclose(sink.unrotated_keys()[layer], 0.5 * (0.5 * b0 + 0.5 * b1) + 0.5 * b2, atol=1e-6)
+        assert not torch.allclose(sink.unrotated_keys()[layer], b0, atol=1e-3)
 
 
 # ---------------------------------------------------------------------- files, download, settings

@@ -67,7 +67,7 @@ def test_blend_weights_and_overlap():
 
 # ---------------------------------------------------------------------------------------------- the switch modes
 def _state(cache):
-    return [(s.kind, s.t.clone(), s.hw.clone(), [k.clone() for k in s.keys], [v.clone() for v in s.values])
+    return [(s.kind, s.t.clone(), s.hw.clone(), [k.clone() for k in s.unrotated_keys()], [v.clone() for v in s.values])
             for s in cache.segments]
 
 

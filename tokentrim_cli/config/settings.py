@@ -183,10 +183,16 @@ def _compression(v) -> bool:
     return isinstance(v, list) and len(v) == 3 and all(integer(1)(x) for x in v)
 
 
+CACHE_POLICIES = ("full", "rolling", "rolling_forcing", "sink_window", "deep_sink", "three_partition", "ema_sink",
+                  "infinity_rope")  # the names ``cache.policy`` accepts (each a class in engine/, or an alias)
+POLICY_ALIASES = {"sink_window": "rolling"}  # older names of a policy: the one place they are resolved
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cache(Section):
-    policy: str = choice("full", "rolling", "rolling_forcing", "sink_window", "deep_sink", "three_partition",
-                         "ema_sink", "infinity_rope", default="rolling")
+    """The KV-cache policy and its parameters; each policy reads the fields it needs (``engine/policies.py``)."""
+
+    policy: str = choice(*CACHE_POLICIES, default="rolling")
     window_frames: int | None = setting(lambda v: v is None or integer(1)(v), "a positive integer or null (no limit)",
                                         None)
     sink_frames: int = setting(integer(0), "an integer >= 0", 0)
@@ -205,6 +211,11 @@ class Cache(Section):
     positions: str = choice("packed", "absolute", allowed="packed (gaps closed: the sink sits right before the "
                             "window; Rolling Forcing) or absolute (every key at its own latent frame; LongLive, Self "
                             "Forcing)")
+
+    @property
+    def policy_name(self) -> str:
+        """The policy ``policy`` names, aliases resolved (``sink_window`` is ``rolling``)."""
+        return POLICY_ALIASES.get(self.policy, self.policy)
 
 
 @dataclass(frozen=True, kw_only=True)

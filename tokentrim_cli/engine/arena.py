@@ -31,6 +31,12 @@ from .rope import Rope, positions, rotate
 
 
 class Arena:
+    """One cache's buffers on the fast path (module docstring); ``KVCache`` drives it.
+
+    Args:
+        num_layers: transformer blocks (one key and one value buffer each, allocated at the first attend).
+    """
+
     def __init__(self, num_layers: int):
         self.num_layers = num_layers
         self.k: list[torch.Tensor] | None = None
@@ -49,7 +55,13 @@ class Arena:
     # ------------------------------------------------------------------ per forward
     def begin(self, n_current: int, write: bool, rope: Rope) -> None:
         """Make room for this forward's current rows and as much staging as the last forward needed (a layer
-        that needs more makes room when it gets there)."""
+        that needs more makes room when it gets there).
+
+        Args:
+            n_current: the forward's tokens.
+            write: a context pass (its rows become the written segment's).
+            rope: the model's rotations.
+        """
         if write:
             self._write_rows = n_current
         self.n_current = n_current if n_current <= self._write_rows else 0
@@ -61,7 +73,18 @@ class Arena:
             self._relocate(keep_current=False)
 
     def attend(self, layer: int, segs: list, layout, k_rot: torch.Tensor, v: torch.Tensor):
-        """Write the current tokens at r1, stage what the layer needs below r0, return (keys, values)."""
+        """Write the current tokens at r1, stage what the layer needs below r0.
+
+        Args:
+            layer: the transformer block.
+            segs: the segments it attends to (``KVCache.select``), in time order.
+            layout: their positions (``KVCache.layout``).
+            k_rot: (B, n, heads, d) current keys, rotated.
+            v: (B, n, heads, d) current values.
+
+        Returns:
+            (keys, values), each (B, m + n, heads, d), in the plain path's order.
+        """
         b, n_cur, rope = k_rot.shape[0], self.n_current, self._rope
         if self.k is None:
             self._allocate(k_rot, v)
@@ -96,7 +119,7 @@ class Arena:
                     rope.move(src, positions(seg.t, seg.rot[layer]), layout.tokens(seg))
                     K[:, row : row + n], V[:, row : row + n] = src, V[:, seg.rows]
                 else:
-                    K[:, row : row + n] = rotate(seg.keys[layer], self._table(seg, layout))
+                    K[:, row : row + n] = rotate(seg.unrotated_keys()[layer], self._table(seg, layout))
                     V[:, row : row + n] = seg.values[layer]
                 row += n
             self._staged[layer] = key
@@ -117,7 +140,13 @@ class Arena:
 
     # ------------------------------------------------------------------ after a write pass or pruning
     def sync(self, segments: list, written, current_pos: dict[int, int]) -> None:
-        """Match the resident set to the policy's segments (see ``KVCache._sync``)."""
+        """Match the resident set to the policy's segments (see ``KVCache._sync``).
+
+        Args:
+            segments: the cache's segments after the policy's change.
+            written: the segment the last write pass produced (it adopts its rows), or None.
+            current_pos: frame -> position of the last forward's current frames.
+        """
         rope = self._rope
         live = {id(s) for s in segments}
         if (written is not None and id(written) in live and self._residable(written, current_pos)
@@ -129,7 +158,7 @@ class Arena:
             elif seg.kind != "recent":  # aged into mid / made a sink: kept un-rotated from now on
                 keys, values = self.unrotated(seg), self.values(seg)
                 self._drop(seg)
-                seg.keys, seg.values = keys, values
+                seg.store(keys, values)
         self._compact()
         for seg in segments:
             if not self._residable(seg, current_pos):
@@ -138,9 +167,9 @@ class Arena:
             if self.r1 + n > self.cap:
                 self.n_current = n
                 self._relocate(keep_current=False)
-            freqs = rope.tables(positions(seg.t, current_pos), seg.hw)
+            freqs, keys = rope.tables(positions(seg.t, current_pos), seg.hw), seg.unrotated_keys()
             for layer in range(self.num_layers):
-                self.k[layer][:, self.r1 : self.r1 + n] = rotate(seg.keys[layer], freqs)
+                self.k[layer][:, self.r1 : self.r1 + n] = rotate(keys[layer], freqs)
                 self.v[layer][:, self.r1 : self.r1 + n] = seg.values[layer]
             self._adopt(seg, current_pos)
 
@@ -152,7 +181,8 @@ class Arena:
     def _adopt(self, seg, current_pos: dict[int, int]) -> None:
         n = seg.num_tokens
         seg.rows = torch.arange(self.r1, self.r1 + n)
-        seg.arena, seg.keys, seg.values = self, None, None
+        seg.store(None, None)
+        seg.arena = self
         seg.rot = [{f: current_pos[f] for f in seg.distinct_frames} for _ in range(self.num_layers)]
         self.order.append(seg)
         self.r1 += n
@@ -190,7 +220,14 @@ class Arena:
 
     # ------------------------------------------------------------------ reading resident segments back
     def unrotated(self, seg) -> list[torch.Tensor]:
-        """Copies of a resident segment's keys, un-rotated (for compression, scoring, detaching)."""
+        """Copies of a resident segment's keys, un-rotated (for compression, scoring, detaching).
+
+        Args:
+            seg: a segment resident here.
+
+        Returns:
+            per layer, (B, n, heads, d).
+        """
         out = []
         for layer in range(self.num_layers):
             freqs = self._rope.tables(positions(seg.t, seg.rot[layer]), seg.hw)
@@ -198,10 +235,12 @@ class Arena:
         return out
 
     def values(self, seg) -> list[torch.Tensor]:
+        """Per layer, (B, n, heads, d) copies of a resident segment's values."""
         return [self.v[layer][:, seg.rows] for layer in range(self.num_layers)]
 
     @property
     def allocated_bytes(self) -> int:
+        """Bytes of the buffers (0 before the first attend)."""
         return 0 if self.k is None else sum(b.numel() * b.element_size() for b in self.k + self.v)
 
     # ------------------------------------------------------------------ internals

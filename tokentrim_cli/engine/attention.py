@@ -20,6 +20,8 @@ from .rope import rotate
 
 @dataclass
 class ForwardState:
+    """What the attention processors of one forward share: the cache, the current rotations, the prompt's K/V."""
+
     cache: KVCache | None = None
     rope: torch.Tensor | None = None  # current tokens' rotations, complex (n, head_dim / 2)
     mask: torch.Tensor | None = None  # (n_query, n_key) bool, True = may attend; only without a cache
@@ -27,13 +29,27 @@ class ForwardState:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention on (B, n, heads, d) tensors."""
+    """Scaled dot-product attention.
+
+    Args:
+        q: (B, n_query, heads, d) queries.
+        k, v: (B, n_key, heads, d) keys and values.
+        mask: (n_query, n_key) bool, True where a query may attend (None: everywhere).
+
+    Returns:
+        (B, n_query, heads, d).
+    """
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
 
 
 class CachedSelfAttention:
-    """``attn1`` processor: current tokens attend to [cached context ; themselves]; write passes store K/V."""
+    """``attn1`` processor: current tokens attend to [cached context ; themselves]; write passes store K/V.
+
+    Args:
+        layer: the block's index (its cache layer).
+        state: the model's :class:`ForwardState`, shared by every processor.
+    """
 
     def __init__(self, layer: int, state: ForwardState):
         self.layer = layer
@@ -57,7 +73,12 @@ class CachedSelfAttention:
 
 
 class PromptCrossAttention:
-    """``attn2`` processor: text keys/values are computed once per prompt (``CausalWan.set_prompt``)."""
+    """``attn2`` processor: text keys/values are computed once per prompt (``CausalWan.set_prompt``).
+
+    Args:
+        layer: the block's index (its prompt K/V).
+        state: the model's :class:`ForwardState`, shared by every processor.
+    """
 
     def __init__(self, layer: int, state: ForwardState):
         self.layer = layer

@@ -4,133 +4,61 @@ Every cached token carries its absolute latent frame index ``t`` and its spatial
 positions are not fixed at write time: the cache lays them out for every attention call, so a policy can drop,
 prune, compress or re-pack entries freely and a run has no length ceiling.
 
-Position rules (``positions``, a preset's ``cache.positions``; shared by every policy):
+Position rules (``cache.positions``, shared by every policy; what each reference does: docs/models.md):
 
-- ``packed`` (Rolling Forcing's rule, and the three-partition and deep-sink policies'): the distinct frame
-  indices that take part in one attention call get consecutive temporal positions in time order (a dense rank),
-  shifted to the absolute frame index when that fits in the RoPE table. Contiguous frames keep their distances
-  (recent and current frames never move relative to each other), while gaps left by eviction or selection are
-  closed: sink and selected mid blocks end up packed right before the recent frames. Memory and positions stay
-  bounded at any length. (LongLive's long-video variant, ``causal_model_infinity.py``, positions its
-  [sink ; window] cache the same way: by slot.)
-- ``absolute`` (LongLive's and Self Forcing's rule): every frame sits at its absolute latent frame index, as if
-  each key were rotated once when written and cached rotated; the sink keeps the positions of the first frames
-  however long the video grows. From the first forward whose frames do not fit the RoPE table on, the cache
-  falls back to ``packed`` (LongLive's code has no absolute rule there; its long-video variant is the
-  slot-relative one above); ``fallback_frame`` says where.
+- ``packed``: the distinct frames of one attention call get consecutive temporal positions in time order (a dense
+  rank), shifted so the current frames sit at their absolute indices while they fit the RoPE table (at its end
+  past it). Contiguous frames keep their distances; gaps left by eviction or selection are closed (the sink and
+  selected mid blocks sit right before the recent frames), so positions stay bounded at any length.
+- ``absolute``: every frame at its absolute latent frame index (the sink keeps the first positions). From the
+  first forward whose frames do not fit the table on, the layout is ``packed``; ``fallback_frame`` says where.
 
-For a run without gaps that fits the table both rules give the absolute frame indices of the reference
-implementations, so outputs match them exactly.
+Without gaps and inside the table both rules give the absolute frame indices of the reference implementations.
 
-Storage (the fast path, ``arena.py``): full-resolution "recent" segments live in one preallocated buffer per
-layer with their keys already rotated, and are turned by the position difference only when the layout moves
-them; sink and compressed mid segments are kept un-rotated and copied, rotated, next to them when the layout
-changes (once per block). Attention then reads one contiguous view per layer. ``KVCache(..., arena=False)``
-keeps every segment un-rotated and concatenates + rotates per call: the plain reference the fast path is
-tested against.
+Storage: the fast path (``arena.py``) keeps full-resolution recent segments rotated in one buffer per layer and
+reads one view per layer; ``arena=False`` keeps every segment un-rotated and concatenates + rotates per call (the
+plain reference the fast path is tested against).
 
-Interface used by the model (per forward): ``begin`` -> per layer ``attend`` -> ``end``. Interface used by
-samplers, the reviewer (TokenTrim) and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``. With a
-``journal`` (``journal.py``) every change is recorded so that the cache can be rebuilt exactly; a policy that
-decides something outside a write pass records it too (``choice`` / ``restore_choice``, ``trim``). Policies
-subclass :class:`KVCache` and override ``admit`` (what happens when a written block arrives) and optionally
-``select`` (which segments join attention for a layer). ``select`` may look at ``writing`` and
-``current_frames``: a policy can give a context (write) pass a different context from the denoising passes
-(Rolling Forcing's reference does).
+Interface used by the model (per forward): ``begin`` -> per layer ``attend`` -> ``end``; by samplers, the reviewer
+(TokenTrim) and the CLI: ``prune``, ``nbytes``, ``num_tokens``, ``frames``; by ``generate --extend``:
+``retained_frames``. With a ``journal`` (``journal.py``) every change is recorded so that the cache can be rebuilt
+exactly; a policy that decides something outside a write pass records it too (``choice`` / ``restore_choice``;
+Deep Forcing's ``trim``, Infinity-RoPE's ``rope_cut``). A policy is a subclass registered with :func:`policy`
+that overrides ``from_settings`` (its parameters from the ``cache:`` section), ``admit`` (what happens when a
+written block arrives), ``tail_frames`` (what it holds after the sink) and optionally ``select`` (which segments
+join attention for a layer; it may look at ``writing`` and ``current_frames``, so a context pass can see another
+context than the denoising passes, as in Rolling Forcing's reference).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
+from ..config.settings import Cache
 from .arena import Arena
 from .rope import Rope, positions, rotate
+from .segment import Segment, split_sink  # split_sink: the policies import it from here
 
 POSITIONS = ("packed", "absolute")  # how cached keys are positioned (module docstring)
+DEFAULTS = Cache()  # every policy parameter's default is the setting's: constructors read them here
+POLICIES: dict[str, type[KVCache]] = {}  # cache.policy -> its class; complete once ``policies.py`` is imported
 
 
-class Segment:
-    """Tokens written by one context pass (one block), or a compressed stand-in for one.
+def policy(name: str) -> Callable[[type[KVCache]], type[KVCache]]:
+    """Class decorator: register a cache class as a policy ``cache.policy`` can name (``make_cache``).
 
-    ``t`` and ``hw`` hold, per token, the absolute latent frame index and the row-major spatial index in the
-    latent token grid. ``keys``/``values`` read one un-rotated tensor of shape (B, n, heads, head_dim) per layer,
-    whether the segment keeps them itself (loose) or lives in a cache's arena (resident, stored rotated).
+    Args:
+        name: the policy's name in presets.
     """
 
-    def __init__(self, t, hw, keys=None, values=None, kind: str = "recent", frames=(), cover=None):
-        self.t, self.hw = t, hw
-        self._keys, self._values = keys, values
-        self.kind = kind  # "sink" (never pruned/evicted), "recent", or "mid" (compressed)
-        self.frames = tuple(frames)
-        self.cover = cover  # compressed tokens: (n, c) spatial indices each one stands for, -1 padded
-        self.arena = None  # the Arena holding it while resident
-        self.rows: torch.Tensor | None = None  # its rows there
-        self.rot: list[dict[int, int]] | None = None  # per layer: frame -> position its stored keys are rotated at
-        self.version = 0  # bumped whenever tokens go, so copies of it are rebuilt
-        self._distinct: tuple[int, tuple[int, ...]] | None = None
+    def register(cls: type[KVCache]) -> type[KVCache]:
+        POLICIES[name] = cls
+        return cls
 
-    @property
-    def keys(self) -> list[torch.Tensor]:
-        return self.arena.unrotated(self) if self.arena is not None else self._keys
-
-    @keys.setter
-    def keys(self, value) -> None:
-        self._keys = value
-
-    @property
-    def values(self) -> list[torch.Tensor]:
-        return self.arena.values(self) if self.arena is not None else self._values
-
-    @values.setter
-    def values(self, value) -> None:
-        self._values = value
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.t.numel())
-
-    @property
-    def nbytes(self) -> int:
-        if self.arena is not None:
-            return self.num_tokens * self.arena.token_bytes
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self._keys, self._values))
-
-    @property
-    def distinct_frames(self) -> tuple[int, ...]:
-        """The frames its tokens belong to (a compressed segment has one per temporal cell)."""
-        if self._distinct is None or self._distinct[0] != self.version:
-            self._distinct = (self.version, tuple(torch.unique(self.t).tolist()))
-        return self._distinct[1]
-
-    @property
-    def prunable(self) -> bool:
-        return self.kind != "sink"
-
-    def prune_mask(self, hw_indices: torch.Tensor) -> torch.Tensor:
-        """Tokens to keep when ``hw_indices`` are pruned; a compressed token goes when half its cover does."""
-        if self.cover is None:
-            return ~torch.isin(self.hw, hw_indices)
-        hit = torch.isin(self.cover, hw_indices).sum(1)
-        return 2 * hit < (self.cover >= 0).sum(1)
-
-    def keep(self, mask: torch.Tensor) -> int:
-        """Keep only tokens where ``mask`` is true; return how many were removed."""
-        removed = int((~mask).sum())
-        if removed:
-            idx = mask.nonzero().squeeze(1)
-            self.t, self.hw = self.t[idx], self.hw[idx]
-            if self.cover is not None:
-                self.cover = self.cover[idx]
-            if self.arena is not None:  # the arena closes the gaps when the cache syncs
-                self.rows = self.rows[idx]
-            else:
-                didx = idx.to(self._keys[0].device)
-                self._keys = [k.index_select(1, didx) for k in self._keys]
-                self._values = [v.index_select(1, didx) for v in self._values]
-            self.version += 1
-        return removed
+    return register
 
 
 class Layout(NamedTuple):
@@ -140,10 +68,11 @@ class Layout(NamedTuple):
     current: torch.Tensor  # (F,) positions of the current frames
 
     def tokens(self, seg: Segment) -> torch.Tensor:
-        """(n,) positions of a segment's tokens."""
+        """(n,) temporal positions of a segment's n tokens in this call."""
         return positions(seg.t, self.pos)
 
 
+@policy("full")
 class KVCache:
     """Unbounded cache (keeps every block): the base every policy refines.
 
@@ -154,7 +83,10 @@ class KVCache:
         positions: "packed" or "absolute" (the module docstring's position rules).
     """
 
-    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+    sink_frames = 0  # the base keeps no sink; policies with one set theirs
+
+    def __init__(self, num_layers: int, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.num_layers = num_layers
@@ -174,13 +106,57 @@ class KVCache:
         self._current_pos: torch.Tensor | None = None
         self.journal = None  # a journal.Journal recording every change (resumable runs), or None
 
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        """The policy with its parameters from a preset's ``cache:`` section (fast path).
+
+        Args:
+            cfg: the typed ``cache:`` section.
+            num_layers: transformer blocks that read and write the cache.
+            rope_len: length of the model's temporal RoPE table.
+        """
+        return cls(num_layers, rope_len, positions=cfg.positions)
+
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """Latent frames after the sink the policy holds once a video is long enough to evict (what continuing a
+        video writes as context). The base: everything that fits.
+
+        Args:
+            block_frames: latent frames per block.
+            room: what an unbounded cache may hold and leave the new part room in the RoPE table.
+        """
+        return room
+
+    def retained_frames(self, latent_frames: int, block_frames: int,
+                        new_frames: int = 0) -> tuple[tuple[int, ...], int]:
+        """The latent frames of a video this policy would hold had it generated the video itself: the sink, then
+        the last :meth:`tail_frames` (``generate --extend`` writes them as context).
+
+        Args:
+            latent_frames: the video's latent frames (L).
+            block_frames: latent frames per block.
+            new_frames: latent frames to be generated after them (they need room in the RoPE table).
+
+        Returns:
+            (the frames in time order, how many of them form the sink).
+        """
+        room = max(1, self.rope_len - new_frames)
+        sink = min(self.sink_frames, latent_frames)
+        first_tail = max(sink, latent_frames - max(1, self.tail_frames(block_frames, room)))
+        return tuple(range(sink)) + tuple(range(first_tail, latent_frames)), sink
+
     # ------------------------------------------------------------------ model side
     def begin(self, frames: torch.Tensor, grid: tuple[int, int], write: bool, first_step: bool = False,
               rope: Rope | None = None) -> None:
-        """Start one model forward over the latent frames ``frames`` (absolute indices) on an (h, w) token grid.
+        """Start one model forward: lay out the current frames' positions.
 
-        ``first_step`` marks the first denoising forward of a new block, when policies that select context
-        (top-K mid blocks) score and fix their choice for the block's remaining steps.
+        Args:
+            frames: (F,) absolute latent frame indices of the forward's tokens.
+            grid: (h, w) of the latent token grid.
+            write: a context pass (its K/V are stored at :meth:`end`).
+            first_step: the first denoising forward of a new block, when policies that select context (top-K mid
+                blocks, Deep Forcing's budget) score and fix their choice for the block's remaining steps.
+            rope: the model's :class:`~.rope.Rope` (None only for bookkeeping without attention).
         """
         self.current_frames = frames.detach().cpu().long()
         self._grid = grid
@@ -203,9 +179,16 @@ class KVCache:
     def attend(self, layer: int, query: torch.Tensor, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
         """Keys (rotated) and values ``layer``'s current tokens attend to: [context ; themselves].
 
-        ``query`` and ``k`` are un-rotated (policies score content, and a write pass keeps ``k`` for segments
-        stored un-rotated); ``k_rot`` is ``k`` rotated at the current positions. Fewer batch items than the
-        cache holds read the first ones (Guided's prompt branch alone).
+        Args:
+            layer: the transformer block.
+            query: (B, n, heads, d) un-rotated queries (policies score content with them).
+            k: (B, n, heads, d) un-rotated keys (a write pass keeps them for segments stored un-rotated).
+            k_rot: ``k`` rotated at :attr:`current_positions`.
+            v: (B, n, heads, d) values.
+
+        Returns:
+            (keys, values), each (B, m + n, heads, d): the m context tokens, then the current ones. Fewer batch
+            items than the cache holds read the first ones (Guided's prompt branch alone).
         """
         if self._pending is not None:
             self._pending[layer] = (k, v)
@@ -214,13 +197,17 @@ class KVCache:
         if self.arena is not None:
             return self.arena.attend(layer, segs, layout, k_rot, v)
         b = k_rot.shape[0]
-        keys = [rotate(s.keys[layer][:b], self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
+        keys = [rotate(s.unrotated_keys()[layer][:b], self._rope.tables(layout.tokens(s), s.hw)) for s in segs]
         values = [s.values[layer][:b] for s in segs]
         return torch.cat(keys + [k_rot], 1), torch.cat(values + [v], 1)
 
     def end(self, completed: bool = True) -> None:
-        """Finish the forward; on a completed write pass, hand the new block to the policy. A forward cut short
-        (an interrupt mid-pass) stores nothing, so the cache stays as it was and the original error surfaces."""
+        """Finish the forward; on a completed write pass, hand the new block to the policy (:meth:`admit`).
+
+        Args:
+            completed: False for a forward cut short (an interrupt mid-pass): nothing is stored, the cache stays
+                as it was and the original error surfaces.
+        """
         pending, self._pending = self._pending, None
         if pending is None or not completed:
             return
@@ -241,27 +228,48 @@ class KVCache:
 
     # ------------------------------------------------------------------ policy hooks
     def admit(self, segment: Segment) -> None:
-        """Policy hook: a freshly written block arrives. The base keeps everything."""
+        """Policy hook: a freshly written block arrives (loose, un-rotated); the policy files, evicts, compresses.
+        The base keeps everything.
+
+        Args:
+            segment: the block's tokens, kind ``"recent"``.
+        """
         self.segments.append(segment)
 
     def select(self, layer: int, query: torch.Tensor) -> list[Segment]:
-        """Policy hook: segments (in time order) that ``layer`` attends to in this forward."""
+        """Policy hook: the segments ``layer`` attends to in this forward.
+
+        Args:
+            layer: the transformer block.
+            query: (B, n, heads, d) its un-rotated queries (for policies that score context).
+
+        Returns:
+            segments of :attr:`segments`, in time order.
+        """
         return self.segments
 
     def choice(self):
-        """Policy hook: the context selection a write pass would use now, as plain data (None: nothing chosen)."""
-        return None
+        """Replay hook: the context selection a write pass would use now, as plain data (None: this policy chooses
+        nothing; the journal records it with every write pass)."""
 
     def restore_choice(self, choice) -> None:
-        """Policy hook: make ``choice`` (from :meth:`choice`) the selection again, before a replayed write pass."""
+        """Replay hook: make a recorded selection the selection again, before a replayed write pass.
 
-    def trim(self, keep: torch.Tensor) -> None:
-        """Policy hook: redo a token-budget trim the policy recorded (only policies that trim have one)."""
-        raise NotImplementedError(f"{type(self).__name__} does not trim")
+        Args:
+            choice: what :meth:`choice` returned when the pass was recorded.
+        """
 
     # ------------------------------------------------------------------ reviewer / reporting side
     def prune(self, hw_indices: torch.Tensor) -> int:
-        """Remove every cached token whose spatial index is in ``hw_indices`` from all prunable segments."""
+        """Remove every cached token whose spatial index is in ``hw_indices`` from all prunable (non-sink)
+        segments; recorded in the journal.
+
+        Args:
+            hw_indices: (k,) row-major spatial indices (TokenTrim's drifting tokens).
+
+        Returns:
+            how many tokens were removed.
+        """
         hw_indices = torch.as_tensor(hw_indices).long().cpu()
         if self.journal is not None:
             self.journal.add("prune", hw_indices)
@@ -286,6 +294,7 @@ class KVCache:
 
     @property
     def num_tokens(self) -> int:
+        """Cached tokens (per batch item)."""
         return sum(s.num_tokens for s in self.segments)
 
     @property
@@ -296,7 +305,11 @@ class KVCache:
         return torch.unique(torch.cat([s.t for s in self.segments])).tolist()
 
     def reset(self, sink_origin: int | None = None) -> None:
-        """Drop every cached token. ``sink_origin``: the frames from there on form the new sink (a hard cut)."""
+        """Drop every cached token; recorded in the journal.
+
+        Args:
+            sink_origin: the frames from there on form the new sink (a hard cut); None keeps the sink's origin.
+        """
         if self.journal is not None:
             self.journal.add("reset", sink_origin)
         self.segments = []
@@ -312,7 +325,14 @@ class KVCache:
         return self._current_pos
 
     def layout(self, segs: list[Segment]) -> Layout:
-        """Positions for one attention call over ``segs`` + the current frames (computed once per forward)."""
+        """Positions for one attention call over ``segs`` + the current frames (computed once per forward).
+
+        Args:
+            segs: the segments the call attends to.
+
+        Returns:
+            their :class:`Layout`. Raises ValueError when the frames cannot fit the RoPE table.
+        """
         key = tuple(id(s) for s in segs)
         found = self._layouts.get(key)
         if found is not None:
@@ -343,19 +363,30 @@ class KVCache:
             self.arena.sync(self.segments, written, pos)
 
 
+@policy("rolling")
 class RollingCache(KVCache):
     """Self Forcing's rolling window, optionally with an attention sink (LongLive: sink 3 + window 6 cached frames).
 
     Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
         window_frames: most recent latent frames kept (besides the sink); None keeps everything.
         sink_frames: the first frames of the video, kept for the whole run and never pruned.
     """
 
-    def __init__(self, num_layers: int, window_frames: int | None = None, sink_frames: int = 0, rope_len: int = 1024,
-                 arena: bool = True, positions: str = "packed"):
+    def __init__(self, num_layers: int, window_frames: int | None = DEFAULTS.window_frames,
+                 sink_frames: int = DEFAULTS.sink_frames, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         super().__init__(num_layers, rope_len, arena, positions)
         self.window_frames = window_frames
         self.sink_frames = sink_frames
+
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len, positions=cfg.positions)
+
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """The window (no window: everything that fits)."""
+        return self.window_frames if self.window_frames is not None else room
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
@@ -367,31 +398,3 @@ class RollingCache(KVCache):
         for seg in recent:
             seg.keep(seg.t >= oldest_kept)
         self.segments = [s for s in self.segments if s.num_tokens > 0]
-
-
-def split_sink(segment: Segment, sink_frames: int, origin: int = 0) -> list[Segment]:
-    """Split a freshly written (loose) block into its sink part (frames ``origin`` to ``origin + sink_frames - 1``)
-    and the rest."""
-    if sink_frames <= 0:
-        return [segment]
-    in_sink = (segment.t >= origin) & (segment.t < origin + sink_frames)
-    if not bool(in_sink.any()):
-        return [segment]
-    if bool(in_sink.all()):
-        segment.kind = "sink"
-        return [segment]
-    parts = []
-    for mask, kind in ((in_sink, "sink"), (~in_sink, segment.kind)):
-        idx = mask.nonzero().squeeze(1)
-        didx = idx.to(segment.keys[0].device)
-        parts.append(
-            Segment(
-                t=segment.t[idx],
-                hw=segment.hw[idx],
-                keys=[k.index_select(1, didx) for k in segment.keys],
-                values=[v.index_select(1, didx) for v in segment.values],
-                kind=kind,
-                frames=tuple(sorted(set(segment.t[idx].tolist()))),
-            )
-        )
-    return parts

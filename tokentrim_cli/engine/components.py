@@ -23,7 +23,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @contextlib.contextmanager
 def random_init(seed: int, device, dtype: torch.dtype):
     """Seeded random weights drawn where and in the dtype they will run (a fp32 copy first would double the
-    memory; a full-size UMT5-XXL initialises in seconds on a GPU, minutes on a CPU). On a CPU: float32."""
+    memory; a full-size UMT5-XXL initialises in seconds on a GPU, minutes on a CPU). On a CPU: float32.
+
+    Args:
+        seed: the seed (``random:SEED``).
+        device: where the weights are drawn.
+        dtype: their dtype on a GPU.
+
+    Returns:
+        a context manager: modules built inside it get these weights.
+    """
     torch.manual_seed(seed)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32)
@@ -35,13 +44,22 @@ def random_init(seed: int, device, dtype: torch.dtype):
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device ``runtime.device`` names (``auto``: the first GPU when there is one, else the CPU)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast parameters to ``dtype`` except the modules diffusers keeps in float32 (norms, time embedder)."""
+    """Cast parameters to ``dtype`` except the modules diffusers keeps in float32 (norms, time embedder).
+
+    Args:
+        model: a diffusers or transformers module, cast in place.
+        dtype: the run's dtype.
+
+    Returns:
+        the same module.
+    """
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
     for name, param in model.named_parameters():
         target = torch.float32 if keep.intersection(name.split(".")) else dtype
@@ -61,6 +79,13 @@ def _merge_lora(spec, weights: dict, weights_dir) -> list[str]:
 
 
 def build_transformer(spec: Transformer | Weights, weights_dir=None, device="cpu", dtype=torch.float32) -> CausalWan:
+    """The generator: diffusers' Wan transformer with its weights (a LoRA merged), wrapped in :class:`CausalWan`.
+
+    Args:
+        spec: the preset's ``model.transformer`` section.
+        weights_dir: where local weights and the hub mirror live (None: the default).
+        device, dtype: where and how it runs.
+    """
     ref = W.resolve(spec.weights, weights_dir)
     config = dict(spec.config)
     if isinstance(ref, int):
@@ -89,6 +114,13 @@ def build_transformer(spec: Transformer | Weights, weights_dir=None, device="cpu
 
 
 def build_vae(spec: Codec, weights_dir=None, device="cpu", dtype=torch.float32):
+    """The codec: Wan's ``AutoencoderKLWan`` or the toy world's :class:`~.patch_codec.PatchCodec`.
+
+    Args:
+        spec: the preset's ``model.vae`` section.
+        weights_dir: where local weights and the hub mirror live (None: the default).
+        device, dtype: where and how it runs.
+    """
     ref = W.resolve(spec.weights, weights_dir)
     if spec.kind == "patch":
         from .patch_codec import PatchCodec
@@ -115,7 +147,13 @@ def build_vae(spec: Codec, weights_dir=None, device="cpu", dtype=torch.float32):
 
 def build_text_encoder(spec: Weights, weights_dir=None, dtype=torch.float32, device="cpu"):
     """The UMT5 encoder; random weights are drawn on ``device``, real ones load on the CPU and visit the device to
-    encode."""
+    encode.
+
+    Args:
+        spec: the preset's ``model.text_encoder`` section.
+        weights_dir: where local weights and the hub mirror live (None: the default).
+        dtype, device: how and where it encodes.
+    """
     from transformers import UMT5Config, UMT5EncoderModel
 
     ref = W.resolve(spec.weights, weights_dir)
@@ -134,6 +172,7 @@ def build_text_encoder(spec: Weights, weights_dir=None, dtype=torch.float32, dev
 
 
 def build_tokenizer(spec: str | dict, weights_dir=None):
+    """The tokenizer ``model.tokenizer`` names: a weights reference, or ``{kind: words, vocab: [...]}``."""
     if isinstance(spec, dict) and spec.get("kind") == "words":
         return word_tokenizer(spec.get("vocab"))
     from transformers import AutoTokenizer
@@ -146,7 +185,15 @@ def build_tokenizer(spec: str | dict, weights_dir=None):
 
 def compile_blocks(model: CausalWan, backend: str = "inductor") -> CausalWan:
     """torch.compile each transformer block in place (``runtime.compile``). Shapes vary with the context length,
-    so dynamic shapes; the cache's bookkeeping inside attention runs eagerly between the compiled parts."""
+    so dynamic shapes; the cache's bookkeeping inside attention runs eagerly between the compiled parts.
+
+    Args:
+        model: the generator, changed in place.
+        backend: torch.compile's backend.
+
+    Returns:
+        the same model.
+    """
     for block in model.transformer.blocks:
         block.compile(dynamic=True, backend=backend)
     return model
@@ -170,7 +217,14 @@ class Components:
         return prompt_warnings(self.tokenizer, prompt, self.max_text_length)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Encode on the run's device; with ``offload_text_encoder`` the encoder goes back to the CPU after."""
+        """Encode on the run's device; with ``offload_text_encoder`` the encoder goes back to the CPU after.
+
+        Args:
+            prompts: B prompts.
+
+        Returns:
+            (B, max_text_length, text_dim) embeddings on the run's device.
+        """
         self.text_encoder.to(self.device)
         try:
             with torch.no_grad():
@@ -191,6 +245,13 @@ def usable_cpus() -> int:
 
 
 def load_components(model_cfg: Model, runtime: Runtime, weights_dir=None) -> Components:
+    """Load everything a run needs, on the device and in the dtype ``runtime`` says (float32 on a CPU).
+
+    Args:
+        model_cfg: the preset's ``model`` section.
+        runtime: the preset's ``runtime`` section (device, dtype, threads, compile, offload).
+        weights_dir: where local weights and the hub mirror live (None: the default).
+    """
     torch.set_num_threads(runtime.threads or usable_cpus())
     device = pick_device(runtime.device)
     dtype = DTYPES[runtime.dtype]

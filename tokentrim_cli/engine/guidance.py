@@ -13,9 +13,17 @@ import torch
 
 
 class Guided:
-    """``min_timestep``: frames at a lower noise level are left unguided (a guidance interval, Kynkaanniemi et al.
-    2024): late guided steps sharpen the difference between the branches into speckle. A forward whose frames
-    are all unguided costs one branch, not two."""
+    """A model with classifier-free guidance: called like it, returns uncond + scale * (cond - uncond).
+
+    Frames below ``min_timestep`` are left unguided (a guidance interval, Kynkaanniemi et al. 2024: late guided
+    steps sharpen the difference between the branches into speckle); a forward whose frames are all unguided costs
+    one branch, not two.
+
+    Args:
+        model: the :class:`~.model.CausalWan` (or anything called like it).
+        scale: the guidance scale (> 1).
+        min_timestep: frames at a lower timestep (0..1000) are not guided.
+    """
 
     def __init__(self, model, scale: float, min_timestep: float = 0.0):
         self.model, self.scale, self.min_timestep = model, float(scale), float(min_timestep)
@@ -24,6 +32,7 @@ class Guided:
         return getattr(self.model, name)
 
     def set_prompt(self, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor) -> None:
+        """Both branches' prompts, each (1, L, text_dim): batch item 0 the prompt, 1 the negative."""
         self.model.set_prompt(torch.cat([prompt_embeds, negative_embeds]))
 
     def __call__(self, latents: torch.Tensor, timesteps, frames, **kwargs) -> torch.Tensor:

@@ -18,6 +18,12 @@ from .rope import Rope
 
 
 class CausalWan(torch.nn.Module):
+    """diffusers' Wan transformer with a block-causal, cached forward (module docstring).
+
+    Args:
+        transformer: the loaded ``WanTransformer3DModel``; its attention processors are replaced by ours.
+    """
+
     def __init__(self, transformer: WanTransformer3DModel):
         super().__init__()
         self.transformer = transformer
@@ -30,25 +36,31 @@ class CausalWan(torch.nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def config(self):
+        """The transformer's diffusers config."""
         return self.transformer.config
 
     @property
     def num_layers(self) -> int:
+        """Transformer blocks (each reads and writes one cache layer)."""
         return len(self.transformer.blocks)
 
     @property
     def rope_len(self) -> int:
+        """Entries of the temporal RoPE table (``rope_max_seq_len``)."""
         return self.transformer.config.rope_max_seq_len
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are."""
         return self.transformer.proj_out.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The weights' dtype (the forward casts its input to it)."""
         return self.transformer.proj_out.weight.dtype
 
     def to(self, *args, **kwargs):
+        """``nn.Module.to``, with the RoPE tables following the weights."""
         super().to(*args, **kwargs)
         self.rope.to(self.device)
         return self
@@ -56,7 +68,11 @@ class CausalWan(torch.nn.Module):
     # ------------------------------------------------------------------ prompt
     def set_prompt(self, prompt_embeds: torch.Tensor) -> None:
         """Project the text embeddings and compute every layer's cross-attention K/V once (differentiable when
-        the weights require grad, as in toy-model training)."""
+        the weights require grad, as in toy-model training).
+
+        Args:
+            prompt_embeds: (B, L, text_dim) text-encoder states (B = 2 for guidance: prompt, negative).
+        """
         t = self.transformer
         ctx = t.condition_embedder.text_embedder(prompt_embeds.to(self.device, self.dtype))
         kv = []
@@ -78,9 +94,10 @@ class CausalWan(torch.nn.Module):
         block_frames: int | None = None,
         first_step: bool = False,
     ) -> torch.Tensor:
-        """Predict the flow velocity for ``latents`` (B, C, F, H, W).
+        """Predict the flow velocity for ``latents``.
 
         Args:
+            latents: (B, C, F, H, W) normalised latents.
             timesteps: (F,) or (B, F) noise level of each latent frame, in [0, 1000].
             frames: (F,) absolute latent frame indices (they set the RoPE positions).
             cache: context to attend to; ``None`` attends only among the given frames.
@@ -88,6 +105,9 @@ class CausalWan(torch.nn.Module):
             block_frames: without a cache, make attention block-causal over blocks of this many frames
                 (a full pass equivalent to block-by-block generation; used for training and checks).
             first_step: first denoising forward of a new block (policies fix their context selection here).
+
+        Returns:
+            (B, C, F, H, W) velocity, in float32.
         """
         t = self.transformer
         b, _, f, hh, ww = latents.shape

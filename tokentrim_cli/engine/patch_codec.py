@@ -3,14 +3,10 @@
 Each p x p RGB patch (3 p^2 values) is projected on the top principal components of patches from the world, and
 the coefficients are scaled: with p = 4 and 16 components a 64x64 frame becomes a 16 x 16 x 16 latent, the layout
 the transformer and TokenTrim expect (16 channels, 2x2-patch tokens). ``scale="channel"`` (the shipped codec) gives
-every component unit variance; ``"global"`` divides all by one common RMS, so latent MSE is pixel MSE. In this
-world the first three components (the patch's colour) carry 98% of the pixel variance, so per channel the 13
-detail channels take 13/16 of a training loss. A model retrained on the global scale (README) held the
-background far better, drew no better shapes and lost the object more often. Why not a small Wan VAE:
-its causal 3D convolutions cost 10-20 s per training step on a 2-core CPU, which leaves no time to train the
-transformer within the toy model's budget; this codec is fitted in seconds, is deterministic, and reconstructs
-world frames at ~36 dB PSNR. It has no temporal compression (one latent frame per pixel frame) and no state, so
-streaming decode is trivially exact.
+every component unit variance; ``"global"`` divides all by one common RMS, so latent MSE is pixel MSE (why the
+shipped codec is per channel, and why not a small Wan VAE: docs/toy_model.md). It is fitted in seconds, is
+deterministic, has no temporal compression (one latent frame per pixel frame) and no state, so streaming decode is
+trivially exact.
 """
 
 from __future__ import annotations
@@ -20,6 +16,13 @@ import torch.nn.functional as F
 
 
 class PatchCodec(torch.nn.Module):
+    """The toy world's codec (module docstring); identity until :meth:`fit` or a loaded state dict.
+
+    Args:
+        patch: p, the patch side in pixels (the spatial compression).
+        channels: C, principal components kept (latent channels).
+    """
+
     def __init__(self, patch: int = 4, channels: int = 16):
         super().__init__()
         self.patch, self.channels = patch, channels
@@ -33,7 +36,15 @@ class PatchCodec(torch.nn.Module):
 
     @torch.no_grad()
     def fit(self, pixels: torch.Tensor, scale: str = "channel") -> "PatchCodec":
-        """Fit on pixels in [-1, 1] shaped (N, 3, H, W); ``scale``: "channel" or "global" (module docstring)."""
+        """Fit the projection in closed form (PCA of the patches).
+
+        Args:
+            pixels: (N, 3, H, W) in [-1, 1], H and W multiples of p.
+            scale: ``"channel"`` or ``"global"`` (module docstring).
+
+        Returns:
+            self.
+        """
         if scale not in ("channel", "global"):
             raise ValueError(f"scale must be 'channel' or 'global', got {scale!r}")
         d = F.pixel_unshuffle(pixels.float(), self.patch).permute(0, 2, 3, 1).reshape(-1, 3 * self.patch**2).double()
@@ -52,7 +63,14 @@ class PatchCodec(torch.nn.Module):
         return self
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, F, H, W) in [-1, 1] -> (B, C, F, H/p, W/p) normalised latents."""
+        """Encode every pixel frame to one latent frame.
+
+        Args:
+            pixels: (B, 3, F, H, W) in [-1, 1].
+
+        Returns:
+            (B, C, F, H/p, W/p) normalised latents.
+        """
         b, _, f, h, w = pixels.shape
         x = pixels.permute(0, 2, 1, 3, 4).reshape(b * f, 3, h, w).float()
         d = F.pixel_unshuffle(x, self.patch).permute(0, 2, 3, 1)
@@ -60,7 +78,14 @@ class PatchCodec(torch.nn.Module):
         return z.reshape(b, f, h // self.patch, w // self.patch, -1).permute(0, 4, 1, 2, 3)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`encode` (within the kept components); pixels clamped to [-1, 1]."""
+        """Inverse of :meth:`encode` (within the kept components).
+
+        Args:
+            latents: (B, C, F, h, w).
+
+        Returns:
+            (B, 3, F, h p, w p) pixels clamped to [-1, 1].
+        """
         b, _, f, h, w = latents.shape
         z = latents.float().permute(0, 2, 3, 4, 1).reshape(b * f, h, w, -1)
         d = (z * self.scale) @ self.basis.T + self.mean

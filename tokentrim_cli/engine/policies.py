@@ -29,11 +29,13 @@ from typing import Protocol
 import torch
 
 from ..config.settings import Cache
-from .cache import KVCache, RollingCache, Segment, split_sink
-from .sink_policies import EmaSinkCache, InfinityRopeCache
+from .cache import DEFAULTS, POLICIES, KVCache, RollingCache, Segment, policy, split_sink
+from .sink_policies import EmaSinkCache, InfinityRopeCache  # noqa: F401  (registers them; imported from here)
 
 
 class Compressor(Protocol):
+    """What a three-partition cache turns an aged-out block into."""
+
     def __call__(self, segment: Segment, grid: tuple[int, int]) -> Segment:
         """Return a smaller stand-in for ``segment`` (kind "mid"), with ``t``/``hw``/``cover`` filled."""
 
@@ -43,9 +45,12 @@ class PoolingCompressor:
 
     Keys are cached un-rotated, so pooled keys are rotated at the cell's representative position (its first
     frame, its centre token) like any other key.
+
+    Args:
+        factors: the cell's size in (frames, token rows, token columns) (``cache.compression``).
     """
 
-    def __init__(self, factors=(2, 4, 4)):
+    def __init__(self, factors: tuple[int, int, int] = DEFAULTS.compression):
         self.ft, self.fh, self.fw = (int(f) for f in factors)
 
     def __call__(self, seg: Segment, grid: tuple[int, int]) -> Segment:
@@ -73,7 +78,7 @@ class PoolingCompressor:
         return Segment(
             t=t,
             hw=hw,
-            keys=[pool(k) for k in seg.keys],
+            keys=[pool(k) for k in seg.unrotated_keys()],
             values=[pool(v) for v in seg.values],
             kind="mid",
             frames=seg.frames,
@@ -82,12 +87,28 @@ class PoolingCompressor:
 
 
 def half_heads(query: torch.Tensor) -> torch.Tensor:
-    """Every other head: the half of the heads that scores context."""
+    """Every other head: the half of the heads that scores context.
+
+    Args:
+        query: (B, n, heads, d).
+
+    Returns:
+        (heads / 2,) long head indices on the query's device.
+    """
     return torch.arange(0, query.shape[2], 2, device=query.device)
 
 
 def query_summary(query: torch.Tensor, samples: int, heads: torch.Tensor) -> torch.Tensor:
-    """Sum of a uniform subsample of the (un-rotated) queries over the chosen heads: (B, heads, head_dim)."""
+    """Sum of a uniform subsample of the (un-rotated) queries over the chosen heads.
+
+    Args:
+        query: (B, n, heads, d) un-rotated queries.
+        samples: queries to sample (all when fewer).
+        heads: (h,) the heads to keep.
+
+    Returns:
+        (B, h, d) float32.
+    """
     n = query.shape[1]
     idx = torch.linspace(0, n - 1, min(samples, n)).round().long().to(query.device)
     return query.index_select(1, idx).index_select(2, heads).float().sum(1)
@@ -98,33 +119,61 @@ def affinity(summary: torch.Tensor, keys: torch.Tensor, heads: torch.Tensor) -> 
 
     Both are un-rotated (content affinity, independent of where re-packing will put the block);
     sum_i sum_j q_i . k_j = (sum_i q_i) . (sum_j k_j), per head and batch item.
+
+    Args:
+        summary: (B, h, d) from :func:`query_summary`.
+        keys: (B, n, heads, d) one layer's un-rotated keys of a block.
+        heads: (h,) the heads ``summary`` was taken over.
+
+    Returns:
+        a float32 scalar.
     """
     k = keys.index_select(2, heads).float()
     return (summary * k.sum(1)).sum() / math.sqrt(summary.shape[-1])
 
 
 def aged_out(recent: list[Segment], recent_frames: int) -> list[Segment]:
-    """Recent segments none of whose frames is among the last ``recent_frames``."""
+    """Recent segments none of whose frames is among the last ``recent_frames``.
+
+    Args:
+        recent: the full-resolution recent segments.
+        recent_frames: frames that count as recent.
+    """
     if not recent:
         return []
     newest = max(int(s.t.max()) for s in recent)
     return [s for s in recent if int(s.t.max()) <= newest - recent_frames]
 
 
+@policy("three_partition")
 class ThreePartitionCache(KVCache):
+    """Three partitions (module docstring): a sink, recent frames, and compressed mid blocks of which the top K join
+    attention.
+
+    Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
+        sink_frames: the first frames of the video, never evicted, compressed or pruned.
+        recent_frames: the newest frames kept at full resolution (whole blocks: up to ``block - 1`` more).
+        mid_capacity: compressed blocks kept (0: aged-out blocks are dropped).
+        mid_top_k: mid blocks that join attention, chosen per block by query-key affinity.
+        compressor: turns an aged-out block into its mid stand-in (default: pooling by the settings' factors).
+        selection: ``"per_layer"`` (each layer picks its own top K) or ``"shared"`` (layer 0's pick for all).
+        query_samples: queries sampled to score the mid blocks.
+    """
+
     def __init__(
         self,
         num_layers: int,
-        sink_frames: int = 6,
-        recent_frames: int = 3,
-        mid_capacity: int = 48,
-        mid_top_k: int = 16,
+        sink_frames: int = DEFAULTS.sink_frames,
+        recent_frames: int = DEFAULTS.recent_frames,
+        mid_capacity: int = DEFAULTS.mid_capacity,
+        mid_top_k: int = DEFAULTS.mid_top_k,
         compressor: Compressor | None = None,
-        selection: str = "per_layer",
-        query_samples: int = 256,
+        selection: str = DEFAULTS.selection,
+        query_samples: int = DEFAULTS.query_samples,
         rope_len: int = 1024,
         arena: bool = True,
-        positions: str = "packed",
+        positions: str = DEFAULTS.positions,
     ):
         super().__init__(num_layers, rope_len, arena, positions)
         if selection not in ("shared", "per_layer"):
@@ -135,16 +184,30 @@ class ThreePartitionCache(KVCache):
         self.selection, self.query_samples = selection, query_samples
         self._chosen: dict[int, list[Segment]] = {}  # selection per layer (or key 0 when shared) for this block
 
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, sink_frames=cfg.sink_frames, recent_frames=cfg.recent_frames,
+                   mid_capacity=cfg.mid_capacity, mid_top_k=cfg.mid_top_k, compressor=PoolingCompressor(cfg.compression),
+                   selection=cfg.selection, query_samples=cfg.query_samples, rope_len=rope_len,
+                   positions=cfg.positions)
+
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """Recent frames rounded up to whole blocks, plus ``mid_capacity`` blocks (compressed as they age out)."""
+        return block_frames * (math.ceil(self.recent_frames / block_frames) + self.mid_capacity)
+
     @property
     def sink(self) -> list[Segment]:
+        """The sink's segments."""
         return [s for s in self.segments if s.kind == "sink"]
 
     @property
     def mid(self) -> list[Segment]:
+        """The compressed mid blocks, oldest first."""
         return [s for s in self.segments if s.kind == "mid"]
 
     @property
     def recent(self) -> list[Segment]:
+        """The full-resolution recent blocks."""
         return [s for s in self.segments if s.kind == "recent"]
 
     def begin(self, frames, grid, write, first_step=False, rope=None):
@@ -186,23 +249,35 @@ class ThreePartitionCache(KVCache):
     def _score(self, layer: int, query: torch.Tensor, mid: list[Segment]) -> list[Segment]:
         heads = half_heads(query)
         summary = query_summary(query, self.query_samples, heads)  # once, not once per mid block
-        scores = torch.stack([affinity(summary, s.keys[layer], heads) for s in mid])
+        scores = torch.stack([affinity(summary, s.unrotated_keys()[layer], heads) for s in mid])
         top = torch.topk(scores, self.mid_top_k).indices.tolist()
         return [mid[i] for i in sorted(top)]
 
 
+@policy("rolling_forcing")
 class RollingForcingCache(KVCache):
     """Rolling Forcing's reference context (see the module docstring); keeps the sink and the clean frames the
     next write pass needs (``span_frames`` minus one block).
 
     Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
         sink_frames: the first frames of the video (Rolling Forcing: its first block), never evicted or pruned.
         span_frames: the most latent frames one attention call spans, current frames included (21).
     """
 
-    def __init__(self, num_layers, sink_frames=3, span_frames=21, rope_len=1024, arena=True, positions="packed"):
+    def __init__(self, num_layers: int, sink_frames: int = DEFAULTS.sink_frames,
+                 span_frames: int = DEFAULTS.span_frames, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         super().__init__(num_layers, rope_len, arena, positions)
         self.sink_frames, self.span_frames = sink_frames, span_frames
+
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, cfg.sink_frames, cfg.span_frames, rope_len, positions=cfg.positions)
+
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """The span less the block being written."""
+        return self.span_frames - block_frames
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
@@ -229,19 +304,38 @@ class RollingForcingCache(KVCache):
         return sink + clean
 
 
+@policy("deep_sink")
 class DeepSinkCache(RollingCache):
     """Deep Forcing style: a deep sink (~10 frames) plus recent frames, and a token budget in between.
 
     Frames leaving the recent window are kept token by token up to ``budget_frames`` frames' worth of tokens,
     chosen by importance (query-key affinity with the current block's queries, scored at a block's first step);
     the rest are dropped. Positions are re-aligned by the shared layout (the sink sits right before the rest).
+
+    Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
+        sink_frames: the first frames of the video, never evicted or pruned.
+        recent_frames: the newest frames kept whole (whole blocks).
+        budget_frames: older frames' worth of tokens kept, the most important ones.
+        query_samples: queries sampled to score the older tokens.
     """
 
-    def __init__(self, num_layers, sink_frames=10, recent_frames=4, budget_frames=16, query_samples=256, rope_len=1024,
-                 arena=True, positions="packed"):
+    def __init__(self, num_layers: int, sink_frames: int = DEFAULTS.sink_frames,
+                 recent_frames: int = DEFAULTS.recent_frames, budget_frames: int = DEFAULTS.budget_frames,
+                 query_samples: int = DEFAULTS.query_samples, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         super().__init__(num_layers, window_frames=None, sink_frames=sink_frames, rope_len=rope_len, arena=arena,
                          positions=positions)
         self.recent_frames, self.budget_frames, self.query_samples = recent_frames, budget_frames, query_samples
+
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, cfg.sink_frames, cfg.recent_frames, cfg.budget_frames, cfg.query_samples, rope_len,
+                   positions=cfg.positions)
+
+    def tail_frames(self, block_frames: int, room: int) -> int:
+        """Recent frames plus the budget's frames in full (the budget trims them at the next block's first step)."""
+        return self.recent_frames + self.budget_frames
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
@@ -266,51 +360,37 @@ class DeepSinkCache(RollingCache):
             return
         heads = half_heads(query)
         qsum = query_summary(query, self.query_samples, heads)  # (B, h', d)
-        scores = torch.cat([(s.keys[0].index_select(2, heads).float() * qsum[:, None]).sum((0, 2, 3)).cpu() for s in mid])
+        scores = torch.cat([(s.unrotated_keys()[0].index_select(2, heads).float() * qsum[:, None]).sum((0, 2, 3)).cpu() for s in mid])
         keep = torch.zeros(total, dtype=torch.bool)
         keep[torch.topk(scores, budget).indices] = True
         self.trim(keep)
 
     def trim(self, keep: torch.Tensor) -> None:
-        """Keep the mid tokens (all mid segments' in order) where ``keep`` is true."""
+        """Keep the mid tokens where ``keep`` is true; recorded in the journal, and its replay hook.
+
+        Args:
+            keep: (n,) bool over every mid segment's tokens, in segment order.
+        """
         if self.journal is not None:
             self.journal.add("trim", keep)
         mid = [s for s in self.segments if s.kind == "mid"]
         start = 0
         for s in mid:
-            n = s.num_tokens  # before keep() shrinks it: the next segment's mask starts after this one's tokens
+            n = s.num_tokens  # before keep() shrinks it: the next segment's mask starts after all of this one's
             s.keep(keep[start : start + n])
             start += n
         self.segments = [s for s in self.segments if s.num_tokens > 0]
 
 
 def make_cache(cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
-    """The KV-cache policy a preset's ``cache:`` section selects, with its position rule (``cache.positions``)."""
-    policy, pos = cfg.policy, cfg.positions
-    if policy == "full":
-        return KVCache(num_layers, rope_len, positions=pos)
-    if policy in ("rolling", "sink_window"):
-        return RollingCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len, positions=pos)
-    if policy == "infinity_rope":
-        return InfinityRopeCache(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len, positions=pos)
-    if policy == "ema_sink":
-        return EmaSinkCache(num_layers, cfg.window_frames, cfg.sink_frames, cfg.ema_alpha, rope_len, positions=pos)
-    if policy == "rolling_forcing":
-        return RollingForcingCache(num_layers, cfg.sink_frames, cfg.span_frames, rope_len, positions=pos)
-    if policy == "deep_sink":
-        return DeepSinkCache(num_layers, cfg.sink_frames, cfg.recent_frames, cfg.budget_frames, cfg.query_samples,
-                             rope_len, positions=pos)
-    if policy == "three_partition":
-        return ThreePartitionCache(
-            num_layers,
-            sink_frames=cfg.sink_frames,
-            recent_frames=cfg.recent_frames,
-            mid_capacity=cfg.mid_capacity,
-            mid_top_k=cfg.mid_top_k,
-            compressor=PoolingCompressor(cfg.compression),
-            selection=cfg.selection,
-            query_samples=cfg.query_samples,
-            rope_len=rope_len,
-            positions=pos,
-        )
-    raise ValueError(f"unknown cache policy {policy!r}")
+    """The KV-cache policy a preset's ``cache:`` section names (``POLICIES``), built from that section.
+
+    Args:
+        cfg: the typed ``cache:`` section (``policy`` and the parameters that policy reads).
+        num_layers: transformer blocks that read and write the cache.
+        rope_len: length of the model's temporal RoPE table.
+    """
+    cls = POLICIES.get(cfg.policy_name)
+    if cls is None:
+        raise ValueError(f"unknown cache policy {cfg.policy!r}")
+    return cls.from_settings(cfg, num_layers, rope_len)

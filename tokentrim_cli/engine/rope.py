@@ -12,15 +12,30 @@ import torch
 
 
 def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of x (B, n, heads, d) by unit complex numbers ``freqs`` of shape (n, d/2).
+    """Rotate interleaved channel pairs of ``x`` by unit complex numbers: one complex multiply in float32, returned
+    in x's dtype (one rounding, as the reference implementations do).
 
-    One complex multiply in float32, returned in x's dtype (one rounding, as the reference implementations do)."""
+    Args:
+        x: (B, n, heads, d) queries or keys.
+        freqs: (n, d/2) complex rotations (:meth:`Rope.tables`).
+
+    Returns:
+        (B, n, heads, d) rotated, in x's dtype.
+    """
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(xc * freqs[None, :, None]).flatten(-2).type_as(x)
 
 
 def positions(t: torch.Tensor, frame_pos: dict[int, int]) -> torch.Tensor:
-    """(n,) positions of tokens in frames ``t`` given each frame's position."""
+    """Each token's temporal position, from its frame's.
+
+    Args:
+        t: (n,) absolute latent frame index of each token.
+        frame_pos: frame -> temporal position, for every frame in ``t``.
+
+    Returns:
+        (n,) long positions.
+    """
     frames = sorted(frame_pos)
     lut = torch.full((frames[-1] - frames[0] + 1,), -1, dtype=torch.long)
     lut[torch.tensor(frames) - frames[0]] = torch.tensor([frame_pos[f] for f in frames])
@@ -42,16 +57,26 @@ class Rope:
         self.grid_w = 1  # width of the token grid of the current forward (spatial index -> h, w)
 
     def to(self, device) -> "Rope":
+        """Move the tables to ``device`` (in place); returns self."""
         self.cos = [c.to(device) for c in self.cos]
         self.sin = [s.to(device) for s in self.sin]
         return self
 
     @property
     def device(self) -> torch.device:
+        """Where the tables are."""
         return self.cos[0].device
 
     def tables(self, t_pos: torch.Tensor, hw: torch.Tensor) -> torch.Tensor:
-        """(n, head_dim / 2) complex rotations for tokens at temporal positions ``t_pos`` and spatial indices ``hw``."""
+        """Complex rotations of tokens at temporal positions and spatial indices (on the grid of width ``grid_w``).
+
+        Args:
+            t_pos: (n,) temporal positions, below the table's length.
+            hw: (n,) row-major spatial indices.
+
+        Returns:
+            (n, head_dim / 2) complex64.
+        """
         t_pos, hw = t_pos.to(self.device), hw.to(self.device)
         h, w = hw // self.grid_w, hw % self.grid_w
         cos = torch.cat([self.cos[0][t_pos], self.cos[1][h], self.cos[2][w]], dim=1)
@@ -59,7 +84,12 @@ class Rope:
         return torch.complex(cos[:, 0::2], sin[:, 1::2])
 
     def move(self, x: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
-        """In place: keys x (B, n, heads, d) rotated at temporal positions ``old`` (n,) now sit at ``new``.
+        """In place: keys already rotated at temporal positions ``old`` are turned to sit at ``new``.
+
+        Args:
+            x: (B, n, heads, d) rotated keys, changed in place.
+            old: (n,) the temporal positions they are rotated at.
+            new: (n,) the temporal positions they move to.
 
         Only the temporal channels turn, by new - old (the table's rotation at ``new`` times the conjugate of
         the one at ``old``), so every position stays inside the table. The turn is done in real arithmetic, one

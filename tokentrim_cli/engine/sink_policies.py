@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from .cache import Layout, RollingCache, Segment, split_sink
+from ..config.settings import Cache
+from .cache import DEFAULTS, KVCache, Layout, RollingCache, Segment, policy, split_sink
 
 
+@policy("ema_sink")
 class EmaSinkCache(RollingCache):
     """Reward Forcing's EMA sink: a sink plus a rolling window, where the frames the window evicts are folded into
     the sink instead of being dropped (read in JaydenLyh/Reward-Forcing at 4317f5a, ``wan/modules/causal_model.py``,
@@ -22,15 +24,21 @@ class EmaSinkCache(RollingCache):
     Sink tokens whose evicted partner was pruned by TokenTrim are left as they are (the reference has no pruning).
 
     Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
         window_frames: cached frames besides the sink (Reward Forcing: local_attn_size 9 - sink 3 - block 3 = 3).
         sink_frames: the first frames of the video (3).
-        alpha: weight of the current sink in the average.
+        alpha: weight of the current sink in the average (``cache.ema_alpha``).
     """
 
-    def __init__(self, num_layers: int, window_frames: int, sink_frames: int = 3, alpha: float = 0.999,
-                 rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+    def __init__(self, num_layers: int, window_frames: int, sink_frames: int = DEFAULTS.sink_frames,
+                 alpha: float = DEFAULTS.ema_alpha, rope_len: int = 1024, arena: bool = True,
+                 positions: str = DEFAULTS.positions):
         super().__init__(num_layers, window_frames, sink_frames, rope_len, arena, positions)
         self.alpha = alpha
+
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, cfg.window_frames, cfg.sink_frames, cfg.ema_alpha, rope_len, positions=cfg.positions)
 
     def admit(self, segment: Segment) -> None:
         self.segments.extend(split_sink(segment, self.sink_frames, self.sink_origin))
@@ -58,8 +66,9 @@ class EmaSinkCache(RollingCache):
         blend = len(frames) == sink_count
         lut = torch.full((len(frames) * grid,), -1, dtype=torch.long)
         lut[rank * grid + hw] = torch.arange(len(t))
-        keys = [torch.cat([s.keys[layer][:, m.nonzero().squeeze(1).to(s.keys[layer].device)]
-                           for s, m in evicted], 1) for layer in range(self.num_layers)]
+        unrotated = [s.unrotated_keys() for s, _ in evicted]  # resident segments: un-rotated once each
+        keys = [torch.cat([k[layer][:, m.nonzero().squeeze(1).to(k[layer].device)]
+                           for k, (_, m) in zip(unrotated, evicted)], 1) for layer in range(self.num_layers)]
         values = [torch.cat([s.values[layer][:, m.nonzero().squeeze(1).to(s.values[layer].device)]
                              for s, m in evicted], 1) for layer in range(self.num_layers)]
         for seg in sink:
@@ -69,8 +78,8 @@ class EmaSinkCache(RollingCache):
             if len(hit) == 0:
                 continue
             src = idx[hit]
-            seg.keys = [self._mix(k, ek, hit, src, blend) for k, ek in zip(seg.keys, keys)]
-            seg.values = [self._mix(v, ev, hit, src, blend) for v, ev in zip(seg.values, values)]
+            seg.store([self._mix(k, ek, hit, src, blend) for k, ek in zip(seg.unrotated_keys(), keys)],
+                      [self._mix(v, ev, hit, src, blend) for v, ev in zip(seg.values, values)])
             seg.version += 1  # the arena restages it
 
     def _mix(self, cur: torch.Tensor, new: torch.Tensor, hit: torch.Tensor, src: torch.Tensor, blend: bool):
@@ -83,6 +92,7 @@ class EmaSinkCache(RollingCache):
         return out
 
 
+@policy("infinity_rope")
 class InfinityRopeCache(RollingCache):
     """Infinity-RoPE's cache (read in yesiltepe-hidir/infinity-rope at 63d7b84, ``wan/modules/causal_model.py``
     ``CausalWanSelfAttention.forward``, ``block_relativistic_rope``, ``rope_cut``; ``pipeline/causal_inference.py``
@@ -92,17 +102,32 @@ class InfinityRopeCache(RollingCache):
     window already holds: tokentrim's ``keep`` switch. A scene cut (``rope_cut`` switch) places the cut block, for
     all its forwards, at positions ``cut_position``.. (45: ``transition_from``) while its context keeps 0, 1, ...: a
     jump in RoPE distance for one block; the next block is laid out contiguously again.
+
+    Args:
+        num_layers, rope_len, arena, positions: as :class:`KVCache`'s.
+        window_frames: cached frames besides the sink (Infinity-RoPE: 2).
+        sink_frames: the first frames of the video (1).
+        cut_position: where a RoPE cut places the cut block's first frame (45).
     """
 
-    def __init__(self, num_layers: int, window_frames: int = 2, sink_frames: int = 1, cut_position: int = 45,
-                 rope_len: int = 1024, arena: bool = True, positions: str = "packed"):
+    def __init__(self, num_layers: int, window_frames: int | None = DEFAULTS.window_frames,
+                 sink_frames: int = DEFAULTS.sink_frames, cut_position: int = 45, rope_len: int = 1024,
+                 arena: bool = True, positions: str = DEFAULTS.positions):
         super().__init__(num_layers, window_frames, sink_frames, rope_len, arena, positions)
         self.cut_position = cut_position
         self.cut_frame: int | None = None  # the first frame of the block a scene cut applies to
         self._cutting = False
 
+    @classmethod
+    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
+        return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len, positions=cfg.positions)
+
     def rope_cut(self, next_frame: int) -> None:
-        """The block starting at latent frame ``next_frame`` is laid out after a RoPE cut."""
+        """Lay out the block starting at ``next_frame`` after a RoPE cut; recorded in the journal (replay hook).
+
+        Args:
+            next_frame: the absolute latent frame the cut block starts at.
+        """
         if self.journal is not None:
             self.journal.add("rope_cut", int(next_frame))
         self.cut_frame = int(next_frame)

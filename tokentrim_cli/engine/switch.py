@@ -32,17 +32,27 @@ class ContextLatents:
         self.blocks: list[Block] = []
 
     def add(self, block: Block, cache: KVCache) -> None:
+        """Keep a finished block; forget those the cache holds no frame of any more (after its write pass)."""
         self.blocks.append(block)
         held = set(cache.frames)
         self.blocks = [b for b in self.blocks if held.intersection(b.frames)]
 
     def clear(self) -> None:
+        """Forget every block (a hard cut)."""
         self.blocks = []
 
 
 @torch.no_grad()
 def recache(model, cache: KVCache, kept: ContextLatents, noise: NoiseSource, context_noise: float = 0.0) -> None:
-    """Rebuild ``cache`` under the model's current prompt from the kept latents (see the module docstring)."""
+    """Rebuild ``cache`` under the model's current prompt from the kept latents (see the module docstring).
+
+    Args:
+        model: the model, its new prompt set.
+        cache: the cache to rebuild (emptied first).
+        kept: the finished blocks it may still hold; trimmed to those it holds after the rebuild.
+        noise: the run's noise (the context passes' draws).
+        context_noise: the timestep of the context passes (the preset's ``sampler.context_noise``).
+    """
     cache.reset()
     for b in sorted(kept.blocks, key=lambda b: b.frames[0]):
         write_context(model, cache, b.latents, torch.tensor(b.frames), noise, b.index, context_noise)
@@ -51,7 +61,13 @@ def recache(model, cache: KVCache, kept: ContextLatents, noise: NoiseSource, con
 
 
 def cut(cache: KVCache, kept: ContextLatents | None, next_frame: int) -> None:
-    """A hard cut before latent frame ``next_frame``: nothing cached survives; the sink starts there."""
+    """A hard cut: nothing cached survives; the sink starts at the cut.
+
+    Args:
+        cache: the cache to empty.
+        kept: the kept latents, cleared too (None: not kept).
+        next_frame: the absolute latent frame the next block starts at.
+    """
     cache.reset(sink_origin=next_frame)
     if kept is not None:
         kept.clear()
@@ -59,7 +75,15 @@ def cut(cache: KVCache, kept: ContextLatents | None, next_frame: int) -> None:
 
 def switch(mode: str, model, cache: KVCache, kept: ContextLatents | None, noise: NoiseSource, next_frame: int,
            context_noise: float = 0.0) -> None:
-    """Apply ``mode`` after the prompt has been set on ``model``."""
+    """Apply a prompt switch after the new prompt has been set on ``model``.
+
+    Args:
+        mode: ``"recache"``, ``"keep"``, ``"cut"`` or ``"rope_cut"`` (module docstring).
+        model, noise, context_noise: as :func:`recache`'s.
+        cache: the run's cache.
+        kept: the kept latents (needed by ``recache``).
+        next_frame: the absolute latent frame the next block starts at.
+    """
     if mode == "recache":
         recache(model, cache, kept, noise, context_noise)
     elif mode == "cut":

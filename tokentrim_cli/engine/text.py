@@ -9,14 +9,31 @@ TIED_EMBEDDING = "encoder.embed_tokens.weight"  # UMT5's encoder embedding, tied
 
 def restore_tied_embedding(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A UMT5 encoder state dict saved without its tied embedding (safetensors keeps one of two shared tensors):
-    put ``shared.weight`` back under ``encoder.embed_tokens.weight``, in place; returns the dict."""
+    put ``shared.weight`` back under ``encoder.embed_tokens.weight``.
+
+    Args:
+        state_dict: the encoder's tensors by name, changed in place.
+
+    Returns:
+        the same dict.
+    """
     if "shared.weight" in state_dict:
         state_dict.setdefault(TIED_EMBEDDING, state_dict["shared.weight"])
     return state_dict
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int = 512) -> torch.Tensor:
-    """Return (B, max_length, dim) embeddings; positions past each prompt's length are exactly zero."""
+    """Encode prompts as Wan does: padded to ``max_length``, positions past each prompt's length exactly zero.
+
+    Args:
+        tokenizer: UMT5's (or the word-level) tokenizer.
+        text_encoder: the UMT5 encoder.
+        prompts: B prompts.
+        max_length: tokens per prompt.
+
+    Returns:
+        (B, max_length, dim) float embeddings on the encoder's device.
+    """
     tok = tokenizer(
         prompts,
         padding="max_length",
@@ -38,7 +55,16 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_length: int 
 
 def prompt_warnings(tokenizer, prompt: str, max_length: int = 512) -> list[str]:
     """What the text encoder will not see of ``prompt``: tokens past ``max_length`` and words outside the
-    vocabulary (a word-level tokenizer maps them to <unk>; UMT5's sentencepiece rarely does)."""
+    vocabulary (a word-level tokenizer maps them to <unk>; UMT5's sentencepiece rarely does).
+
+    Args:
+        tokenizer: the run's tokenizer.
+        prompt: one prompt.
+        max_length: tokens the encoder reads.
+
+    Returns:
+        one sentence per problem (empty: the encoder sees it all).
+    """
     fast = getattr(tokenizer, "is_fast", False)  # offsets need a fast (Rust) tokenizer
     tok = tokenizer(prompt, add_special_tokens=True, truncation=False, return_offsets_mapping=fast, verbose=False)
     ids = tok["input_ids"]

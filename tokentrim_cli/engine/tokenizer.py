@@ -19,6 +19,11 @@ BASE_VOCAB = (
 
 
 def word_tokenizer(vocab: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A lower-casing, whitespace-splitting word-level tokenizer (ids in the module docstring).
+
+    Args:
+        vocab: the words, in id order (None: ``BASE_VOCAB``); duplicates are dropped.
+    """
     words = list(dict.fromkeys(vocab or BASE_VOCAB))
     table = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for w in words:

@@ -33,7 +33,11 @@ def streaming_decoder(components):
 
 
 class StreamingDecoder:
-    """Stateful decoder for one video at a time: ``reset`` at the start, then ``frames`` per block in order."""
+    """Stateful decoder for one video at a time: ``reset`` at the start, then ``frames`` per block in order.
+
+    Args:
+        vae: diffusers' ``AutoencoderKLWan``, or a stateless codec with ``decode`` (the toy world's PatchCodec).
+    """
 
     def __init__(self, vae):
         self.vae = vae
@@ -43,6 +47,7 @@ class StreamingDecoder:
         self._first = True
 
     def reset(self) -> None:
+        """Start a new video: the causal feature cache is cleared."""
         if hasattr(self.vae, "clear_cache"):
             self.vae.clear_cache()
         self._first = True
@@ -54,7 +59,11 @@ class StreamingDecoder:
                 "feat_map": None if feats is None else [f.clone() if torch.is_tensor(f) else f for f in feats]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Go on decoding where the decoder that gave ``state`` stopped."""
+        """Go on decoding where the decoder that gave ``state`` stopped.
+
+        Args:
+            state: a :meth:`state_dict` of a decoder of the same VAE.
+        """
         self.reset()
         self._first = state["first"]
         if state["feat_map"] is not None:
@@ -63,7 +72,14 @@ class StreamingDecoder:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decode normalised latents (B, C, F, H, W) that continue the stream; return pixels in [-1, 1]."""
+        """Decode latents that continue the stream.
+
+        Args:
+            latents: (B, C, F, h, w) normalised latents, the frames after the last ones decoded.
+
+        Returns:
+            (B, 3, F', H, W) pixels in [-1, 1] (F' = 1 + 4 (F - 1) for Wan's first block, else 4 F; F for the toy).
+        """
         vae = self.vae
         if not isinstance(vae, AutoencoderKLWan):  # stateless codecs (the toy world's PatchCodec)
             return vae.decode(latents.to(vae.mean.device))
@@ -80,7 +96,14 @@ class StreamingDecoder:
         return torch.cat(outs, dim=2).clamp(-1.0, 1.0)
 
     def frames(self, latents: torch.Tensor) -> np.ndarray:
-        """Decode and convert the first batch item to uint8 frames of shape (F, H, W, 3)."""
+        """:meth:`decode`, the first batch item as video frames.
+
+        Args:
+            latents: (B, C, F, h, w) normalised latents continuing the stream.
+
+        Returns:
+            (F', H, W, 3) uint8.
+        """
         px = self.decode(latents)[0].float()
         px = ((px + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return px.permute(1, 2, 3, 0).cpu().numpy()
@@ -89,7 +112,15 @@ class StreamingDecoder:
 def encode_image(vae, pixels: torch.Tensor) -> torch.Tensor:
     """One picture (B, 3, 1, H, W) in [-1, 1] -> its normalised latent frame (B, C, 1, H/s, W/s), float32: the
     inverse of :meth:`StreamingDecoder.decode` for a video's first frame (Wan's causal VAE encodes a single frame
-    to one latent frame). A stream of one frame: the decoder's feature cache is left alone."""
+    to one latent frame). A stream of one frame: the decoder's feature cache is left alone.
+
+    Args:
+        vae: the codec.
+        pixels: (B, 3, 1, H, W) in [-1, 1].
+
+    Returns:
+        (B, C, 1, H/s, W/s) float32 normalised latents.
+    """
     return StreamingEncoder(vae).latents(pixels)
 
 
@@ -98,7 +129,11 @@ class StreamingEncoder:
     in order, of any sizes: frames that do not yet complete a latent frame (the first one alone, then 4 per latent
     frame) wait inside for the next call; those still waiting at the end are never encoded (``pending`` says how
     many). Returns normalised latents (posterior mode, ``(z - latents_mean) / latents_std``) like
-    :func:`encode_image`. The toy world's stateless PatchCodec just encodes every frame."""
+    :func:`encode_image`. The toy world's stateless PatchCodec just encodes every frame.
+
+    Args:
+        vae: diffusers' ``AutoencoderKLWan``, or a stateless codec with ``encode``.
+    """
 
     def __init__(self, vae):
         self.vae = vae
@@ -111,6 +146,7 @@ class StreamingEncoder:
         self.reset()
 
     def reset(self) -> None:
+        """Start a new video: nothing waits, the feature cache is empty."""
         self._first = True
         self._wait: torch.Tensor | None = None
         if self._wan:  # its own feature cache, as _encode's _enc_feat_map
@@ -123,8 +159,14 @@ class StreamingEncoder:
 
     @torch.no_grad()
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel frames (B, 3, F, H, W) in [-1, 1] that continue the stream -> the latent frames they complete,
-        (B, C, n, H/s, W/s) float32 (n may be 0)."""
+        """Encode pixel frames that continue the stream.
+
+        Args:
+            pixels: (B, 3, F, H, W) in [-1, 1].
+
+        Returns:
+            (B, C, n, H/s, W/s) float32 normalised latents of the latent frames they complete (n may be 0).
+        """
         vae = self.vae
         if not self._wan:  # stateless codecs (the toy world's PatchCodec)
             return vae.encode(pixels.to(vae.mean.device)).float()

@@ -12,34 +12,7 @@ A weights reference is one of
 
 A transformer may name a LoRA (``model.transformer.lora``), merged into the base weights at load:
 W <- W + lora_scale * B @ A (:func:`read_lora`, :func:`merge_lora`).
-
-LongLive (Efficient-Large-Model/LongLive-1.3B), as read in NVlabs/LongLive at tag ``v1.0`` (main is now LongLive
-2.0, a Wan2.2-TI2V-5B model):
-  files      ``configs/longlive_inference.yaml``: ``generator_ckpt: longlive_models/models/longlive_base.pt``,
-             ``lora_ckpt: longlive_models/models/lora.pt``, with ``longlive_models`` the download folder of the hub
-             repository (the docs: ``huggingface-cli download Efficient-Large-Model/LongLive --local-dir
-             longlive_models``; the README's model link is ``Efficient-Large-Model/LongLive-1.3B``).
-  base       ``inference.py``: ``torch.load``, then ``["generator"]`` (``use_ema: false``; ``generator_ema`` only
-             with ``use_ema``), loaded strictly into the WanDiffusionWrapper: ``model.`` + original Wan names.
-             ``trainer/distillation.py`` ``save()`` writes ``generator``, ``critic``, optionally ``generator_ema``,
-             optimiser states and ``step``. Hence ``checkpoint_key: generator`` in the preset.
-  LoRA       ``inference.py``: ``torch.load``; the ``generator_lora`` entry if there is one, else the dict itself,
-             given to ``peft.set_peft_model_state_dict`` on the CausalWanModel. It is written by
-             ``utils/lora_utils.py`` ``gather_lora_state_dict`` (peft's ``get_peft_model_state_dict``), so the keys
-             are peft's: ``base_model.model.blocks.N.self_attn.q.lora_A.weight`` / ``lora_B.weight``.
-  modules    ``utils/lora_utils.py`` ``configure_lora_for_model``: every nn.Linear inside a
-             ``CausalWanAttentionBlock`` (``wan/modules/causal_model.py``): self_attn and cross_attn q, k, v, o and
-             ffn.0, ffn.2 (10 per block, 300 in the 30 blocks); not the embeddings, time projection or head.
-  rank       ``configs/longlive_inference.yaml`` ``adapter``: rank 256, alpha 256, dropout 0, bfloat16, passed to
-             ``peft.LoraConfig(r=rank, lora_alpha=alpha)``: scale alpha / rank = 1.0.
-  sampling   the same file: ``denoising_step_list`` [1000, 750, 500, 250] with ``warp_denoising_step``,
-             ``num_frame_per_block`` 3, ``timestep_shift`` 5.0, ``context_noise`` 0, no guidance at inference
-             (``guidance_scale`` 3.0 appears only in the training configs), ``num_output_frames`` 120, 480x832
-             (``configs/default_config.yaml``).
-  KV cache   ``model_kwargs``: ``local_attn_size`` 12, ``sink_size`` 3, ``global_sink: true``. In
-             ``CausalWanSelfAttention`` the attention span is ``local_attn_size * 1560`` tokens (12 latent frames,
-             sink included): the 3 sink frames plus the newest 9, the current block among them, so 6 cached frames
-             besides the sink (``pipeline/causal_inference.py`` sizes the cache at the same 12 frames).
+How the LongLive checkpoint and its LoRA were read: ``docs/models.md``, "LongLive's files".
 """
 
 from __future__ import annotations
@@ -58,6 +31,8 @@ WEIGHTS_DIR_ENV = "TOKENTRIM_WEIGHTS_DIR"
 
 @dataclass(frozen=True)
 class HubRef:
+    """A Hugging Face reference ``hf://OWNER/REPO[/PATH]``."""
+
     repo: str
     path: str = ""  # file or folder inside the repo; "" = whole repo
 
@@ -84,7 +59,14 @@ def url_cache() -> Path:
 
 
 def parse_ref(ref: str) -> HubRef | UrlRef | Path | int:
-    """HubRef for hub references, UrlRef for https URLs, an int seed for ``random[:SEED]``, a Path otherwise."""
+    """Parse a weights reference (module docstring).
+
+    Args:
+        ref: the reference as a preset writes it.
+
+    Returns:
+        a HubRef for hub references, a UrlRef for https URLs, an int seed for ``random[:SEED]``, a Path otherwise.
+    """
     ref = str(ref).strip()
     if ref.startswith("https://"):
         if "/" not in ref[len("https://"):].strip("/"):
@@ -106,7 +88,15 @@ def parse_ref(ref: str) -> HubRef | UrlRef | Path | int:
 
 def resolve(ref: str, weights_dir: str | None = None) -> Path | int:
     """Turn a reference into a local path (or a seed), without downloading anything. Hub weights that are not
-    here raise :class:`MissingWeights` with ``downloadable`` set: the command adds how to fetch them."""
+    here raise :class:`MissingWeights` with ``downloadable`` set: the command adds how to fetch them.
+
+    Args:
+        ref: a weights reference.
+        weights_dir: the local mirror (None: ``$TOKENTRIM_WEIGHTS_DIR``, then the hub cache).
+
+    Returns:
+        the local file or folder, or the seed of ``random[:SEED]``.
+    """
     parsed = parse_ref(ref)
     if isinstance(parsed, int):
         return parsed
@@ -171,7 +161,15 @@ def _from_hub_cache(ref: HubRef) -> Path | None:
 
 
 def fetch(ref: str, local_dir: str | None = None) -> Path:
-    """Download a hub reference or URL (used by ``tokentrim download``); return its local path."""
+    """Download a hub reference or a URL (used by ``tokentrim download``).
+
+    Args:
+        ref: an ``hf://`` reference or an ``https://`` URL of one file.
+        local_dir: where to put it (None: the hub cache; for a URL ``~/.cache/tokentrim/weights``).
+
+    Returns:
+        its local path.
+    """
     from huggingface_hub import hf_hub_download, snapshot_download
 
     parsed = parse_ref(ref)
@@ -211,6 +209,13 @@ def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tenso
     Training checkpoints nest the weights under ``generator_ema`` (preferred), ``generator`` or ``model`` (``key``:
     that one only; LongLive reads ``generator``), prefix them with ``model.`` and sometimes FSDP's
     ``_fsdp_wrapped_module.``, and use the original Wan key names; the result is a flat dict in diffusers' naming.
+
+    Args:
+        path: the checkpoint file.
+        key: the top-level key to read (None: the first of the three found).
+
+    Returns:
+        diffusers name -> tensor.
     """
     path = Path(path)
     sd = _read_tensors(path, "checkpoint", mmap=True)
@@ -243,7 +248,13 @@ def _uses_original_names(sd: dict) -> bool:
 
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load a complete state dict into a model built on the meta device (no second copy of the weights)."""
+    """Load a complete state dict into a model built on the meta device (no second copy of the weights).
+
+    Args:
+        model: built on the meta device; its parameters are assigned in place.
+        state_dict: every parameter and buffer, by name.
+        source: the file, for the error naming a missing or unexpected key.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -276,6 +287,9 @@ def read_lora(path: Path) -> dict[str, dict]:
     names, ``lora_A`` of shape (rank, in) and ``lora_B`` (out, rank). A ``.safetensors`` file, diffusers names
     (``transformer.blocks.N.attn1.to_q...``), an FSDP prefix or peft's adapter name (``lora_A.default.weight``) are
     read too. A key that is not a LoRA matrix, or a matrix without its partner, is a WeightsError naming it.
+
+    Args:
+        path: the LoRA file.
     """
     path = Path(path)
     sd = _read_tensors(path, "LoRA file")
@@ -314,7 +328,17 @@ def read_lora(path: Path) -> dict[str, dict]:
 def merge_lora(weights: dict[str, torch.Tensor], lora: dict[str, dict], scale: float, source: str) -> list[str]:
     """W <- W + scale * B @ A for every adapted linear layer, in float32, stored back in W's dtype and device (in
     place in the ``weights`` mapping); returns the names replaced. A LoRA module without a matching
-    ``<module>.weight``, or shapes that do not fit, is a WeightsError naming the LoRA key."""
+    ``<module>.weight``, or shapes that do not fit, is a WeightsError naming the LoRA key.
+
+    Args:
+        weights: the transformer's tensors by diffusers name, changed in place.
+        lora: from :func:`read_lora`.
+        scale: alpha / rank (``model.transformer.lora_scale``).
+        source: the LoRA file, for errors.
+
+    Returns:
+        the names of the weights replaced.
+    """
     for module, pair in lora.items():
         name, key = module + ".weight", pair["key"]
         a, b = pair["A"], pair["B"]

@@ -8,17 +8,10 @@ frames (the first alone, then 4 per latent frame); when the input's count is not
 exactly at the input's last frame and the continuation follows it without a gap. The toy patch codec encodes
 every frame (one latent frame each).
 
-Context (the input's latent frames L; what the cache policy would hold after generating them itself):
-- the first ``cache.sink_frames`` latent frames, when the policy has a sink (rolling / sink_window,
-  rolling_forcing, deep_sink, three_partition, ema_sink, infinity_rope), and
-- the last frames that fill the policy's attention span: rolling / sink_window / ema_sink / infinity_rope
-  ``window_frames`` (no window: everything, bounded by the RoPE table like ``full``); rolling_forcing
-  ``span_frames - block_frames``; deep_sink ``recent_frames + budget_frames`` (its importance budget then trims them
-  at the first block);
-  three_partition ``recent_frames`` rounded up to whole blocks plus ``mid_capacity`` blocks (the policy
-  compresses what ages out of recent, and its top-K picks among them); full: everything that leaves room in the
-  RoPE table for the new part's latent frames.
-These are written by context passes of ``block_frames`` (``pipeline.Lead``) at their true absolute indices, the
+Context (the input's latent frames L): what the cache policy would hold after generating them itself, as the
+policy answers it (``KVCache.retained_frames``): its sink (the first ``cache.sink_frames`` latent frames, for every
+policy but ``full``) and the last frames that fill its attention span (``tail_frames`` of each policy class in
+``engine/cache.py``, ``engine/policies.py``, ``engine/sink_policies.py``). These are written by context passes of ``block_frames`` (``pipeline.Lead``) at their true absolute indices, the
 sink first; the cache's layout closes the gap between sink and tail, and the blocks are generated from latent
 frame L. Rolling Forcing's sink is its first block: the input's first frames.
 
@@ -36,7 +29,6 @@ is not carried over.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +38,7 @@ import numpy as np
 import torch
 
 from ..engine.components import Components
+from ..engine.policies import make_cache
 from ..engine.vae import StreamingDecoder, StreamingEncoder
 from ..errors import TokentrimError
 from .pipeline import Lead, Plan
@@ -54,8 +47,6 @@ from .source_video import SourceVideo
 from ..output.video import Mp4Writer, h264_parameter_sets
 
 CHUNK_PIXELS = 16  # pixel frames per encoder call: memory holds this many frames (plus up to 3 waiting)
-SINK_POLICIES = ("rolling", "sink_window", "rolling_forcing", "deep_sink", "three_partition", "ema_sink",
-                 "infinity_rope")
 
 
 def latent_count(frames: int, temporal_ratio: int) -> tuple[int, int]:
@@ -68,22 +59,10 @@ def latent_count(frames: int, temporal_ratio: int) -> tuple[int, int]:
 
 def context_frames(cache: Cache, block_frames: int, latent_frames: int, rope_len: int,
                    new_frames: int) -> tuple[tuple[int, ...], int]:
-    """(the input's latent frames written as context, how many of them are the sink): module docstring."""
-    room = max(1, rope_len - new_frames)  # what a cache without a bound may hold and still fit the RoPE table
-    policy = cache.policy
-    if policy in ("rolling", "sink_window", "ema_sink", "infinity_rope"):
-        tail = cache.window_frames if cache.window_frames is not None else room
-    elif policy == "rolling_forcing":
-        tail = cache.span_frames - block_frames
-    elif policy == "deep_sink":
-        tail = cache.recent_frames + cache.budget_frames
-    elif policy == "three_partition":
-        tail = block_frames * (math.ceil(cache.recent_frames / block_frames) + cache.mid_capacity)
-    else:  # full
-        tail = room
-    sink = min(cache.sink_frames, latent_frames) if policy in SINK_POLICIES else 0
-    first_tail = max(sink, latent_frames - max(1, tail))
-    return tuple(range(sink)) + tuple(range(first_tail, latent_frames)), sink
+    """(the input's latent frames written as context, how many of them are the sink): what the preset's policy
+    says it would hold (``KVCache.retained_frames``) with ``new_frames`` latent frames still to fit the RoPE table."""
+    policy = make_cache(cache, num_layers=1, rope_len=rope_len)  # no buffer is allocated before a forward
+    return policy.retained_frames(latent_frames, block_frames, new_frames)
 
 
 def copy_problem(source: SourceVideo, vid: Video) -> str | None:
