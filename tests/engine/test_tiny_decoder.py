@@ -196,3 +196,13 @@ def test_the_decoder_settings_keep_old_hashes_and_tiny_changes_it():
     tiny = load_preset("tiny", ["video.decoder=tiny"], architecture=False).config.as_dict()
     h = lambda c: settings_hash(c, "a prompt", 2.0, 0)  # noqa: E731
     assert h(vae) == h(old) != h(tiny)
+
+
+def test_an_interrupted_run_with_the_tiny_decoder_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """The decoder's memories go into the resumable state: the resumed video's frames are the uninterrupted run's."""
+    from test_resume import _twin_stop_resume
+
+    args = ["generate", "-p", "a red kite", "--seconds", "3", "--seed", "7", "--preset", "tiny", "-q",
+            "--set", "video.decoder=tiny", "--set", "model.tiny_decoder=random:3"]
+    out, twin, before = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 13, "error", 1)
+    assert json.loads(out.with_suffix(".json").read_text())["resumed"]
