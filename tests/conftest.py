@@ -32,6 +32,50 @@ except ValueError:  # not the main thread: nothing to restore here
     pass
 
 
+# The slowest tests (CPU seconds measured one by one; each starts processes that import torch and diffusers),
+# grouped where they share a module fixture. `make test` runs two xdist workers with --dist worksteal, which hands
+# the first half of the collection to one worker and the second half to the other, then lets an idle worker take
+# the back half of the other's queue: the groups go to the front of the two halves (the heavier half of the work to
+# the lighter worker) so that both start with them and the run does not end on one of them. Other modes: harmless.
+SLOW = {  # CPU seconds of the group in one run of the suite (2 workers, a busy machine)
+    "tests/batch/test_batch.py::test_accelerate_launch": 39,
+    "tests/run/test_resume.py::test_sig": 36,
+    "tests/output/test_writer.py::test_gpu_check": 30,
+    "tests/test_cli.py::test_interrupt_leaves_playable_partial_video": 29,
+    "tests/test_packaging.py::": 22,
+    "tests/output/test_writer.py::test_compiled_blocks": 14,
+    "tests/toy/test_toy.py::": 13,
+    "tests/output/test_files.py::test_a_real_full_tmpfs": 12,
+    "tests/test_cli.py::test_quiet_prints_only_the_path": 10,
+    "tests/toy/test_toy_training.py::test_sigterm": 9,
+    "tests/batch/test_batch.py::test_interrupt_finalises": 8,
+    "tests/output/test_files.py::test_sigkill": 8,
+    "tests/engine/test_fast_path.py::test_fast_path_past_1024": 5,
+}
+
+
+def _slow_group(nodeid: str) -> str | None:
+    return next((prefix for prefix in SLOW if nodeid.startswith(prefix)), None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order: slow groups A, other tests, slow groups B, other tests; A and B of about equal weight, the split
+    between the rest placed where worksteal cuts the collection in two (at len // 2)."""
+    groups: dict[str, list] = {}
+    rest = []
+    for item in items:
+        prefix = _slow_group(item.nodeid)
+        (groups.setdefault(prefix, []) if prefix else rest).append(item)
+    halves: tuple[list, list] = ([], [])
+    weight = [0, 0]
+    for prefix in sorted(groups, key=lambda p: -SLOW[p]):
+        k = weight.index(min(weight))
+        halves[k].extend(groups[prefix])
+        weight[k] += SLOW[prefix]
+    cut = max(0, len(items) // 2 - len(halves[0]))
+    items[:] = [*halves[0], *rest[:cut], *halves[1], *rest[cut:]]
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """An in-process CLI run sets torch's threads to the CPUs it may use; the next test starts with one again."""

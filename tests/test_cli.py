@@ -48,8 +48,8 @@ def run_main(capsys, *args):
 
 def test_generate_writes_mp4_and_sidecar(tmp_path):
     out = tmp_path / "clip.mp4"
-    r = tokentrim_process("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
-                          "--output", str(out))
+    r = tokentrim("generate", "--prompt", "a red circle", "--seconds", "1.5", "--fps", "12", "--seed", "5",
+                  "--output", str(out))  # through the entry point: test_quiet_prints_only_the_path
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     info = probe(out)
@@ -158,32 +158,42 @@ def test_download_offline_fails_cleanly_and_at_once(tmp_path, capsys, monkeypatc
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_leaves_playable_partial_video(tmp_path, sig):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_interrupt_leaves_playable_partial_video(tmp_path, capsys, sig):
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed: it once killed the run without finishing anything) end a
+    running process with exit 130 and one line; what it wrote plays. While it runs, a second run to the same
+    output is refused, naming the process."""
     out = tmp_path / "long.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
                              "--seconds", "600", "--seed", "1", "--output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     side = tmp_path / "long.partial.json"  # the sidecar while running, and of an unfinished run
-    deadline = time.time() + 90
+    deadline = time.time() + 120
     while time.time() < deadline:
-        time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
         try:
             if len(json.loads(side.read_text())["blocks"]) >= 3:
                 break
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             pass
+        time.sleep(0.1)
+    code, _, err = run_main(capsys, "generate", "--prompt", "x", "--seconds", "0.5", "--seed", "2",
+                            "--output", str(out), "--overwrite")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"being written by process {proc.pid}" in err, err
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    lines = [x for x in err.strip().splitlines()
+             if not x.startswith(("block ", "tokentrim: preset ", "tokentrim: warning: "))]
+    assert proc.returncode == 130 and len(lines) == 1, err
+    assert lines[0].startswith(f"tokentrim: interrupted (received signal {int(sig)}): ") and "--resume" in lines[0]
     partial = tmp_path / "long.partial.mp4"
-    assert partial.exists() and not out.exists() and not out.with_suffix(".json").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"long.partial.mp4", "long.partial.json", "long.state"}
     data = json.loads(side.read_text())
     assert data["status"] == "interrupted" and data["video"] == str(partial)
     info = probe(partial)
     assert info["frames"] == data["frames_written"] >= 3 * 9
     assert json.loads(info["comment"])["status"] == "interrupted"
-    assert not list(tmp_path.glob(".*"))  # temporary files cleaned up
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -210,21 +210,6 @@ def test_interrupted_rerun_keeps_the_finished_pair(tmp_path, capsys, monkeypatch
     assert files(tmp_path) == {"x.mp4", "x.json"} and json.loads((tmp_path / "x.json").read_text())["seed"] == 5
 
 
-def test_a_second_run_to_the_same_output_is_refused(tmp_path, capsys):
-    out = tmp_path / "long.mp4"
-    first = long_run(out)
-    wait_for_blocks(tmp_path / "long.partial.json", 1, first)
-    code, _, err = generate(capsys, out, "--overwrite", seconds="0.5")
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and f"being written by process {first.pid}" in lines[0], err
-    first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=60)
-    assert first.returncode == 130, err
-    assert files(tmp_path) == {"long.partial.mp4", "long.partial.json", "long.state"}  # the first run's, whole
-    data = json.loads((tmp_path / "long.partial.json").read_text())
-    assert data["status"] == "interrupted" and probe(tmp_path / "long.partial.mp4")["frames"] == data["frames_written"]
-
-
 def test_existing_output_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "x.mp4"
     assert generate(capsys, out)[0] == 0

@@ -19,7 +19,7 @@ from tokentrim_cli.run.resume import StateWriter, load_state, state_dir
 from tokentrim_cli.run.timeline import parse_prompts
 from tokentrim_cli.output.video import Mp4Writer, probe
 
-from test_cli import ENV, run_main
+from test_cli import ENV, run_main, tokentrim
 
 TP = ["cache.policy=three_partition", "cache.sink_frames=3", "cache.recent_frames=3", "cache.mid_capacity=4",
       "cache.mid_top_k=1"]  # mid blocks exceed top-K from the 4th block: the selection is exercised
@@ -194,15 +194,15 @@ def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, m
     assert rc == 2 and "nothing to resume" in err and "is finished" in err
 
 
-def _command(out):
-    return [sys.executable, "-m", "tokentrim_cli", "generate", "-p", "a red circle bouncing", "--seconds", "3",
-            "--seed", "2", "--preset", "toy", "-o", str(out), "--set", "runtime.state_every=2"]
+def _args(out):
+    return ["generate", "-p", "a red circle bouncing", "--seconds", "3", "--seed", "2", "--preset", "toy",
+            "-o", str(out), "--set", "runtime.state_every=2"]
 
 
-def _signal_after(args, blocks: int, sig) -> int:
+def _signal_after(out, blocks: int, sig) -> int:
     """Run the command in its own process, send ``sig`` once it has reported ``blocks`` blocks; its exit code."""
-    proc = subprocess.Popen([*args, "--log-format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", *_args(out), "--log-format", "jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     seen = 0
     for line in proc.stdout:
         if json.loads(line).get("event") == "block":
@@ -216,10 +216,10 @@ def _signal_after(args, blocks: int, sig) -> int:
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory):
-    """The uninterrupted run of ``_command`` (made once for the tests that stop it)."""
+    """The uninterrupted run of ``_args`` (made once, in this process, for the tests that stop it)."""
     video = tmp_path_factory.mktemp("twin") / "twin.mp4"
-    done = subprocess.run([*_command(video)[:-2], "-q"], capture_output=True, env=ENV, timeout=120)
-    assert done.returncode == 0
+    done = tokentrim(*_args(video)[:-2], "-q")
+    assert done.returncode == 0, done.stderr
     return video
 
 
@@ -233,12 +233,13 @@ def _same_as_twin(out, twin):
 
 
 def test_sigterm_to_the_command_then_resume(tmp_path, twin):
-    """The real thing: a separate process, stopped by SIGTERM after its 3rd block, resumed by another."""
+    """The real thing: a separate process, stopped by SIGTERM after its 3rd block, then resumed (here in the test's
+    process: what is tested is the state the stopped process left)."""
     out = tmp_path / "clip.mp4"
-    assert _signal_after(_command(out), 3, signal.SIGTERM) == 130
+    assert _signal_after(out, 3, signal.SIGTERM) == 130
     state = json.loads((state_dir(out) / "state.json").read_text())
     assert state["after_block"] >= 2 and state["frames_written"] == probe(out.with_name("clip.partial.mp4"))["frames"]
-    done = subprocess.run([*_command(out), "--resume", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
+    done = tokentrim(*_args(out), "--resume", "-q")
     assert done.returncode == 0, done.stderr
     _same_as_twin(out, twin)
 
@@ -247,10 +248,10 @@ def test_sigkill_then_resume_from_the_last_saved_state(tmp_path, twin):
     """No chance to save at the end: the state of every 2nd block and the killed run's streaming file (kept as
     NAME.partial.mp4) are enough; the frames past that state are generated again, the ones before re-encoded."""
     out = tmp_path / "clip.mp4"
-    _signal_after(_command(out), 7, signal.SIGKILL)
+    _signal_after(out, 7, signal.SIGKILL)
     state = json.loads((state_dir(out) / "state.json").read_text())
     assert state["after_block"] in (3, 5, 7)
-    done = subprocess.run([*_command(out), "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
+    done = tokentrim(*_args(out), "--resume")
     assert done.returncode == 0, done.stderr
     assert "cleaned up after a killed run" in done.stderr and "as clip.partial.mp4" in done.stderr
     assert "re-encoded once" in done.stderr

@@ -16,6 +16,7 @@ from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.output.video import probe
 
 from conftest import ROOT
+from test_cli import tokentrim
 
 TRAINER = ROOT / "training" / "train_toy.py"  # run from a checkout, not shipped in the package
 sys.path.insert(0, str(TRAINER.parent))
@@ -72,10 +73,8 @@ def test_a_training_run_of_another_size_writes_a_preset_the_cli_generates_from(t
     assert cfg["sampler"] == load_preset("toy").config.sampler.as_dict()  # sampled as the toy preset samples
 
     video = tmp_path / "clip.mp4"
-    r = subprocess.run([sys.executable, "-m", "tokentrim_cli", "generate", "--preset", str(out / "preset.yaml"),
-                        "--prompt", "a red circle bouncing on a dark blue background", "--seconds", "1",
-                        "--output", str(video)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = tokentrim("generate", "--preset", str(out / "preset.yaml"), "--prompt",
+                  "a red circle bouncing on a dark blue background", "--seconds", "1", "--output", str(video))
     assert r.returncode == 0, r.stderr
     assert probe(video)["frames"] == 16
 
