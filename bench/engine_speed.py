@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.components import build_transformer  # noqa: E402
 from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
-from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
 from tokentrim_cli.engine.policies import make_cache  # noqa: E402
 
@@ -56,7 +56,7 @@ def main() -> None:
         torch.cuda.synchronize()
     times, cache_bytes = [], []
     t = time.perf_counter()
-    for blk in self_forcing(model, cache, noise, args.blocks, warp_steps(cfg.sampler.steps)):
+    for blk in self_forcing(model, cache, noise, BlockSteps(args.blocks, warp_steps(cfg.sampler.steps))):
         if device.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()

@@ -110,7 +110,7 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
     from tokentrim_cli.config.presets import load_preset
     from tokentrim_cli.engine.components import load_components
     from tokentrim_cli.engine.vae import StreamingDecoder
-    from tokentrim_cli.run.pipeline import Plan, generate_blocks
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks, resume_blocks
 
     preset = load_preset(preset_path)
     cfg = preset.config
@@ -137,7 +137,7 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
             snap = blk.state
         elif snap is not None:
             tail.append(blk.latents.clone())
-        if peak_30 is None and (blk.frames[-1] + 1) * 4 >= 30 * fps:
+        if peak_30 is None and (blk.latent_frames[-1] + 1) * 4 >= 30 * fps:
             peak_30 = peak_bytes()
     steady = times[2:] or times
     per_block_frames = plan.block_frames * 4
@@ -151,7 +151,7 @@ def worker_loop(preset_path: str, seconds: float, out: str) -> None:
     Path(out).write_text(json.dumps(res))  # the loop's numbers are safe before the decode starts
     if snap is not None:  # exact resume on this device: replay the journal, generate the last blocks again
         t = time.perf_counter()
-        again = [b.latents for b in generate_blocks(comps, cfg, PROMPT, 0, plan, resume=snap)]
+        again = [b.latents for b in resume_blocks(comps, cfg, PROMPT, 0, plan, snap)]
         sync()
         res["resume_seconds"] = time.perf_counter() - t
         res["resume_bit_identical"] = len(again) == len(tail) and all(torch.equal(a, b) for a, b in zip(again, tail))

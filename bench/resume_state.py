@@ -32,6 +32,7 @@ from tokentrim_cli.engine.components import cast, load_components  # noqa: E402
 from tokentrim_cli.engine.journal import replay  # noqa: E402
 from tokentrim_cli.engine.policies import make_cache  # noqa: E402
 from tokentrim_cli.run.pipeline import Plan, generate_blocks, guided_model  # noqa: E402
+from tokentrim_cli.run.state import History, RunState  # noqa: E402
 from tokentrim_cli.run.resume import StateWriter  # noqa: E402
 
 MIB = 2**20
@@ -53,13 +54,13 @@ def loop_state(preset: str, seconds: float) -> dict:
     for name, block in (("mid", mid), ("last", last)):
         with tempfile.TemporaryDirectory() as tmp:
             writer = StateWriter(Path(tmp) / "clip.state", "bench")
-            writer.save(block.state, {"first": False, "feat_map": None}, plan.frames, {"blocks": [], "resumed": []})
+            writer.save(RunState(block.state, {"first": False, "feat_map": None}, plan.frames, History()))
             sizes[name] = {f.name: f.stat().st_size for f in writer.folder.iterdir()}
     journal = sum(v for k, v in sizes["last"].items() if k.startswith("journal-"))
-    x = next(op[1] for op in last.state["journal"]["ops"] if op[0] == "write")
+    x = next(op[1] for op in last.state.journal.ops if op[0] == "write")
     return {"preset": preset, "seconds": seconds, "blocks": plan.blocks, "generate_seconds": round(gen, 1),
             "journal_dtype": str(x.dtype), "journal_bytes": journal, "journal_bytes_per_block": journal // plan.blocks,
-            "state_pt_bytes_mid_run": sizes["mid"]["state.pt"], "window_blocks_mid_run": len(mid.state["loop"]["window"])}
+            "state_pt_bytes_mid_run": sizes["mid"]["state.pt"], "window_blocks_mid_run": len(mid.state.loop.window)}
 
 
 def decoder_state() -> dict:
@@ -101,7 +102,7 @@ def replay_cost(seconds: float = 8.0) -> dict:
     for _ in range(3):
         cache = make_cache(cfg.cache, model.num_layers, model.rope_len)
         t1 = time.perf_counter()
-        replay(last.state["journal"], model, cache)
+        replay(last.state.journal, model, cache)
         times.append(time.perf_counter() - t1)
     rep = sorted(times)[1]
     return {"preset": "toy", "seconds": seconds, "blocks": plan.blocks, "generate_seconds": round(gen, 2),

@@ -29,7 +29,7 @@ from tokentrim_cli.config.presets import load_preset  # noqa: E402
 from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.components import load_components  # noqa: E402
 from tokentrim_cli.engine.noise import NoiseSource  # noqa: E402
-from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import warp_steps  # noqa: E402
 from tokentrim_cli.engine.vae import StreamingDecoder  # noqa: E402
 from tokentrim_cli.run.pipeline import prompted_model  # noqa: E402
@@ -86,8 +86,8 @@ def sampled_next_block(comps, samp, caption: str, context: torch.Tensor, seed: i
     ctx, block = context.shape[2], samp.block_frames
     model(context, torch.zeros(ctx), torch.arange(ctx), cache=cache, write=True)
     noise = NoiseSource(seed, (*context.shape[:2], block, *context.shape[3:]))
-    blocks = self_forcing(model, cache, noise, 1, warp_steps(samp.steps, samp.shift), block,
-                          start_frame=ctx, solver=samp.solver)
+    blocks = self_forcing(model, cache, noise, BlockSteps(1, warp_steps(samp.steps, samp.shift), block,
+                                                       start_frame=ctx, solver=samp.solver))
     return next(iter(blocks)).latents
 
 

@@ -200,7 +200,7 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, capsys, sig):
 def test_interrupt_during_a_write_leaves_sidecar_and_video_equal(tmp_path, monkeypatch, capsys, sig):
     """A Ctrl-C landing while a block's frames go to the encoder (once seen in CI: 43 frames in the MP4, 33 in
     the sidecar). The block is finished first, then the run stops."""
-    import tokentrim_cli.run.job as job
+    import tokentrim_cli.run.video_run as job
     from tokentrim_cli.output.video import Mp4Writer
 
     class SignalMidBlock(Mp4Writer):

@@ -133,8 +133,8 @@ def test_a_blend_longer_than_the_video_is_refused():
     from tokentrim_cli.run.timeline import Entry, snap
 
     with pytest.raises(ConfigError, match="blend=1000 is longer than the 14 block"):
-        snap([Entry(0, "a"), Entry(1, "b", blend=1000)], seconds=12, blocks=16, block_frames=3, fps=16)
-    assert snap([Entry(0, "a"), Entry(1, "b", blend=14)], seconds=12, blocks=16, block_frames=3, fps=16)[0].blend == 14
+        snap([Entry(0, "a"), Entry(1, "b", blend=1000)], _plan(12, 16))
+    assert snap([Entry(0, "a"), Entry(1, "b", blend=14)], _plan(12, 16))[0].blend == 14
 
 
 def test_control_characters_in_a_prompt_are_escaped_on_the_terminal(tmp_path, capsys):
@@ -242,3 +242,10 @@ def test_a_folder_given_as_preset_is_called_a_folder(tmp_path, capsys):
     for ref in (str(tmp_path / "mypresets"), str(tmp_path / "mypresets") + "/"):
         rc, _, err = run_main(capsys, "generate", "-p", "x", "--preset", ref)
         assert rc == 2 and "is a folder" in err and "does not exist" not in err
+
+
+def _plan(seconds, blocks, block_frames=3, fps=16):
+    """A plan of ``blocks`` blocks for a video of ``seconds`` (its other counts do not matter to ``snap``)."""
+    from tokentrim_cli.run.plan import Plan
+
+    return Plan(float(seconds), fps, round(seconds * fps), blocks * block_frames, blocks, block_frames)

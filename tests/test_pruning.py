@@ -7,7 +7,7 @@ import torch
 
 from tokentrim_cli.engine.cache import KVCache, RollingCache
 from tokentrim_cli.engine.noise import NoiseSource
-from tokentrim_cli.engine.samplers import rolling_forcing, self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, Hooks, rolling_forcing, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.pruning import TokenTrim, latent_summary, threshold
 
@@ -111,7 +111,7 @@ def test_stationary_noise_rarely_triggers():
 
 def _generate(model, cache, controller, sampler=self_forcing, blocks=6, steps=(1000, 750, 500, 250), seed=3):
     noise = NoiseSource(seed, SHAPE)
-    out = list(sampler(model, cache, noise, blocks, warp_steps(list(steps)), 3, 0.0, controller))
+    out = list(sampler(model, cache, noise, BlockSteps(blocks, warp_steps(list(steps)), 3, 0.0), Hooks(controller)))
     return torch.cat([b.latents for b in out], 2), out
 
 

@@ -106,59 +106,36 @@ def generate(
 ):
     """Generate one video from a text prompt (or a timeline of prompts; --image: starting from a picture;
     --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
-    from .config.checks import require_log_format, require_seconds, require_seed
-    from .run.image import load_image
-    from .run.source_video import load_source
-    from .run.timeline import load_file, parse_prompts
+    from .config.checks import require_log_format
 
     require_log_format(log_format)
-    require_seconds(seconds, confirmed=yes)
-    if seed is not None:
-        require_seed(seed)
-    elif resume:
-        raise ConfigError("--resume needs the interrupted run's --seed (it printed it when it started)")
-    if timeline is not None and prompt:
-        raise ConfigError("--timeline and --prompt exclude each other: put every prompt in the timeline file")
-    if image is not None and extend is not None:
-        raise ConfigError("--image and --extend exclude each other: a continued video starts from its own frames")
-    if timeline is None and not prompt:
-        raise ConfigError("give --prompt (or --timeline FILE), e.g. --prompt 'a red kite over a beach'")
-    if timeline is None and len(prompt) == 1 and not prompt[0].strip():
-        raise ConfigError("--prompt is empty; describe the video, e.g. --prompt 'a red kite over a beach'")
-    entries = load_file(timeline) if timeline is not None else parse_prompts(prompt)
-    prompt = entries[0].prompt
-    entries = entries if len(entries) > 1 else None  # one prompt: a plain run
+    from .run.request import plan_request, prompt_entries, read_inputs
+
+    entries = prompt_entries(prompt, timeline, seconds, seed, yes, resume, image, extend)  # exit 2: no torch yet
+    first, entries = entries[0].prompt, (entries if len(entries) > 1 else None)  # one prompt: a plain run
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads, architecture=False)  # diffusers is imported after the input checks
-    vid = p.config.video
-    start = load_image(image, vid.height, vid.width) if image is not None else None  # exit 2
-    source = load_source(extend, vid.height, vid.width, vid.fps) if extend is not None else None  # exit 2
+    start, source = read_inputs(p, image, extend)  # exit 2
     # the checks above answer without torch (seconds, not the 6-17 s of importing it first); now the rest
     from .batch import settings_hash
-    from .config.presets import check_architecture
-    from .run.continuation import extend_plan
-    from .run.job import Job, Plan, run_job, timeline_switches
     from .config.loading import components_loader
     from .output.display import closing_lines, make_display
+    from .run.job import Job, run_job
     from .run.resume import state_dir
     from .run.timeline import canonical
 
-    check_architecture(p)
-    plan, cont = Plan.for_preset(seconds, p.config, image=start is not None), None
-    if source is not None:  # exit 2 for a file that cannot be continued, before anything loads
-        plan, cont = extend_plan(source, p.config, seconds)
-    if entries:  # a timeline that does not fit the video: one line before anything loads
-        timeline_switches(entries, p.config, plan)
+    plan, schedule, cont = plan_request(p, entries or first, seconds, start, source)  # exit 2, nothing loaded
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
     if seed is None:
         seed = secrets.randbelow(2**31)
         display.message(f"seed: {seed} (chosen at random; pass --seed {seed} to reproduce)")
-    out = output or default_output(prompt, seed)
+    out = output or default_output(first, seed)
     check_generate(out, overwrite, resume, {timeline: "--timeline", image: "--image", extend: "--extend"})
-    shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else prompt, seconds, seed)
-    job = Job(prompt, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont)
+    shash = settings_hash(p.config.as_dict(), canonical(entries) if entries else first, seconds, seed)
+    job = Job(first, seconds, seed, out, overwrite, entries, start, settings_hash=shash, resume=resume, extend=cont,
+              plan=plan, schedule=schedule)
     result = run_job(job, p, loader, display)
     if result.status != "ok" and result.error:
         print("\n".join(closing_lines(result, state_dir(out).name)), file=sys.stderr)

@@ -21,7 +21,7 @@ import torch
 from .config.presets import Preset, load_preset
 from .config.settings import Cache, Config
 from .engine.components import DTYPES, cast
-from .run.pipeline import Plan
+from .run.plan import Plan
 
 GPU_SIZES = (80, 48, 24, 16, 12)  # GiB, the cards users ask about
 HEADROOM = 1.05  # CUDA context, allocator fragmentation: a preset "fits" when peak x HEADROOM <= the card

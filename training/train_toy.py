@@ -44,7 +44,7 @@ from tokentrim_cli.engine.cache import KVCache  # noqa: E402
 from tokentrim_cli.engine.guidance import Guided  # noqa: E402
 from tokentrim_cli.engine.model import CausalWan  # noqa: E402
 from tokentrim_cli.engine.patch_codec import PatchCodec  # noqa: E402
-from tokentrim_cli.engine.samplers import self_forcing  # noqa: E402
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing  # noqa: E402
 from tokentrim_cli.engine.schedule import shift_sigma, warp_steps  # noqa: E402
 from tokentrim_cli.engine.text import TIED_EMBEDDING, encode_prompts, restore_tied_embedding  # noqa: E402
 from tokentrim_cli.engine.tokenizer import word_tokenizer  # noqa: E402
@@ -144,8 +144,8 @@ def self_generated_context(model, x0: torch.Tensor, k: int, cond, uncond, sigmas
     cache = KVCache(model.num_layers, model.rope_len)  # k + 1 blocks fit the toy preset's window: none evicted
     model(x0[:, :, :block], torch.zeros(block), torch.arange(block), cache=cache, write=True)
     noise = _TrainingNoise(gen, x0[:, :, :block].shape, x0.device)
-    for b in self_forcing(model, cache, noise, k, sigmas, block, start_frame=block, solver=solver):
-        x0[:, :, b.frames] = b.latents
+    for b in self_forcing(model, cache, noise, BlockSteps(k, sigmas, block, start_frame=block, solver=solver)):
+        x0[:, :, b.latent_frames] = b.latents
     return x0
 
 

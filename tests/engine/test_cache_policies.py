@@ -7,7 +7,7 @@ from conftest import CacheDriver
 from tokentrim_cli.engine.cache import KVCache, RollingCache, Segment
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import DeepSinkCache, PoolingCompressor, ThreePartitionCache, affinity, query_summary
-from tokentrim_cli.engine.samplers import self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 
 SHAPE = (1, 16, 3, 8, 8)  # 4 x 4 spatial tokens per latent frame
@@ -25,7 +25,7 @@ def policies(layers=2, rope_len=64):
 
 def max_bytes(model, cache, blocks):
     peak = 0
-    for _ in self_forcing(model, cache, NoiseSource(0, SHAPE), blocks, warp_steps([1000, 500])):
+    for _ in self_forcing(model, cache, NoiseSource(0, SHAPE), BlockSteps(blocks, warp_steps([1000, 500]))):
         peak = max(peak, cache.nbytes)
     return peak
 
@@ -60,9 +60,9 @@ def test_a_run_past_the_rope_table_stays_inside_it(causal_model, case):
 
     cache.layout = spy
     last = None
-    for last in self_forcing(model, cache, NoiseSource(0, SHAPE), blocks, warp_steps(steps)):
+    for last in self_forcing(model, cache, NoiseSource(0, SHAPE), BlockSteps(blocks, warp_steps(steps))):
         assert torch.isfinite(last.latents).all()
-    assert last.frames[-1] == 3 * blocks - 1
+    assert last.latent_frames[-1] == 3 * blocks - 1
     assert max(highest) == cache.rope_len - 1
 
 
@@ -142,7 +142,7 @@ def test_pooling_compressor_means_and_cover():
 
 def test_sink_is_byte_identical_after_compression_and_pruning(causal_model):
     cache = ThreePartitionCache(2, sink_frames=3, recent_frames=3, mid_capacity=3, mid_top_k=1, rope_len=64)
-    gen = self_forcing(causal_model, cache, NoiseSource(0, SHAPE), 12, warp_steps([1000, 500]))
+    gen = self_forcing(causal_model, cache, NoiseSource(0, SHAPE), BlockSteps(12, warp_steps([1000, 500])))
     next(gen)
     sink = cache.sink[0]
     snapshot = [(k.clone(), v.clone()) for k, v in zip(sink.unrotated_keys(), sink.values)]

@@ -10,7 +10,7 @@ from tokentrim_cli.engine.cache import KVCache, RollingCache
 from tokentrim_cli.engine.guidance import Guided
 from tokentrim_cli.engine.model import CausalWan
 from tokentrim_cli.engine.noise import NoiseSource
-from tokentrim_cli.engine.samplers import rolling_forcing, self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, rolling_forcing, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 
 
@@ -54,7 +54,7 @@ def test_timestep_tables_match_reference():
 def _run(sampler, model, seed, blocks=3, cache=None, steps=(1000, 750, 500, 250), solver="renoise"):
     cache = cache or KVCache(model.num_layers, model.rope_len)
     noise = NoiseSource(seed, (1, 16, 3, 8, 8))
-    out = list(sampler(model, cache, noise, blocks, warp_steps(list(steps)), solver=solver))
+    out = list(sampler(model, cache, noise, BlockSteps(blocks, warp_steps(list(steps)), solver=solver)))
     return torch.cat([b.latents for b in out], 2), out
 
 
@@ -66,7 +66,7 @@ def test_fixed_seed_is_bit_identical(causal_model, sampler, steps):
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert [blk.index for blk in blocks] == [0, 1, 2]
-    assert [blk.frames for blk in blocks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert [blk.latent_frames for blk in blocks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 
 def _renoise_step(x, v, s, s_next, draw):

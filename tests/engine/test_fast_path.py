@@ -12,7 +12,7 @@ from tokentrim_cli.engine.model import CausalWan
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import DeepSinkCache, RollingForcingCache, ThreePartitionCache
 from tokentrim_cli.engine.rope import Rope
-from tokentrim_cli.engine.samplers import rolling_forcing, self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, Hooks, rolling_forcing, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.pruning import TokenTrim
 
@@ -42,7 +42,8 @@ EXACT = {"rolling window (eviction)", "window of 4 (partial eviction)", "rolling
 
 
 def _generate(model, cache, sampler, steps, blocks, reviewer=None, seed=3):
-    out = list(sampler(model, cache, NoiseSource(seed, SHAPE), blocks, warp_steps(list(steps)), 3, 0.0, reviewer))
+    out = list(sampler(model, cache, NoiseSource(seed, SHAPE), BlockSteps(blocks, warp_steps(list(steps)), 3, 0.0),
+                       Hooks(reviewer)))
     return torch.cat([b.latents for b in out], 2), [b.record for b in out]
 
 
@@ -158,7 +159,7 @@ def test_no_cpu_tensor_meets_a_device_tensor(sampler, steps, cache, guided):
         model = Guided(model, 3.0, min_timestep=900)
         model.set_prompt(torch.randn(1, 16, 32), torch.randn(1, 16, 32))
     kv = make_cache(cfg, 1, 64)
-    blocks = list(sampler(model, kv, NoiseSource(0, SHAPE, device="meta"), 6, warp_steps(list(steps))))
+    blocks = list(sampler(model, kv, NoiseSource(0, SHAPE, device="meta"), BlockSteps(6, warp_steps(list(steps)))))
     assert len(blocks) == 6 and all(b.latents.device.type == "meta" for b in blocks)
     assert kv.num_tokens > 0
 

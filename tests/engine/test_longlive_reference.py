@@ -29,7 +29,7 @@ from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache
-from tokentrim_cli.engine.samplers import self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 
 SHAPE = (1, 16, 3, 8, 8)  # one 3-frame block of latents: 4 x 4 tokens per frame
@@ -291,8 +291,8 @@ def tokentrim_blocks(cfg, embeds, blocks, seed):
     model.set_prompt(embeds)
     cache = make_cache(cfg.cache, model.num_layers, model.rope_len)
     s = cfg.sampler
-    out = self_forcing(model, cache, NoiseSource(seed, SHAPE), blocks, warp_steps(list(s.steps), s.shift),
-                       s.block_frames, s.context_noise)
+    out = self_forcing(model, cache, NoiseSource(seed, SHAPE),
+                       BlockSteps(blocks, warp_steps(list(s.steps), s.shift), s.block_frames, s.context_noise))
     return [b.latents for b in out], cache
 
 

@@ -29,7 +29,7 @@ from tokentrim_cli.engine.components import build_transformer
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import EmaSinkCache, make_cache
 from tokentrim_cli.engine.rope import rotate
-from tokentrim_cli.engine.samplers import rolling_forcing, self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, Hooks, rolling_forcing, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.engine.switch import switch
 from tokentrim_cli.errors import ConfigError
@@ -288,7 +288,7 @@ def ours(model, preset, blocks, seed=5, cache=None, first=True, reviewer=None, o
     samp = cfg.sampler
     cache = cache if cache is not None else make_cache(cfg.cache, model.num_layers, model.rope_len)
     noise = NoiseSource(seed, (1, 16, samp.block_frames, *GRID))
-    extra = {"first_sigmas": warp_steps(samp.first_block_steps, samp.shift)} if samp.first_block_steps and first else {}
+    first_sigmas = warp_steps(samp.first_block_steps, samp.shift) if samp.first_block_steps and first else None
     sampler = self_forcing if samp.kind == "self_forcing" else rolling_forcing
 
     def before_block(i):
@@ -296,10 +296,10 @@ def ours(model, preset, blocks, seed=5, cache=None, first=True, reviewer=None, o
             model.set_prompt(scenes[i][0])
             switch(scenes[i][1], model, cache, None, noise, i * samp.block_frames)
 
-    if scenes:
-        extra["before_block"] = before_block
-    return [b.latents for b in sampler(model, cache, noise, blocks, warp_steps(samp.steps, samp.shift),
-                                       samp.block_frames, samp.context_noise, reviewer, **extra)]
+    steps = BlockSteps(blocks, warp_steps(samp.steps, samp.shift), samp.block_frames, samp.context_noise,
+                       first_sigmas=first_sigmas)
+    hooks = Hooks(reviewer, before_block if scenes else None)
+    return [b.latents for b in sampler(model, cache, noise, steps, hooks)]
 
 
 def reference(model, preset, alpha=None):
@@ -328,7 +328,7 @@ def test_framewise_image_to_video_matches_its_authors_loop(causal_model):
     """``inference.py --i2v`` (frame-wise models only): the image's latent is frame 0, written at t = 0; then 20
     one-frame blocks, the first of them in the first-chunk steps (2-step model). tokentrim's --image path: one context
     pass for frame 0, then the sampler from frame 1."""
-    from tokentrim_cli.engine.samplers import write_context
+    from tokentrim_cli.engine.samplers import write_block
 
     image = torch.randn(1, 16, 1, *GRID, generator=torch.Generator().manual_seed(4))
     bf, steps, first, kw, _ = AUTHORS["causal-forcing-framewise-2step"]
@@ -336,9 +336,9 @@ def test_framewise_image_to_video_matches_its_authors_loop(causal_model):
     cfg = load_preset("causal-forcing-framewise-2step").config
     cache = make_cache(cfg.cache, 2, 64)
     noise = NoiseSource(5, (1, 16, 1, *GRID))
-    write_context(causal_model, cache, image, torch.arange(1), noise, 2**31, 0)
-    got = [b.latents for b in self_forcing(causal_model, cache, noise, 20, warp_steps(cfg.sampler.steps), 1,
-                                           start_frame=1, first_sigmas=warp_steps(cfg.sampler.first_block_steps))]
+    write_block(causal_model, cache, image, torch.arange(1), noise, 2**31, 0)
+    got = [b.latents for b in self_forcing(causal_model, cache, noise, BlockSteps(
+        20, warp_steps(cfg.sampler.steps), 1, start_frame=1, first_sigmas=warp_steps(cfg.sampler.first_block_steps)))]
     assert max(block_diffs(got, ref)) <= TOL
 
 
@@ -449,14 +449,14 @@ def test_rope_cut_fast_path_and_resume(causal_model):
             switch(scenes[i][1], causal_model, cache, None, noise, 3 * i)
 
     saved, out = None, []
-    for blk in self_forcing(causal_model, cache, noise, 10, sig, before_block=before):
+    for blk in self_forcing(causal_model, cache, noise, BlockSteps(10, sig), Hooks(before_block=before)):
         out.append(blk.latents)
         if blk.index == 6:
             saved = journal.state()
-    assert any(op[0] == "rope_cut" for op in saved["ops"])
+    assert any(op[0] == "rope_cut" for op in saved.ops)
     again = InfinityRopeCache(2, 2, 1, rope_len=64)
     replay(saved, causal_model, again)
-    tail = [b.latents for b in self_forcing(causal_model, again, noise, 10, sig, state=LoopState(7))]
+    tail = [b.latents for b in self_forcing(causal_model, again, noise, BlockSteps(10, sig), Hooks(state=LoopState(7)))]
     assert all(torch.equal(a, b) for a, b in zip(tail, out[7:]))
 
 
@@ -660,16 +660,16 @@ def test_resumed_blocks_equal_the_uninterrupted_run(sets, timeline):
     """``generate --resume`` goes on bit for bit with each new rule: the fold replayed from the journal (with
     TokenTrim pruning on every block), the first block's own steps not reapplied, a RoPE cut recorded and replayed."""
     from tokentrim_cli.engine.components import load_components
-    from tokentrim_cli.run.pipeline import Plan, generate_blocks
+    from tokentrim_cli.run.pipeline import Plan, generate_blocks, resume_blocks
     from tokentrim_cli.run.timeline import parse_prompts
 
     cfg = load_preset("tiny", sets).config
     comps = load_components(cfg.model, cfg.runtime)
     plan = Plan.for_preset(6.0, cfg)
     entries = parse_prompts(timeline) if timeline else None
-    full = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resumable=True))
+    full = list(generate_blocks(comps, cfg, entries or "a red kite", 5, plan, resumable=True))
     for k in (1, plan.blocks // 2, plan.blocks - 2):
-        rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resume=full[k].state))
+        rest = list(resume_blocks(comps, cfg, entries or "a red kite", 5, plan, full[k].state))
         assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
         assert all(torch.equal(a.latents, b.latents) for a, b in zip(full[k + 1 :], rest)), k
 

@@ -8,7 +8,7 @@ from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.cache import RollingCache
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache
-from tokentrim_cli.engine.samplers import self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.errors import ConfigError
 from tokentrim_cli.config.settings import Cache
@@ -18,7 +18,7 @@ STEPS = (1000, 500)
 
 
 def _run(model, cache, blocks, seed=3):
-    out = self_forcing(model, cache, NoiseSource(seed, SHAPE), blocks, warp_steps(list(STEPS)), 3)
+    out = self_forcing(model, cache, NoiseSource(seed, SHAPE), BlockSteps(blocks, warp_steps(list(STEPS)), 3))
     return torch.cat([b.latents for b in out], 2)
 
 

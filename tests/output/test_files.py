@@ -182,7 +182,7 @@ def test_sigkill_then_rerun_cleans_up(tmp_path, capsys):
 def test_interrupted_rerun_keeps_the_finished_pair(tmp_path, capsys, monkeypatch):
     """A rerun over a finished output, interrupted: NAME.json still describes the finished run (and NAME.mp4 is
     the same file); the interrupted run is NAME.partial.mp4 + NAME.partial.json."""
-    import tokentrim_cli.run.job as job
+    import tokentrim_cli.run.video_run as job
     from tokentrim_cli.output.video import Mp4Writer
 
     out = tmp_path / "x.mp4"

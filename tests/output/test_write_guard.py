@@ -184,7 +184,7 @@ def test_a_full_disk_stops_generation_with_one_line_and_a_true_record(tmp_path, 
     """An encoder that cannot write (a full disk) but goes on reading the frames it then drops: the run went on
     for about 50 blocks. It must stop at the encoder's first error, say one failure line and no warnings, and
     leave a record that is not ``running`` and lists only the blocks in the partial video (none here)."""
-    import tokentrim_cli.run.job as job
+    import tokentrim_cli.run.video_run as job
     import tokentrim_cli.output.video as video
 
     real_popen = subprocess.Popen

@@ -40,7 +40,7 @@ def test_pipelined_writer_gives_the_serial_video(tmp_path, capsys):
 def test_a_write_error_fails_the_run_and_keeps_what_was_written(tmp_path, capsys, monkeypatch, overlap):
     """The encoder failing on the third block (a full disk) ends the run with exit 1 and a last line; the blocks
     already in the file stay playable and the sidecar says what happened."""
-    import tokentrim_cli.run.job as job
+    import tokentrim_cli.run.video_run as job
     from tokentrim_cli.output.video import Mp4Writer
 
     class FullDisk(Mp4Writer):
@@ -69,14 +69,14 @@ def test_compiled_blocks_give_the_same_latents(causal_model):
     from tokentrim_cli.engine.components import compile_blocks
     from tokentrim_cli.engine.model import CausalWan
     from tokentrim_cli.engine.noise import NoiseSource
-    from tokentrim_cli.engine.samplers import self_forcing
+    from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
     from tokentrim_cli.engine.schedule import warp_steps
 
     def run(model):  # one layer (each block compiles alike); 3 blocks: context grows, then the window slides
         torch.manual_seed(1)
         model.set_prompt(torch.randn(1, 16, 32))
         cache = RollingCache(1, window_frames=6, rope_len=64)
-        blocks = self_forcing(model, cache, NoiseSource(0, (1, 16, 3, 8, 8)), 3, warp_steps([1000, 500]))
+        blocks = self_forcing(model, cache, NoiseSource(0, (1, 16, 3, 8, 8)), BlockSteps(3, warp_steps([1000, 500])))
         return torch.cat([b.latents for b in blocks], 2)
 
     torch._dynamo.reset()

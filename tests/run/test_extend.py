@@ -96,9 +96,9 @@ def test_context_frames_per_policy():
 def test_lead_passes_are_blocks_at_their_own_frames():
     lead = Lead(torch.arange(12.0).view(1, 1, 12, 1, 1), (0, 1, 2, 31, 32, 33, 34, 35, 36, 37, 38, 39))
     passes = lead.passes(3)
-    assert [p.frames for p in passes] == [[0, 1, 2], [31, 32, 33], [34, 35, 36], [37, 38, 39]]
+    assert [p.latent_frames for p in passes] == [[0, 1, 2], [31, 32, 33], [34, 35, 36], [37, 38, 39]]
     assert passes[1].latents.flatten().tolist() == [3.0, 4.0, 5.0]
-    assert [p.frames for p in Lead(torch.zeros(1, 1, 4, 1, 1), (6, 7, 8, 9)).passes(3)] == [[6], [7, 8, 9]]
+    assert [p.latent_frames for p in Lead(torch.zeros(1, 1, 4, 1, 1), (6, 7, 8, 9)).passes(3)] == [[6], [7, 8, 9]]
 
 
 def test_plan_and_timeline_count_from_the_seam():
@@ -119,12 +119,12 @@ def _spy(monkeypatch):
 
     seen = []
     for name, real in list(pipeline.SAMPLERS.items()):
-        def wrapped(model, cache, *args, _real=real, **kw):
+        def wrapped(model, cache, noise, steps, *args, _real=real):
             kinds = {}
             for s in cache.segments:
                 kinds.setdefault(s.kind, set()).update(s.distinct_frames)
-            seen.append((list(cache.frames), {k: sorted(v) for k, v in kinds.items()}, kw.get("start_frame")))
-            yield from _real(model, cache, *args, **kw)
+            seen.append((list(cache.frames), {k: sorted(v) for k, v in kinds.items()}, steps.start_frame))
+            yield from _real(model, cache, noise, steps, *args)
         monkeypatch.setitem(pipeline.SAMPLERS, name, wrapped)
     return seen
 
@@ -151,9 +151,9 @@ def test_the_first_block_attends_to_the_encoded_context(tmp_path, monkeypatch, p
     whole = StreamingEncoder(comps.vae).latents(x)
     assert torch.equal(lead.latents, whole[:, :, list(cont.context)])  # the kept frames, as one encode gives them
     seen = _spy(monkeypatch)
-    blocks = list(generate_blocks(comps, cfg, "a red circle", 0, plan, lead=lead))
+    blocks = list(generate_blocks(comps, cfg, "a red circle", 0, plan, lead))
     (held, kinds, start), = seen
-    assert start == 14 and blocks[0].frames == [14, 15, 16]
+    assert start == 14 and blocks[0].latent_frames == [14, 15, 16]
     assert kinds["sink"] == [0, 1, 2] == list(cont.context[:3])  # the input's first latent frames
     assert held == list(cont.context)  # sink + tail, the gap between them closed by the layout
     tail = {"sink_window": 6, "rolling_forcing": 9 - 3, "three_partition": 3 + 3}[cfg.cache.policy]

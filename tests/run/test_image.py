@@ -11,7 +11,7 @@ from PIL import Image
 
 from tokentrim_cli.errors import ConfigError
 from tokentrim_cli.run.image import fit, load_image
-from tokentrim_cli.run.pipeline import Plan
+from tokentrim_cli.run.pipeline import Lead, Plan
 from tokentrim_cli.run.timeline import Entry
 
 from test_cli import tokentrim
@@ -104,9 +104,9 @@ def _spy(monkeypatch):
 
     seen = []
     for name, real in list(pipeline.SAMPLERS.items()):
-        def wrapped(model, cache, *args, _real=real, **kw):
-            seen.append((list(cache.frames), kw.get("start_frame", 0)))
-            yield from _real(model, cache, *args, **kw)
+        def wrapped(model, cache, noise, steps, *args, _real=real):
+            seen.append((list(cache.frames), steps.start_frame))
+            yield from _real(model, cache, noise, steps, *args)
         monkeypatch.setitem(pipeline.SAMPLERS, name, wrapped)
     return seen
 
@@ -125,9 +125,9 @@ def test_image_is_one_context_frame_before_the_first_block(monkeypatch, preset, 
     plan = Plan.for_preset(2, cfg, image=True)
     lead = image_latents(comps, torch.rand(1, 3, 1, cfg.video.height, cfg.video.width) * 2 - 1)
     assert lead.shape == (1, 16, 1, cfg.video.height // 8, cfg.video.width // 8)
-    blocks = list(generate_blocks(comps, cfg, "a red circle", 0, plan, image=lead))
+    blocks = list(generate_blocks(comps, cfg, "a red circle", 0, plan, Lead.image(lead)))
     assert seen == [([0], 1)]  # exactly latent frame 0 in the cache; the sampler continues from frame 1
-    assert [b.frames for b in blocks] == [[1 + 3 * i + k for k in range(3)] for i in range(plan.blocks)]
+    assert [b.latent_frames for b in blocks] == [[1 + 3 * i + k for k in range(3)] for i in range(plan.blocks)]
     assert blocks[0].record["verdict"] == "first"  # TokenTrim (on in the tiny presets) has nothing to compare yet
     assert all(torch.isfinite(b.latents).all() for b in blocks)
 
@@ -141,7 +141,7 @@ def test_plain_run_is_unchanged(monkeypatch):
     seen = _spy(monkeypatch)
     plan = Plan.for_preset(2, cfg)
     blocks = list(generate_blocks(comps, cfg, "a red circle", 0, plan))
-    assert seen == [([], 0)] and blocks[0].frames == [0, 1, 2]
+    assert seen == [([], 0)] and blocks[0].latent_frames == [0, 1, 2]
     monkeypatch.undo()
     again = list(generate_blocks(comps, cfg, "a red circle", 0, plan))
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(blocks, again))
@@ -155,7 +155,7 @@ def test_image_with_a_timeline_and_every_switch_mode():
     lead = image_latents(comps, torch.zeros(1, 3, 1, cfg.video.height, cfg.video.width))
     tl = [Entry(0.0, "a red circle"), Entry(1.0, "a blue square"), Entry(2.0, "a green star", "keep"),
           Entry(3.0, "a yellow moon", "cut")]
-    blocks = list(generate_blocks(comps, cfg, "", 0, plan, tl, image=lead))
+    blocks = list(generate_blocks(comps, cfg, tl, 0, plan, Lead.image(lead)))
     # 6 blocks; block b shows from pixel 1 + 12 b, i.e. 0.06, 0.81, 1.56, 2.31, 3.06, 3.81 s
     assert [b.record["prompt"] for b in blocks] == [0, 0, 1, 2, 3, 3]
     assert all(torch.isfinite(b.latents).all() for b in blocks)
@@ -231,6 +231,6 @@ def test_recache_rewrites_the_image_frame_and_context_noise_works(monkeypatch):
     plan = Plan.for_preset(2, cfg, image=True)
     lead = image_latents(comps, torch.zeros(1, 3, 1, cfg.video.height, cfg.video.width))
     tl = [Entry(0.0, "a red circle"), Entry(1.0, "a blue square")]
-    blocks = list(generate_blocks(comps, cfg, "", 0, plan, tl, image=lead))
+    blocks = list(generate_blocks(comps, cfg, tl, 0, plan, Lead.image(lead)))
     assert after == [("recache", list(range(7)))]  # frame 0 (the image) and blocks 0-1 (frames 1-6), rewritten
     assert [b.record["prompt"] for b in blocks] == [0, 0, 1] and all(torch.isfinite(b.latents).all() for b in blocks)

@@ -14,7 +14,8 @@ import torch
 from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import load_components
 from tokentrim_cli.engine.model import CausalWan
-from tokentrim_cli.run.pipeline import Plan, generate_blocks
+from tokentrim_cli.run.pipeline import Plan, generate_blocks, resume_blocks
+from tokentrim_cli.run.state import History, RunState
 from tokentrim_cli.run.resume import StateWriter, load_state, state_dir
 from tokentrim_cli.run.timeline import parse_prompts
 from tokentrim_cli.output.video import Mp4Writer, probe
@@ -52,16 +53,16 @@ def test_resumed_blocks_equal_the_uninterrupted_run_bit_for_bit(tmp_path, name, 
     cfg, comps = _comps(name, sets)
     plan = Plan.for_preset(6.0, cfg)
     entries = parse_prompts(timeline) if timeline else None
-    full = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resumable=True))
+    full = list(generate_blocks(comps, cfg, entries or "a red kite", 5, plan, resumable=True))
     assert len(full) == plan.blocks == 9
     if "lambda=0" in " ".join(sets) and not timeline:
         assert sum(b.record["regenerations"] for b in full) > 0  # the forced drift did regenerate
     for k in (1, 4, 7):  # after the first block, mid-run (a switch pending), near the end
         writer = StateWriter(tmp_path / f"s{k}", "fp")
         for b in full[: k + 1]:  # saved block by block, as a run does: the journal goes to disk in pieces
-            writer.save(b.state, {"first": False, "feat_map": None}, 0, {"blocks": [], "resumed": []})
+            writer.save(RunState(b.state, {"first": False, "feat_map": None}, 0, History()))
         state = load_state(tmp_path / f"s{k}", "fp", tmp_path / "x.mp4")
-        rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, entries, resume=state))
+        rest = list(resume_blocks(comps, cfg, entries or "a red kite", 5, plan, state.generation))
         assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
         for a, b in zip(full[k + 1:], rest):
             assert torch.equal(a.latents, b.latents), (k, a.index)
@@ -79,9 +80,9 @@ def test_the_replayed_cache_equals_the_one_it_replaces():
     blocks = list(generate_blocks(comps, cfg, "a red kite", 5, plan, resumable=True))
     model = guided_model(comps, cfg.sampler)
     original = make_cache(cfg.cache, model.num_layers, model.rope_len)
-    replay(blocks[-1].state["journal"], model, original)
+    replay(blocks[-1].state.journal, model, original)
     again = make_cache(cfg.cache, model.num_layers, model.rope_len)
-    replay(blocks[-1].state["journal"], model, again)
+    replay(blocks[-1].state.journal, model, again)
     assert [s.kind for s in original.segments] == [s.kind for s in again.segments]
     assert "mid" in {s.kind for s in again.segments} and "sink" in {s.kind for s in again.segments}
     for a, b in zip(original.segments, again.segments):

@@ -9,7 +9,8 @@ import torch
 
 from tokentrim_cli.config.presets import load_preset
 from tokentrim_cli.engine.components import load_components
-from tokentrim_cli.run.pipeline import Plan, generate_blocks
+from tokentrim_cli.run.pipeline import Plan, generate_blocks, resume_blocks
+from tokentrim_cli.run.state import History, RunState
 from tokentrim_cli.run.resume import StateWriter, load_state
 
 from test_cli import run_main
@@ -31,8 +32,8 @@ def test_resume_past_the_rope_table_is_bit_exact(tmp_path):
     assert full[k].record["regenerations"] > 0
     writer = StateWriter(tmp_path / "s", "fp")
     for b in full[: k + 1]:
-        writer.save(b.state, {"first": False, "feat_map": None}, 0, {"blocks": [], "resumed": []})
-    rest = list(generate_blocks(comps, cfg, "a red kite", 5, plan, resume=load_state(tmp_path / "s", "fp", tmp_path / "x.mp4")))
+        writer.save(RunState(b.state, {"first": False, "feat_map": None}, 0, History()))
+    rest = list(resume_blocks(comps, cfg, "a red kite", 5, plan, load_state(tmp_path / "s", "fp", tmp_path / "x.mp4").generation))
     assert [b.index for b in rest] == list(range(k + 1, plan.blocks))
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(full[k + 1:], rest))
 
@@ -44,7 +45,7 @@ def _state_folder(tmp_path):
     comps = load_components(cfg.model, cfg.runtime)
     block = next(iter(generate_blocks(comps, cfg, "a red kite", 5, Plan.for_preset(1.0, cfg), resumable=True)))
     folder = tmp_path / "clip.state"
-    StateWriter(folder, "fp").save(block.state, {"first": False, "feat_map": None}, 4, {"blocks": [], "resumed": []})
+    StateWriter(folder, "fp").save(RunState(block.state, {"first": False, "feat_map": None}, 4, History()))
     return folder
 
 
@@ -80,7 +81,7 @@ def test_a_crafted_or_random_state_is_refused_in_one_line_and_never_run(tmp_path
 
 def test_a_real_state_still_loads_as_data(tmp_path):
     state = load_state(_state_folder(tmp_path), "fp", tmp_path / "clip.mp4")
-    assert state["block"] == 0 and state["frames_written"] == 4 and state["journal"]["ops"]
+    assert state.block == 0 and state.frames_written == 4 and state.generation.journal.ops
 
 
 def test_a_journal_name_outside_the_folder_is_refused(tmp_path):

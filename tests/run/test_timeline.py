@@ -47,22 +47,22 @@ def test_bad_timeline_data(raw, words):
 def test_snap_to_first_block_at_or_after_the_time():
     # 16 fps, 3 latent frames a block: block b starts at pixel 1 + 4 (3b - 1) = 12b - 3 (b > 0)
     tl = [Entry(0, "a"), Entry(0.5, "b"), Entry(1.3125, "c", "keep")]
-    sw = snap(tl, seconds=3, blocks=4, block_frames=3, fps=16)
+    sw = snap(tl, _plan(3, 4))
     assert [(s.block, s.snapped, s.mode) for s in sw] == [(1, 9 / 16, "recache"), (2, 21 / 16, "keep")]
     assert [prompt_of(b, sw) for b in range(4)] == [0, 1, 2, 2]
     with pytest.raises(ConfigError, match="past the end"):
-        snap([Entry(0, "a"), Entry(3, "b")], seconds=3, blocks=4, block_frames=3, fps=16)
+        snap([Entry(0, "a"), Entry(3, "b")], _plan(3, 4))
     with pytest.raises(ConfigError, match="past the video's last block"):
-        snap([Entry(0, "a"), Entry(2.9, "b")], seconds=3, blocks=4, block_frames=3, fps=16)
+        snap([Entry(0, "a"), Entry(2.9, "b")], _plan(3, 4))
     with pytest.raises(ConfigError, match="both snap to block 1"):
-        snap([Entry(0, "a"), Entry(0.4, "b"), Entry(0.5, "c")], seconds=3, blocks=4, block_frames=3, fps=16)
+        snap([Entry(0, "a"), Entry(0.4, "b"), Entry(0.5, "c")], _plan(3, 4))
 
 
 def test_blend_weights_and_overlap():
-    sw = snap([Entry(0, "a"), Entry(0.5, "b", blend=2), Entry(2, "c")], seconds=3, blocks=5, block_frames=3, fps=16)
+    sw = snap([Entry(0, "a"), Entry(0.5, "b", blend=2), Entry(2, "c")], _plan(3, 5))
     assert [blend_weight(b, sw) for b in range(5)] == [None, 1 / 3, 2 / 3, None, None]
     with pytest.raises(ConfigError, match="blend over 3 blocks .* runs into prompt 3's switch at block 3"):
-        snap([Entry(0, "a"), Entry(0.5, "b", blend=3), Entry(2, "c")], seconds=3, blocks=5, block_frames=3, fps=16)
+        snap([Entry(0, "a"), Entry(0.5, "b", blend=3), Entry(2, "c")], _plan(3, 5))
 
 
 # ---------------------------------------------------------------------------------------------- the switch modes
@@ -94,6 +94,7 @@ def _switched_run(model, make_cache, sampler, mode, switch_at=3, blocks=5, steps
     """Run ``blocks`` blocks, switching to a second prompt before ``switch_at``; returns the blocks and the cache
     state right after the switch (plus the kept latents and the cache before it)."""
     from tokentrim_cli.engine.noise import NoiseSource
+    from tokentrim_cli.engine.samplers import BlockSteps, Hooks
     from tokentrim_cli.engine.schedule import warp_steps
     from tokentrim_cli.engine.switch import ContextLatents, switch
 
@@ -111,7 +112,7 @@ def _switched_run(model, make_cache, sampler, mode, switch_at=3, blocks=5, steps
             seen["after"] = _state(cache)
 
     out = []
-    for b in sampler(model, cache, noise, blocks, warp_steps(list(steps)), before_block=hook):
+    for b in sampler(model, cache, noise, BlockSteps(blocks, warp_steps(list(steps))), Hooks(before_block=hook)):
         kept.add(b, cache)
         out.append(b)
     return out, seen, new_prompt
@@ -129,7 +130,7 @@ def _sampler(name):
 
 @pytest.mark.parametrize("sampler, policy", SAMPLER_CACHES)
 def test_recache_equals_a_cache_rebuilt_from_scratch(causal_model, sampler, policy):
-    from tokentrim_cli.engine.samplers import write_context
+    from tokentrim_cli.engine.samplers import write_block
 
     fn, steps = _sampler(sampler)
     make = _caches(causal_model)[policy]
@@ -140,7 +141,7 @@ def test_recache_equals_a_cache_rebuilt_from_scratch(causal_model, sampler, poli
     fresh = make()
     causal_model.set_prompt(new_prompt)
     for b in seen["kept"]:
-        write_context(causal_model, fresh, b.latents, torch.tensor(b.frames), None, b.index, 0.0)
+        write_block(causal_model, fresh, b.latents, torch.tensor(b.latent_frames), None, b.index, 0.0)
     assert _same(seen["after"], _state(fresh))
     assert not _same(seen["after"], seen["before"])  # the K/V did change: they are the new prompt's
     causal_model.state.prompt_kv = prompt0
@@ -157,7 +158,7 @@ def test_keep_leaves_the_cache_and_cut_empties_it(causal_model, sampler, policy)
     causal_model.state.prompt_kv = prompt0
     out, seen, _ = _switched_run(causal_model, make, fn, "cut", switch_at=at, blocks=8, steps=steps)
     assert seen["after"] == [] and len(out) == 8
-    assert out[-1].frames == [21, 22, 23]  # positions continue
+    assert out[-1].latent_frames == [21, 22, 23]  # positions continue
     causal_model.state.prompt_kv = prompt0
 
 
@@ -211,7 +212,7 @@ def _blocks(preset_name, seconds, timeline, *sets, prompt="a red circle"):
 
     preset = load_preset(preset_name, list(sets))
     comps = load_components(preset.config.model, preset.config.runtime)
-    return list(generate_blocks(comps, preset.config, prompt, 0, Plan.for_preset(seconds, preset.config), timeline))
+    return list(generate_blocks(comps, preset.config, timeline or prompt, 0, Plan.for_preset(seconds, preset.config)))
 
 
 def test_one_entry_timeline_is_bit_identical_to_a_plain_run():
@@ -258,3 +259,10 @@ def test_blend_interpolates_the_prompt_embeddings(monkeypatch):
     assert torch.allclose(a, torch.lerp(old, new, 1 / 3)) and torch.allclose(b, torch.lerp(old, new, 2 / 3))
     assert [r.record.get("blend") for r in blocks] == [None, None, 0.3333, 0.6667, None, None]
     assert [r.record["prompt"] for r in blocks] == [0, 0, 1, 1, 1, 1]
+
+
+def _plan(seconds, blocks, block_frames=3, fps=16):
+    """A plan of ``blocks`` blocks for a video of ``seconds`` (its other counts do not matter to ``snap``)."""
+    from tokentrim_cli.run.plan import Plan
+
+    return Plan(float(seconds), fps, round(seconds * fps), blocks * block_frames, blocks, block_frames)

@@ -113,7 +113,8 @@ class BatchRun:
 
     def _check_timelines(self) -> None:
         """Every timeline must fit its item's video (snapped to that preset's blocks); line numbers on error."""
-        from ..run.pipeline import Plan, timeline_switches
+        from ..run.plan import Plan
+        from ..run.prompt_schedule import timeline_switches
 
         problems = []
         for it in self.items:
@@ -203,7 +204,7 @@ class BatchRun:
         print(summary, file=sys.stderr, flush=True)
 
     def _dry_run(self, mine: list[Item], procs: Processes) -> None:
-        from ..run.pipeline import Plan
+        from ..run.plan import Plan
 
         o = self.o
         done = read_manifest(self.manifest) if o.resume else {}
@@ -257,78 +258,111 @@ class BatchRun:
         item does (but a Ctrl-C) stops the batch."""
         import torch
 
-        from ..run.job import Job, run_job
-        from ..output.display import make_display
-        from ..run.resume import fingerprint, peek_state, state_dir
-
-        o, presets = self.o, self.presets
+        o = self.o
         out = o.out_dir / (it.name + ".mp4")
         tag = f"{counter} item {it.index} (line {it.line})"
         t0 = time.perf_counter()
-        preset, shash, result, error, key = None, None, None, None, None
+        run = ItemRun()
         try:
-            try:
-                preset = presets.resolve(presets.ref(it.preset), it.sets)
-            except ConfigError as exc:
-                if not it.sets:
-                    raise
-                raise ConfigError(f"item set {it.sets}: {exc}") from None
-            shash = settings_hash(preset.config.as_dict(), it.hash_prompt, it.seconds, it.seed)
-            if o.resume and self._finished(it, done, shash):
-                self.report.event("item_skipped", f"tokentrim: {tag}: skipped, already done: {out}", index=it.index,
-                                  output=str(out))
+            skipped = self._start_item(it, done, where, tag, run)
+            if skipped:
                 return "skipped"
-            self.report.event("item", f"tokentrim: {tag}: {out.name}", index=it.index, output=str(out), seed=it.seed,
-                              seconds=it.seconds, preset=preset.name, prompt=it.prompt)
-            key = presets.loader_key(preset)
-            loader = presets.loader(preset)
-            extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": shash,
-                               "where": where}}
-            # goes on where an unfinished run of this very item stopped: its state says so (the manifest may not:
-            # a SIGKILL writes no line), by the fingerprint of the same settings
-            found = peek_state(state_dir(out)) if o.resume else None
-            resume = bool(found) and found.get("fingerprint") == fingerprint(shash)
-            result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline, settings_hash=shash,
-                                 resume=resume), preset, loader, make_display(o.quiet, o.log_format), extra)
-            status, error = result.status, result.error
         except KeyboardInterrupt:
             raise
         except TokentrimError as exc:
-            elsewhere = done_elsewhere(exc, out, shash) if isinstance(exc, ConfigError) else None
+            elsewhere = done_elsewhere(exc, out, run.shash) if isinstance(exc, ConfigError) else None
             if elsewhere:  # not this run's to record: the other run's manifest line stays the item's latest
                 self.report.event("item_skipped", f"tokentrim: {tag}: skipped, {elsewhere}", index=it.index,
                                   output=str(out))
                 return "skipped"
-            status, error = "failed", str(exc)
+            run.status, run.error = "failed", str(exc)
         except torch.OutOfMemoryError as exc:
-            status, error = "failed", f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}"
+            run.status, run.error = "failed", f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}"
         except Exception as exc:  # noqa: BLE001 - one item's problem never stops the batch
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+        with deferred():
+            append_line(self.manifest, self._manifest_record(it, run, where, time.perf_counter() - t0))
+        if run.status == "failed":  # an interrupted item is the batch summary's to report, in its one line
+            self.report.error(f"tokentrim: {tag} {run.status}: {run.error}", index=it.index, status=run.status,
+                              error=run.error)
+            self._after_failure(run)
+        return run.status
+
+    def _start_item(self, it: Item, done: dict, where: str, tag: str, run: "ItemRun") -> bool:
+        """Resolve the item's preset and run it, filling ``run``; True when it is skipped (done already)."""
+        from ..output.display import make_display
+        from ..run.job import Job, run_job
+        from ..run.resume import fingerprint, peek_state, state_dir
+
+        o, presets = self.o, self.presets
+        out = o.out_dir / (it.name + ".mp4")
+        try:
+            run.preset = presets.resolve(presets.ref(it.preset), it.sets)
+        except ConfigError as exc:
+            if not it.sets:
+                raise
+            raise ConfigError(f"item set {it.sets}: {exc}") from None
+        run.shash = settings_hash(run.preset.config.as_dict(), it.hash_prompt, it.seconds, it.seed)
+        if o.resume and self._finished(it, done, run.shash):
+            self.report.event("item_skipped", f"tokentrim: {tag}: skipped, already done: {out}", index=it.index,
+                              output=str(out))
+            return True
+        self.report.event("item", f"tokentrim: {tag}: {out.name}", index=it.index, output=str(out), seed=it.seed,
+                          seconds=it.seconds, preset=run.preset.name, prompt=it.prompt)
+        run.key = presets.loader_key(run.preset)
+        loader = presets.loader(run.preset)
+        extra = {"batch": {"index": it.index, "line": it.line, "prompts": str(o.prompts), "settings_hash": run.shash,
+                           "where": where}}
+        # goes on where an unfinished run of this very item stopped: its state says so (the manifest may not:
+        # a SIGKILL writes no line), by the fingerprint of the same settings
+        found = peek_state(state_dir(out)) if o.resume else None
+        resume = bool(found) and found.get("fingerprint") == fingerprint(run.shash)
+        run.result = run_job(Job(it.prompt, it.seconds, it.seed, out, o.overwrite, it.timeline,
+                                 settings_hash=run.shash, resume=resume), run.preset, loader,
+                             make_display(o.quiet, o.log_format), extra)
+        run.status, run.error = run.result.status, run.result.error
+        return False
+
+    def _manifest_record(self, it: Item, run: "ItemRun", where: str, elapsed: float) -> dict:
+        """The item's manifest line."""
+        o, presets, result = self.o, self.presets, run.result
+        shash = run.shash
         if shash is None:
             shash = settings_hash(None, it.hash_prompt, it.seconds, it.seed, fallback={
                 "preset": presets.ref(it.preset), "cli_sets": presets.cli_sets, "sets": it.sets})
         video = result.video if result is not None else None
-        record = {
+        return {
             "index": it.index, "line": it.line, "prompt": it.prompt,
             **({"timeline": [e.as_dict() for e in it.timeline]} if it.timeline else {}),
             "output": video.name if video else None,
             "sidecar": result.sidecar.name if result is not None and result.sidecar.exists() else None,
-            "seed": it.seed, "status": status, "error": error, "seconds": it.seconds,
+            "seed": it.seed, "status": run.status, "error": run.error, "seconds": it.seconds,
             "settings_hash": shash,
-            "preset": preset.name if preset is not None else item_preset_label(it.preset, o.preset),
+            "preset": run.preset.name if run.preset is not None else item_preset_label(it.preset, o.preset),
             "frames_written": result.frames_written if result is not None else 0,
-            "elapsed": round(time.perf_counter() - t0, 3),
+            "elapsed": round(elapsed, 3),
             "where": where,
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        with deferred():
-            append_line(self.manifest, record)
-        if status == "failed":  # an interrupted item is the batch summary's to report, in its one line
-            self.report.error(f"tokentrim: {tag} {status}: {error}", index=it.index, status=status, error=error)
-        if status == "failed":
-            if error and error.startswith("out of memory"):
-                presets.drop_other_loaders(key)  # idle models of other presets go too
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        return status
+
+    def _after_failure(self, run: "ItemRun") -> None:
+        """Free memory after a failed item (an out-of-memory one drops the other presets' idle models too)."""
+        import torch
+
+        if run.error and run.error.startswith("out of memory"):
+            self.presets.drop_other_loaders(run.key)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@dataclass
+class ItemRun:
+    """What running one batch item gave: its preset and settings hash once resolved, the run's result."""
+
+    preset: object = None
+    shash: str | None = None
+    key: object = None
+    result: object = None
+    status: str = "failed"
+    error: str | None = None

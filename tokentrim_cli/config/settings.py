@@ -249,6 +249,11 @@ class Video(Section):
     decoder: str = choice("vae", "tiny", allowed="vae (the model's own Wan VAE) or tiny (TAEHV's taew2_1: several "
                           "times faster and lighter, slightly softer pictures; model.tiny_decoder)")
 
+    @property
+    def x264_preset(self) -> str:
+        """The encoder's speed/size preset (the setting ``video.preset``; not a tokentrim preset)."""
+        return self.preset
+
 
 def _device(v) -> bool:
     return isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))

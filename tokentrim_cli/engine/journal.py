@@ -1,8 +1,8 @@
 """A KV cache's history, kept so that the cache can be rebuilt exactly (``generate --resume``).
 
 Why not store the keys and values: at 480x832 a Rolling Forcing context of 21 latent frames is about 6 GB in bf16,
-while the latents that made one block's keys and values are 0.6 MB. Every change to a cache is either a context
-(write) pass, a pure function of its input latents, the prompt in effect and what the cache held, or a decision
+while the latents that made one block's keys and values are 0.6 MB. Every change to a cache is either a write
+pass, a pure function of its input latents, the prompt in effect and what the cache held, or a decision
 taken outside one: TokenTrim's pruning, a prompt switch's reset or RoPE cut (Infinity-RoPE), Deep Forcing's
 token-budget trim, and the mid blocks a three-partition cache had selected when a write pass ran. The journal
 records these in order, each with what it takes to make it again; :func:`replay` into a new cache of the same
@@ -15,9 +15,21 @@ A cache records itself when it has a journal (``cache.journal``); prompts are re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .cache import KVCache
+
+
+@dataclass(frozen=True)
+class JournalState:
+    """A journal's history at one moment: ``ops`` in order, each ("prompt", *embeddings), ("write", x, timesteps,
+    frames, choice), ("prune", ...), ("reset", ...), ("trim", ...) or ("rope_cut", ...), tensors on the CPU;
+    ``epoch`` counts the cuts of the history (resets)."""
+
+    ops: tuple
+    epoch: int
 
 
 class Journal:
@@ -38,17 +50,20 @@ class Journal:
         self.add(*self._prompt)
         model.set_prompt(*embeds)
 
-    def state(self) -> dict:
-        return {"ops": list(self.ops), "epoch": self.epoch}
+    def state(self) -> JournalState:
+        """The history so far (its entries are never changed in place, so this shares them)."""
+        return JournalState(tuple(self.ops), self.epoch)
 
 
-def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, frames: torch.Tensor,
-                 kept: torch.Tensor | None = None) -> None:
-    """One write forward, recorded when the cache keeps a journal. ``x`` is kept on the CPU in the model's
-    dtype: the forward casts to it first thing, so nothing of the pass is lost and a bf16 state is half the
-    size; the journal holds no device memory. From a GPU the copy is asynchronous (synchronise before reading
-    it); on the CPU it is a copy too, since a view would keep (and save) its whole base. ``kept``: that copy
-    already (a replay records the entry it replays)."""
+def write_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor, frames: torch.Tensor,
+               kept: torch.Tensor | None = None) -> None:
+    """One write pass (a forward that writes ``x``'s keys and values to ``cache``), recorded when the cache keeps
+    a journal: ``x`` (B, C, F, h, w) at ``timesteps`` (F,) and latent frame indices ``frames`` (F,).
+
+    The journal keeps ``x`` on the CPU in the model's dtype: the forward casts to it first thing, so nothing of
+    the pass is lost and a bf16 state is half the size; the journal holds no device memory. From a GPU the copy
+    is asynchronous (synchronise before reading it); on the CPU it is a copy too, since a view would keep (and
+    save) its whole base. ``kept``: that copy already (a replay records the entry it replays)."""
     if cache.journal is not None:
         if kept is None:
             kept = x.detach().to(model.dtype)
@@ -58,18 +73,18 @@ def context_pass(model, cache: KVCache, x: torch.Tensor, timesteps: torch.Tensor
 
 
 @torch.no_grad()
-def replay(state: dict, model, cache: KVCache) -> Journal:
+def replay(state: JournalState, model, cache: KVCache) -> Journal:
     """Rebuild ``cache`` (new, of the run's policy) from a journal's ``state()``; return the journal that now
     records it (equal to the one replayed, so a resumed run can be resumed again)."""
     journal = Journal()
     cache.journal = journal
-    for kind, *args in state["ops"]:
+    for kind, *args in state.ops:
         if kind == "prompt":
             journal.set_prompt(model, *args)
         elif kind == "write":
             x, timesteps, frames, choice = args
             cache.restore_choice(choice)
-            context_pass(model, cache, x.to(model.device), timesteps, frames, kept=x)
+            write_pass(model, cache, x.to(model.device), timesteps, frames, kept=x)
         elif kind == "prune":
             cache.prune(args[0])
         elif kind == "reset":
@@ -80,5 +95,5 @@ def replay(state: dict, model, cache: KVCache) -> Journal:
             cache.rope_cut(args[0])
         else:
             raise ValueError(f"unknown journal entry {kind!r}")
-    journal.epoch = state["epoch"]  # the replayed resets bumped it
+    journal.epoch = state.epoch  # the replayed resets bumped it
     return journal

@@ -1,6 +1,6 @@
 """Prompt switches between blocks: what happens to the self-attention cache when the prompt changes.
 
-- ``recache`` (LongLive's KV re-cache): the cache is emptied and rebuilt by context (write) passes, under the new
+- ``recache`` (LongLive's KV re-cache): the cache is emptied and rebuilt by write passes, under the new
   prompt, over the latents of every finished block it still holds a frame of, oldest first, sink blocks
   included. Every policy then re-admits them by its own rules (windows, compression, sink), so the next block
   sees a context made wholly under the new prompt. Tokens TokenTrim pruned before the switch come back (they are
@@ -21,7 +21,7 @@ import torch
 
 from .cache import KVCache
 from .noise import NoiseSource
-from .samplers import Block, write_context
+from .samplers import Block, write_block
 
 
 class ContextLatents:
@@ -35,7 +35,7 @@ class ContextLatents:
         """Keep a finished block; forget those the cache holds no frame of any more (after its write pass)."""
         self.blocks.append(block)
         held = set(cache.frames)
-        self.blocks = [b for b in self.blocks if held.intersection(b.frames)]
+        self.blocks = [b for b in self.blocks if held.intersection(b.latent_frames)]
 
     def clear(self) -> None:
         """Forget every block (a hard cut)."""
@@ -54,10 +54,10 @@ def recache(model, cache: KVCache, kept: ContextLatents, noise: NoiseSource, con
         context_noise: the timestep of the context passes (the preset's ``sampler.context_noise``).
     """
     cache.reset()
-    for b in sorted(kept.blocks, key=lambda b: b.frames[0]):
-        write_context(model, cache, b.latents, torch.tensor(b.frames), noise, b.index, context_noise)
+    for b in sorted(kept.blocks, key=lambda b: b.latent_frames[0]):
+        write_block(model, cache, b.latents, torch.tensor(b.latent_frames), noise, b.index, context_noise)
     held = set(cache.frames)
-    kept.blocks = [b for b in kept.blocks if held.intersection(b.frames)]
+    kept.blocks = [b for b in kept.blocks if held.intersection(b.latent_frames)]
 
 
 def cut(cache: KVCache, kept: ContextLatents | None, next_frame: int) -> None:

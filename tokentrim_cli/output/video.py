@@ -81,7 +81,7 @@ class Mp4Writer:
     without re-encoding either. ``run``: the resumable run's fingerprint, written into the streaming file's comment
     (a partial video kept after a kill carries it)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, preset: str = "medium",
+    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, x264_preset: str = "medium",
                  prefix: Path | None = None, prefix_frames: int = 0, run: str | None = None):
         self.path = Path(path)
         self.prefix, self.prefix_frames = (Path(prefix) if prefix else None), (prefix_frames if prefix else 0)
@@ -91,7 +91,7 @@ class Mp4Writer:
         self.size = (width, height)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
-               "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", str(crf), "-preset", preset,
+               "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", str(crf), "-preset", x264_preset,
                # fragmented while streaming (a fragment per half second): a file cut short by a full disk or a
                # kill still plays up to its last whole fragment; ``publish`` makes a plain MP4 of it
                "-movflags", "+empty_moov+default_base_moof", "-frag_duration", "500000", "-f", "mp4", str(self.tmp)]

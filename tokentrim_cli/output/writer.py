@@ -1,11 +1,12 @@
 """Decoding and MP4 encoding of finished blocks, overlapped with the generation of the next ones.
 
 The loop hands each finished latent block to :class:`BlockWriter`; a worker thread decodes it (on a side CUDA
-stream when the model runs on a GPU), trims it to the frames asked for, sends it to the MP4 writer and then calls
-``on_written`` (the sidecar record and the display), strictly in order. At most ``depth`` blocks wait, so memory
-stays bounded. Only the main thread receives signals, so a Ctrl-C never cuts a block's write in half; ``close``
-writes every block already generated before it returns. ``threaded=False`` does the same inline (the serial path
-the pipelined one is tested against).
+stream when the model runs on a GPU), trims it to the frames asked for and sends it to the MP4 writer, strictly in
+order, then hands a :class:`Written` record to the recorder (``run/recorder.py``: sidecar record, display line,
+resumable state), on the worker thread, so nothing is in the file that is not recorded. At most ``depth`` blocks
+wait, so memory stays bounded. Only the main thread receives signals, so a Ctrl-C never cuts a block's write in
+half; ``close`` writes every block already generated before it returns. ``threaded=False`` does the same inline
+(the serial path the pipelined one is tested against).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from typing import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -25,19 +27,32 @@ from .video import Mp4Writer
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class Written:
+    """A block now in the file, and the pixel frames in the file after it."""
+
+    block: Block
+    frames: int
+
+
+class Recorder(Protocol):
+    def record(self, written: Written) -> None:
+        """Called, in order, on the writer's thread, once each block is in the file."""
+
+
 class BlockWriter:
     """Args:
         decoder: the video's streaming decoder (reset already).
         writer: the MP4 writer.
         frames_limit: pixel frames the video keeps; the rest of the last block is dropped.
-        on_written: called with (block, frames written so far) after each block is in the file.
+        recorder: told of each block once it is in the file.
         threaded: decode and encode on a worker thread.
         depth: blocks that may wait for the worker.
     """
 
-    def __init__(self, decoder: StreamingDecoder, writer: Mp4Writer, frames_limit: int,
-                 on_written: Callable[[Block, int], None], threaded: bool = True, depth: int = 2):
-        self.decoder, self.writer, self.limit, self.on_written = decoder, writer, frames_limit, on_written
+    def __init__(self, decoder: StreamingDecoder, writer: Mp4Writer, frames_limit: int, recorder: Recorder,
+                 threaded: bool = True, depth: int = 2):
+        self.decoder, self.writer, self.limit, self.recorder = decoder, writer, frames_limit, recorder
         self.error: BaseException | None = None
         self._thread = None
         if threaded:
@@ -94,7 +109,7 @@ class BlockWriter:
     def _write(self, block: Block) -> None:
         frames = self.decoder.frames(block.latents)
         self.writer.write(frames[: max(0, self.limit - self.writer.frames)])
-        self.on_written(block, self.writer.frames)
+        self.recorder.record(Written(block, self.writer.frames))
 
     def _raise(self) -> None:
         if self.error is not None:

@@ -11,7 +11,8 @@ every frame (one latent frame each).
 Context (the input's latent frames L): what the cache policy would hold after generating them itself, as the
 policy answers it (``KVCache.retained_frames``): its sink (the first ``cache.sink_frames`` latent frames, for every
 policy but ``full``) and the last frames that fill its attention span (``tail_frames`` of each policy class in
-``engine/cache.py``, ``engine/policies.py``, ``engine/sink_policies.py``). These are written by context passes of ``block_frames`` (``pipeline.Lead``) at their true absolute indices, the
+``engine/cache.py``, ``engine/policies.py``, ``engine/sink_policies.py``). These are written by write passes of
+``block_frames`` (``pipeline.Lead``) at their true absolute indices, the
 sink first; the cache's layout closes the gap between sink and tail, and the blocks are generated from latent
 frame L. Rolling Forcing's sink is its first block: the input's first frames.
 
@@ -41,7 +42,8 @@ from ..engine.components import Components
 from ..engine.policies import make_cache
 from ..engine.vae import StreamingDecoder, StreamingEncoder
 from ..errors import TokentrimError
-from .pipeline import Lead, Plan
+from .pipeline import Lead
+from .plan import Plan
 from ..config.settings import Cache, Config, Video
 from .source_video import SourceVideo
 from ..output.video import Mp4Writer, h264_parameter_sets
@@ -72,7 +74,7 @@ def copy_problem(source: SourceVideo, vid: Video) -> str | None:
     if source.codec != "h264" or source.pix_fmt != "yuv420p":
         return f"it is {source.codec or 'an unknown codec'} {source.pix_fmt}, not h264 yuv420p"
     with tempfile.TemporaryDirectory(prefix="tokentrim-probe-") as tmp:
-        probe = Mp4Writer(Path(tmp) / "probe.mp4", vid.width, vid.height, vid.fps, vid.crf, vid.preset)
+        probe = Mp4Writer(Path(tmp) / "probe.mp4", vid.width, vid.height, vid.fps, vid.crf, vid.x264_preset)
         try:
             probe.write(np.zeros((1, vid.height, vid.width, 3), np.uint8))
             probe.finish()
@@ -120,12 +122,13 @@ class Continuation:
                 f"{self.seam_frame}")
 
 
-def plan_continuation(source: SourceVideo, cfg: Config, new_latent_frames: int) -> Continuation:
-    """Everything about the continuation that is known before the models load (and the copy check)."""
-    latent, skipped = latent_count(source.frames, cfg.model.vae.temporal_ratio)
+def plan_continuation(source: SourceVideo, cfg: Config, plan: Plan) -> Continuation:
+    """Everything about the continuation that is known before the models load (and the copy check), for the
+    ``plan`` of its new part (``Plan.for_preset(..., extend=L)``, L the input's latent frames)."""
+    _, skipped = latent_count(source.frames, plan.temporal_ratio)
     rope_len = int(cfg.model.transformer.config.get("rope_max_seq_len", 1024))
-    context, sink = context_frames(cfg.cache, cfg.sampler.block_frames, latent, rope_len, new_latent_frames)
-    return Continuation(source, latent, skipped, context, sink, copy_problem(source, cfg.video))
+    context, sink = context_frames(cfg.cache, plan.block_frames, plan.start_frame, rope_len, plan.latent_frames)
+    return Continuation(source, plan.start_frame, skipped, context, sink, copy_problem(source, cfg.video))
 
 
 def source_latents(components: Components, cont: Continuation, decoder: StreamingDecoder | None = None,
@@ -169,4 +172,4 @@ def extend_plan(source: SourceVideo, cfg: Config, seconds: float):
     """(the Plan of the new part, the Continuation) for continuing ``source`` by ``seconds``."""
     latent, _ = latent_count(source.frames, cfg.model.vae.temporal_ratio)
     plan = Plan.for_preset(seconds, cfg, extend=latent)
-    return plan, plan_continuation(source, cfg, plan.latent_frames)
+    return plan, plan_continuation(source, cfg, plan)

@@ -116,7 +116,12 @@ class SpeedMeter:
             yield block
 
     def decoder(self, decoder) -> "TimedDecoder":
+        """``decoder`` (what the block writer decodes with), each block's decode timed."""
         return TimedDecoder(decoder, self)
+
+    def recorder(self, recorder) -> "TimedRecorder":
+        """``recorder`` (what the block writer reports written blocks to), told when each block is in the file."""
+        return TimedRecorder(recorder, self)
 
     def written(self, index: int, frames: int) -> None:
         """Block ``index`` is in the file, which now holds ``frames`` frames."""
@@ -143,6 +148,33 @@ class SpeedMeter:
 
 def _rate(frames: int, seconds: float) -> float | None:
     return frames / seconds if frames and seconds > 0 else None
+
+
+def record_speed(meter: SpeedMeter, sidecar, display) -> None:
+    """The run's rates into the sidecar (``speed``) and one display line; a timing problem (a GPU gone bad) is
+    recorded as such and never costs the outputs."""
+    try:
+        speed = meter.record()
+    except Exception as exc:  # noqa: BLE001
+        sidecar.data["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return
+    sidecar.data["speed"] = speed.as_dict()
+    display.message(speed.line())
+
+
+class TimedRecorder:
+    """A block writer's recorder whose blocks carry their loop and decode seconds into their record, and whose
+    writing times the meter keeps (end to end)."""
+
+    def __init__(self, recorder, meter: SpeedMeter):
+        self.inner, self.meter = recorder, meter
+
+    def record(self, written) -> None:
+        """Args:
+            written: ``output.writer.Written``: the block now in the file and the file's frames after it."""
+        self.meter.written(written.block.index, written.frames)
+        written.block.record.update(self.meter.block_seconds(written.block.index))
+        self.inner.record(written)
 
 
 class TimedDecoder:

@@ -15,10 +15,8 @@ the N - 1 blocks after it (weights 1/(N+1) .. N/(N+1)); the next block has the n
 before the next switch and may not be longer than the blocks left in the video (a longer one would leave the new
 prompt under 1/(N+1) of the weight to the end: refused, it is a slip of units).
 
-Snapping: a switch at time t takes effect at the first block whose first pixel frame is at or after t (pixel
-frame p shows at p / fps; latent frame k > 0 starts at pixel 1 + (k - 1) * temporal_ratio; when the blocks continue
-a video, ``generate --extend``, time 0 is the seam and block b starts at pixel b * block_frames * temporal_ratio
-after it). A timeline is
+Snapping: a switch at time t takes effect at the first block whose first pixel frame is at or after t
+(``Plan.block_seconds``; when the blocks continue a video, ``generate --extend``, time 0 is the seam). A timeline is
 refused (one-line ConfigError, exit 2) when its times do not increase, a switch lies at or past the video's end
 or snaps past its last block, two switches snap to the same block, a prompt is empty, a field is unknown or a
 mode is not one of MODES.
@@ -207,48 +205,39 @@ def length_problem(entries: list[Entry], seconds: float) -> str | None:
     return None
 
 
-def block_start_seconds(block: int, block_frames: int, fps: int, temporal_ratio: int = 4,
-                        start_frame: int = 0, continued: bool = False) -> float:
-    """When a block's first pixel frame is shown (``start_frame``: latent frames before block 0, e.g. an image;
-    ``continued``: the blocks continue a video and the time counts from the seam)."""
-    if continued:
-        return block * block_frames * temporal_ratio / fps
-    latent = start_frame + block * block_frames
-    pixel = 0 if latent == 0 else 1 + (latent - 1) * temporal_ratio
-    return pixel / fps
-
-
-def snap(entries: list[Entry], seconds: float, blocks: int, block_frames: int, fps: int, temporal_ratio: int = 4,
-         default_mode: str = "recache", start_frame: int = 0, continued: bool = False) -> list[Switch]:
-    """The switches of a checked timeline (one per entry after the first), snapped to blocks (which start at
-    latent frame ``start_frame``: 1 after a start image; ``continued``: after a video, time 0 at the seam)."""
-    at = lambda b: block_start_seconds(b, block_frames, fps, temporal_ratio, start_frame, continued)  # noqa: E731
-    problem = length_problem(entries, seconds)
+def snap(entries: list[Entry], plan, default_mode: str = "recache") -> list[Switch]:
+    """The switches of a checked timeline (one per entry after the first), snapped to ``plan``'s blocks
+    (``run/plan.Plan``: when each block starts)."""
+    problem = length_problem(entries, plan.seconds)
     if problem:
         raise ConfigError(f"timeline: {problem}")
     switches: list[Switch] = []
     for i, e in enumerate(entries[1:], 1):
         b = 0
-        while at(b) < e.start - 1e-9:
+        while plan.block_seconds(b) < e.start - 1e-9:
             b += 1
-        if b >= blocks:
-            last = at(blocks - 1)
-            raise ConfigError(f"timeline: prompt {i + 1} at {e.start:g} s snaps to block {b}, past the video's last "
-                              f"block ({blocks - 1}, from {last:g} s)")
-        if switches and b == switches[-1].block:
-            raise ConfigError(f"timeline: prompts {i} and {i + 1} ({entries[i - 1].start:g} s, {e.start:g} s) both "
-                              f"snap to block {b}; space them at least one block "
-                              f"({block_frames * temporal_ratio / fps:g} s) apart")
-        if switches and b < switches[-1].block + switches[-1].blend:
-            raise ConfigError(f"timeline: prompt {i}'s blend over {switches[-1].blend} blocks (from block "
-                              f"{switches[-1].block}) runs into prompt {i + 1}'s switch at block {b}")
-        if e.blend > blocks - b:
-            raise ConfigError(f"timeline: prompt {i + 1}'s blend={e.blend} is longer than the {blocks - b} block(s) "
-                              f"left after its switch at block {b} (the new prompt would never pass "
-                              f"{100 * (blocks - b) / (e.blend + 1):.2g}% weight in the video); blend counts blocks of "
-                              f"{block_frames * temporal_ratio / fps:g} s: use at most blend={blocks - b}")
-        switches.append(Switch(i, b, e.start, at(b), e.switch or default_mode, e.blend))
+        _check_snapped(entries, i, b, switches, plan)
+        switches.append(Switch(i, b, e.start, plan.block_seconds(b), e.switch or default_mode, e.blend))
     return switches
+
+
+def _check_snapped(entries: list[Entry], i: int, b: int, switches: list[Switch], plan) -> None:
+    """ConfigError when entry ``i``, snapped to block ``b``, does not fit the video or the switches before it."""
+    e, blocks = entries[i], plan.blocks
+    if b >= blocks:
+        raise ConfigError(f"timeline: prompt {i + 1} at {e.start:g} s snaps to block {b}, past the video's last "
+                          f"block ({blocks - 1}, from {plan.block_seconds(blocks - 1):g} s)")
+    if switches and b == switches[-1].block:
+        raise ConfigError(f"timeline: prompts {i} and {i + 1} ({entries[i - 1].start:g} s, {e.start:g} s) both "
+                          f"snap to block {b}; space them at least one block ({plan.block_duration:g} s) apart")
+    if switches and b < switches[-1].block + switches[-1].blend:
+        raise ConfigError(f"timeline: prompt {i}'s blend over {switches[-1].blend} blocks (from block "
+                          f"{switches[-1].block}) runs into prompt {i + 1}'s switch at block {b}")
+    if e.blend > blocks - b:
+        raise ConfigError(f"timeline: prompt {i + 1}'s blend={e.blend} is longer than the {blocks - b} block(s) "
+                          f"left after its switch at block {b} (the new prompt would never pass "
+                          f"{100 * (blocks - b) / (e.blend + 1):.2g}% weight in the video); blend counts blocks of "
+                          f"{plan.block_duration:g} s: use at most blend={blocks - b}")
 
 
 def prompt_of(block: int, switches: list[Switch]) -> int:
