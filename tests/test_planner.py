@@ -6,7 +6,7 @@ import torch
 from conftest import CacheDriver
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache
-from tokentrim_cli.engine.samplers import self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.planner import GPU_SIZES, kv_tokens, levers, predict, under
 from tokentrim_cli.config.settings import Cache
@@ -30,7 +30,7 @@ POLICIES = {
 def measured_peak(cfg: Cache, blocks: int) -> int:
     cache = make_cache(cfg, 2, 64)
     peak = 0
-    for _ in self_forcing(CacheDriver(), cache, NoiseSource(0, SHAPE), blocks, warp_steps([1000, 500])):
+    for _ in self_forcing(CacheDriver(), cache, NoiseSource(0, SHAPE), BlockSteps(blocks, warp_steps([1000, 500]))):
         peak = max(peak, cache.nbytes)
     return peak
 
@@ -141,7 +141,8 @@ def test_guidance_doubles_the_cache_and_the_prediction_follows():
     cfg = POLICIES["sink_window"]
     cache = make_cache(cfg, 2, 64)
     peak = 0
-    for _ in self_forcing(Guided(CacheDriver(), 3.0), cache, NoiseSource(0, SHAPE), 6, warp_steps([1000, 500])):
+    steps = BlockSteps(6, warp_steps([1000, 500]))
+    for _ in self_forcing(Guided(CacheDriver(), 3.0), cache, NoiseSource(0, SHAPE), steps):
         peak = max(peak, cache.nbytes)
     assert peak == 2 * kv_tokens(cfg, 3, 6, (4, 4)) * TOKEN_BYTES
     tiny = load_preset("tiny", architecture=False).config
