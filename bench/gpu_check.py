@@ -305,13 +305,19 @@ def calibrate(run: Run, paths: dict, seconds: float, tmp: Path) -> None:
 
 
 def calibration_table(results: dict) -> str:
-    gib = lambda b: f"{b / 2**30:.2f}" if isinstance(b, (int, float)) else "-"  # noqa: E731
-    num = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-    lines = [f"{'preset':24s} {'predicted GiB':>13s} {'measured GiB':>12s} {'ratio':>6s} {'loop FPS':>8s} "
-             f"{'decode FPS':>10s} {'e2e FPS':>8s} {'warm-up s':>9s}"]
+    def gib(b):
+        return f"{b / 2**30:.2f}" if isinstance(b, (int, float)) else "-"
+
+    def num(v):
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+    head = (f"{'preset':24s} {'predicted GiB':>13s} {'measured GiB':>12s} {'ratio':>6s} {'loop FPS':>8s} "
+            f"{'decode FPS':>10s} {'e2e FPS':>8s} {'warm-up s':>9s}")
+    lines = [head]
     for name, cell in results["presets"].items():
         plan, sp = cell.get("planner", {}), cell.get("speed") or {}
-        lines.append(f"{name:24s} {gib(plan.get('predicted_peak_bytes')):>13s} {gib(plan.get('measured_peak_bytes')):>12s} "
+        lines.append(f"{name:24s} {gib(plan.get('predicted_peak_bytes')):>13s} "
+                     f"{gib(plan.get('measured_peak_bytes')):>12s} "
                      f"{num(plan.get('ratio')):>6s} {num(sp.get('loop_fps')):>8s} {num(sp.get('decode_fps')):>10s} "
                      f"{num(sp.get('end_to_end_fps')):>8s} {num(sp.get('warmup_seconds')):>9s}")
     return "\n".join(lines)

@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-
 from conftest import CacheDriver
+
+from tokentrim_cli.config.settings import Cache
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache
 from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 from tokentrim_cli.planner import GPU_SIZES, kv_tokens, levers, predict, under
-from tokentrim_cli.config.settings import Cache
 
 SHAPE = (1, 16, 3, 8, 8)  # 3-frame blocks of 4 x 4 tokens (CacheDriver's 2 x 2 patches)
 TOKEN_BYTES = 2 * 2 * 2 * 12 * 4  # keys and values, 2 layers, 2 heads of 12, float32
@@ -61,7 +61,6 @@ def test_weights_are_what_the_loaded_models_hold():
 
 def test_int8_counts_one_byte_per_linear_weight():
     from tokentrim_cli.config.presets import load_preset
-
     from tokentrim_cli.planner import _transformer
 
     cfg = load_preset("self-forcing", architecture=False).config
@@ -72,7 +71,7 @@ def test_int8_counts_one_byte_per_linear_weight():
     full, int8 = predict(cfg, 10), predict(cfg, 10, quantize="int8")
     assert full.transformer == 2 * 1_418_996_800 + 2 * kept + buffers
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    size = lambda m: m.weight.element_size()  # noqa: E731 - the time embedder's linears stay float32
+    size = lambda m: m.weight.element_size()
     saved = sum(m.weight.numel() * (size(m) - 1) - m.out_features * size(m) for m in linear)
     assert full.transformer - int8.transformer == saved and 0.5 < int8.transformer / full.transformer < 0.6
 
@@ -101,7 +100,8 @@ def test_doctor_prints_the_plan_and_keeps_its_old_report(capsys):
     r = tokentrim("doctor", "--preset", "self-forcing", "--seconds", "30")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("preset self-forcing, 30 s at 832x480, bfloat16") and "KV cache at its plateau" in r.stdout
+    assert lines[0].startswith("preset self-forcing, 30 s at 832x480, bfloat16")
+    assert "KV cache at its plateau" in r.stdout
     assert [ln.split(":")[0].strip() for ln in lines if " GB:" in ln] == [f"{g} GB" for g in GPU_SIZES]
     assert "preset tiny:" not in r.stdout  # the weights report is doctor without --preset
     code, _, err = run_main(capsys, "doctor", "--preset", "self-forcing", "--seconds", "0")

@@ -215,7 +215,8 @@ def predict(cfg: Config, seconds: float, device: str = "cuda", quantize: str | N
     per_token = 2 * d.layers * d.batch * d.dim * d.elem
     fast = _fast_decoder(cfg, vae_dtype)
     return Prediction(
-        transformer=_int8_bytes(model) if quantize == "int8" else _bytes(model), vae=_bytes(vae), text_encoder=_bytes(text), fast_decoder=_bytes(fast) if fast else 0,
+        transformer=_int8_bytes(model) if quantize == "int8" else _bytes(model), vae=_bytes(vae),
+        text_encoder=_bytes(text), fast_decoder=_bytes(fast) if fast else 0,
         kv_cache=tokens * per_token, kv_working=_kv_working(cfg, d, tokens, per_token),
         activations=_activations(cfg, d, tokens), text_activations=_text_activations(cfg, dtype),
         decoder=_decoder(cfg, d, torch.tensor([], dtype=vae_dtype).element_size()),
@@ -258,7 +259,8 @@ def _kv_working(cfg: Config, d: _Dims, tokens: int, per_token: int) -> int:
     """Estimate: the written block's rows in every layer, a rotated copy of the sink and mid tokens beside the
     recent ones (all of them, at worst), and the buffer's growth room (1/8)."""
     block = cfg.sampler.block_frames * d.grid[0] * d.grid[1]
-    staged = tokens if cfg.cache.policy in ("three_partition", "deep_sink") else cfg.cache.sink_frames * d.grid[0] * d.grid[1]
+    frame = d.grid[0] * d.grid[1]
+    staged = tokens if cfg.cache.policy in ("three_partition", "deep_sink") else cfg.cache.sink_frames * frame
     return int((block + staged + tokens / 8) * per_token)
 
 
@@ -347,8 +349,9 @@ def report(preset: Preset, seconds: float) -> list[str]:
     """``doctor --preset``'s lines: the table, then one line per card size."""
     cfg = preset.config
     pred = predict(cfg, seconds)
-    lines = [f"preset {preset.name}, {seconds:g} s at {cfg.video.width}x{cfg.video.height}, {cfg.runtime.dtype}, "
-             f"cache {cfg.cache.policy}: predicted peak GPU memory {pred.peak / GIB:.2f} GiB"]
+    head = (f"preset {preset.name}, {seconds:g} s at {cfg.video.width}x{cfg.video.height}, {cfg.runtime.dtype}, "
+            f"cache {cfg.cache.policy}: predicted peak GPU memory {pred.peak / GIB:.2f} GiB")
+    lines = [head]
     lines += [f"  {name:<28} {n / GIB:8.2f} GiB  {how}" for name, n, how in pred.rows()]
     if not cfg.model.text_encoder.config:
         lines.append("  (text encoder: UMT5-XXL's shapes assumed, Wan 2.1's; the preset names no config)")

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tokentrim_cli.engine.tiny_decoder import (StreamState, TinyDecoder, TinyStreamingDecoder, build_tiny_decoder)
+from tokentrim_cli.engine.tiny_decoder import StreamState, TinyDecoder, TinyStreamingDecoder, build_tiny_decoder
 from tokentrim_cli.errors import WeightsError
 
 
@@ -120,11 +120,10 @@ def test_a_restored_state_goes_on_as_the_uninterrupted_stream(model):
 
 
 def test_generate_with_the_tiny_decoder_writes_the_vae_paths_frame_count(tmp_path):
+    import imageio.v3 as iio
     from test_cli import tokentrim
 
     from tokentrim_cli.output.video import probe
-
-    import imageio.v3 as iio
 
     counts, first = {}, {}
     for decoder in ("vae", "tiny"):
@@ -150,8 +149,8 @@ def test_the_toy_codec_refuses_the_tiny_decoder():
 
 def test_download_fetches_the_tiny_decoder_only_when_asked(tmp_path, capsys, monkeypatch):
     from tokentrim_cli.cli import main
-    from tokentrim_cli.engine import weights
     from tokentrim_cli.config.settings import TINY_DECODER_WEIGHTS
+    from tokentrim_cli.engine import weights
 
     fetched = []
     monkeypatch.setattr(weights, "fetch", lambda ref, local=None: fetched.append(ref) or tmp_path / "f")
@@ -171,9 +170,9 @@ class _no_exit:
 
 
 def test_a_url_reference_is_found_in_the_weights_folder_or_named_missing(tmp_path, monkeypatch):
+    from tokentrim_cli.config.settings import TINY_DECODER_WEIGHTS
     from tokentrim_cli.engine import weights
     from tokentrim_cli.errors import MissingWeights
-    from tokentrim_cli.config.settings import TINY_DECODER_WEIGHTS
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(MissingWeights) as exc:
@@ -194,7 +193,7 @@ def test_the_decoder_settings_keep_old_hashes_and_tiny_changes_it():
     old["video"] = {k: v for k, v in vae["video"].items() if k != "decoder"}
     old["model"] = {k: v for k, v in vae["model"].items() if k != "tiny_decoder"}
     tiny = load_preset("tiny", ["video.decoder=tiny"], architecture=False).config.as_dict()
-    h = lambda c: settings_hash(c, "a prompt", 2.0, 0)  # noqa: E731
+    h = lambda c: settings_hash(c, "a prompt", 2.0, 0)
     assert h(vae) == h(old) != h(tiny)
 
 
@@ -204,5 +203,5 @@ def test_an_interrupted_run_with_the_tiny_decoder_resumes_exactly(tmp_path, monk
 
     args = ["generate", "-p", "a red kite", "--seconds", "3", "--seed", "7", "--preset", "tiny", "-q",
             "--set", "video.decoder=tiny", "--set", "model.tiny_decoder=random:3"]
-    out, twin, before = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 13, "error", 1)
+    out, _, _ = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 13, "error", 1)
     assert json.loads(out.with_suffix(".json").read_text())["resumed"]

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
-from ..config.settings import TINY_DECODER_WEIGHTS as TAEW2_1  # the published file (fetched by ``tokentrim download``)
 
 LICENSE = "MIT (github.com/madebyollin/taehv LICENSE)"
 LATENT_CHANNELS = 16

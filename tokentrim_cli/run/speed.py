@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
 
 import torch
 
@@ -45,7 +45,7 @@ class Span:
             return event
         return time.perf_counter()
 
-    def stop(self) -> "Span":
+    def stop(self) -> Span:
         self.end = self._mark()
         return self
 
@@ -115,11 +115,11 @@ class SpeedMeter:
             self.order.append(block.index)
             yield block
 
-    def decoder(self, decoder) -> "TimedDecoder":
+    def decoder(self, decoder) -> TimedDecoder:
         """``decoder`` (what the block writer decodes with), each block's decode timed."""
         return TimedDecoder(decoder, self)
 
-    def recorder(self, recorder) -> "TimedRecorder":
+    def recorder(self, recorder) -> TimedRecorder:
         """``recorder`` (what the block writer reports written blocks to), told when each block is in the file."""
         return TimedRecorder(recorder, self)
 
