@@ -150,16 +150,18 @@ def _rate(frames: int, seconds: float) -> float | None:
     return frames / seconds if frames and seconds > 0 else None
 
 
-def record_speed(meter: SpeedMeter, sidecar, display) -> None:
-    """The run's rates into the sidecar (``speed``) and one display line; a timing problem (a GPU gone bad) is
-    recorded as such and never costs the outputs."""
+def record_speed(meter: SpeedMeter, sidecar, display, show: bool = True) -> None:
+    """The run's rates into the sidecar (``speed``) and, with ``show`` (a run that finished: an unfinished one
+    ends with its one closing line), one display line; a timing problem (a GPU gone bad) is recorded as such and
+    never costs the outputs."""
     try:
         speed = meter.record()
     except Exception as exc:  # noqa: BLE001
         sidecar.data["speed"] = {"error": f"{type(exc).__name__}: {exc}"}
         return
     sidecar.data["speed"] = speed.as_dict()
-    display.message(speed.line())
+    if show:
+        display.message(speed.line())
 
 
 class TimedRecorder:

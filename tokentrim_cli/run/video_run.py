@@ -246,7 +246,7 @@ class VideoRun:
             if self.outcome.status != "ok" and written_all and self.recorder.pending is not None:
                 self._save_at_stop()
             self.timings["total_seconds"] = round(time.perf_counter() - self.t0, 3)
-            record_speed(self.meter, self.sidecar, self.display)
+            record_speed(self.meter, self.sidecar, self.display, show=self.outcome.status == "ok")
             o = self.outcome
             self.sidecar.data.update(status=o.status, error=o.error, frames_written=writer.frames,
                                      timings=self.timings,
