@@ -14,6 +14,9 @@ encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and i
 3. resume (in the loop step): the loop's resumable state 3 blocks before the end is resumed (the cache rebuilt from
    its journal) and the last blocks generated again: bit-identical to the first time on this device and dtype?
 Plus self-forcing-packed for 120 s: the loop (peak memory at 30 s vs 120 s) and the whole command with TokenTrim on.
+Plus the speed levers side by side on self-forcing (``bench/levers.py``: eager bf16, CUDA graphs, fp8, int8, compile
+with static and dynamic shapes, all together; ratios to eager, latent differences, compile time apart), after the
+loops and before the commands, with ``--levers-budget`` seconds kept for them (the loops leave them that much).
 
 Every step runs in its own subprocess under its own timeout and a global deadline; results go to the JSON after
 each step, so a crash or a hang costs one cell, not the run. MP4s are deleted after they are checked (frames from
@@ -24,8 +27,9 @@ random weights are noise: x264 runs with ``--set video.preset=veryfast`` so that
     python bench/gpu_check.py --smoke --out /tmp/smoke.json   # the same steps on the CPU with the tiny presets
                                                               # (tiny-absolute: LongLive's cache shape, absolute)
 
-On the project's lent machine (no diffusers, no imageio-ffmpeg, no network: ../shared/docs/gpu.md), carry the two
-wheels and run, in one call with a timeout of ~560 s:
+On the project's lent machine (no diffusers, no imageio-ffmpeg, no torchao, no network: ../shared/docs/gpu.md),
+carry the three wheels (torchao==0.18.0's too, for the fp8 and int8 levers) and run, in one call with a timeout of
+~560 s:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --out $OUT/gpu_check.json
 """
@@ -44,6 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from levers import lever_preset, run_levers, table as lever_table  # noqa: E402 - bench/ is this script's folder
 
 SMOKE = ["tiny", "tiny-rolling", "tiny-absolute"]
 # tiny with LongLive's cache (sink 3 + window 6, absolute positions): the smoke run's absolute-position preset
@@ -194,9 +199,10 @@ class Run:
     def __init__(self, out: Path, budget: float):
         self.out, self.deadline = out, time.monotonic() + budget
         self.results: dict = {"machine": None, "presets": {}, "notes": []}
+        self.reserve = 0.0  # seconds kept for a later step (the levers)
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - self.reserve - time.monotonic()
 
     def save(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +342,8 @@ def table(results: dict) -> str:
             f"{'cmd FPS':>8s} {'peak GiB':>8s} {'KV GiB':>7s} {'mp4':>4s} {'resume':>7s}")
     lines = [head]
     for name, cell in results["presets"].items():
+        if "rules" not in cell:  # the levers' cell (its own table)
+            continue
         loop, cmd = cell.get("loop", {}), cell.get("command", {})
         lines.append(f"{name:24s} {cell.get('rules', {}).get('positions', '-'):>9s} {num(loop.get('median_block_s')):>10s} {num(loop.get('loop_fps'), '{:.1f}'):>8s} "
                      f"{num(loop.get('decode_block_s_preset')):>12s} {num(loop.get('decode_psnr_db_vs_float32'), '{:.1f}'):>8s} "
@@ -366,6 +374,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="video length of the command step")
     ap.add_argument("--loop-seconds", type=float, default=10.0, help="video length of the loop step (14 blocks)")
     ap.add_argument("--no-long", action="store_true", help="skip the 120 s self-forcing-packed steps")
+    ap.add_argument("--levers-preset", default=None, help="the preset the levers are measured on (default: "
+                    "self-forcing; --smoke: none, unless given)")
+    ap.add_argument("--levers-budget", type=float, default=150, help="seconds kept for the levers step")
+    ap.add_argument("--levers-seconds", type=float, default=3.0, help="video length of each lever's loop")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny presets: check the script itself")
     ap.add_argument("--worker-loop", nargs=3, metavar=("PRESET", "SECONDS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -377,9 +389,10 @@ def main() -> None:
     if args.smoke:
         args.presets = [p for p in args.presets or [] if p.startswith("tiny")] or SMOKE
         args.no_long = True
-    elif not args.presets:
-        args.presets = real_presets()
-    elif not torch.cuda.is_available():
+    else:
+        args.presets = args.presets or real_presets()
+        args.levers_preset = args.levers_preset or "self-forcing"
+    if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; run it on a GPU machine (see ../shared/docs/gpu.md), or --smoke")
     run = Run(Path(args.out), args.budget)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -394,12 +407,18 @@ def main() -> None:
         for p, path in paths.items():
             run.cell(p)["rules"] = describe(path)
         long = "self-forcing-packed" in paths and not args.no_long
+        run.reserve = args.levers_budget if args.levers_preset else 0.0
         for p, path in paths.items():  # loops first: the speed numbers matter most
             seconds = 120.0 if (long and p == "self-forcing-packed") else args.loop_seconds
             run.step(p, "loop_120s" if seconds == 120 else "loop", 240 if seconds == 120 else 150,
                      lambda t, path=path, s=seconds: run_loop(path, s, tmp, t))
             if seconds == 120:  # its loop figures: the median over the whole 120 s
                 run.cell(p)["loop"] = run.cell(p)["loop_120s"]
+        run.reserve = 0.0
+        if args.levers_preset:
+            lever_path = lever_preset(args.levers_preset, tmp, args.smoke)
+            run.step(args.levers_preset, "levers", args.levers_budget,
+                     lambda t: run_levers(lever_path, args.levers_seconds, tmp, t - 5))
         for p, path in paths.items():
             run.step(p, "command", 150, lambda t, path=path: run_command(path, args.seconds, tmp, t))
         if long:
@@ -408,6 +427,8 @@ def main() -> None:
         calibrate(run, paths, args.seconds, tmp)
     print()
     print(table(run.results))
+    if args.levers_preset and "levers" in run.cell(args.levers_preset):
+        print(lever_table(args.levers_preset, run.cell(args.levers_preset)["levers"]))
     print(f"wrote {run.out}")
 
 

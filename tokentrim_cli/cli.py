@@ -151,7 +151,7 @@ def presets_list():
     rows = []
     for name in list_presets():
         try:
-            cfg = load_preset(name).config
+            cfg = load_preset(name, architecture=False).config  # the schema only: no diffusers import to list
             rows.append((name, license_label(cfg), " ".join(cfg.description.split())))
         except TokentrimError as exc:
             rows.append((name, "?", f"(invalid: {exc})"))

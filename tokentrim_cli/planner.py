@@ -215,7 +215,7 @@ def predict(cfg: Config, seconds: float, device: str = "cuda", quantize: str | N
     per_token = 2 * d.layers * d.batch * d.dim * d.elem
     fast = _fast_decoder(cfg, vae_dtype)
     return Prediction(
-        transformer=_int8_bytes(model) if quantize == "int8" else _bytes(model), vae=_bytes(vae),
+        transformer=_int8_bytes(model) if quantize in ("int8", "fp8") else _bytes(model), vae=_bytes(vae),
         text_encoder=_bytes(text), fast_decoder=_bytes(fast) if fast else 0,
         kv_cache=tokens * per_token, kv_working=_kv_working(cfg, d, tokens, per_token),
         activations=_activations(cfg, d, tokens), text_activations=_text_activations(cfg, dtype),

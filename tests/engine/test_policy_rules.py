@@ -11,7 +11,7 @@ from tokentrim_cli.config.settings import CACHE_POLICIES, POLICY_ALIASES, Cache
 from tokentrim_cli.engine.cache import POLICIES, KVCache, RollingCache
 from tokentrim_cli.engine.noise import NoiseSource
 from tokentrim_cli.engine.policies import make_cache
-from tokentrim_cli.engine.samplers import self_forcing
+from tokentrim_cli.engine.samplers import BlockSteps, self_forcing
 from tokentrim_cli.engine.schedule import warp_steps
 
 SHAPE = (1, 16, 3, 8, 8)  # 3-frame blocks of 4 x 4 tokens
@@ -48,7 +48,7 @@ def _said(cache: KVCache, latent_frames: int) -> tuple[tuple[int, ...], int, int
 def _run(name: str) -> KVCache:
     """BLOCKS blocks through the policy, then the first step of the next block (where Deep Forcing's budget trims)."""
     model, cache = CacheDriver(rope_len=ROPE), make_cache(SETTINGS[name], 2, ROPE)
-    for _ in self_forcing(model, cache, NoiseSource(0, SHAPE), BLOCKS, warp_steps([1000, 500])):
+    for _ in self_forcing(model, cache, NoiseSource(0, SHAPE), BlockSteps(BLOCKS, warp_steps([1000, 500]))):
         pass
     nxt = torch.arange(BLOCKS * BLOCK, (BLOCKS + 1) * BLOCK)
     model(torch.randn(SHAPE), torch.full((BLOCK,), 1000.0), nxt, cache=cache, first_step=True)

@@ -43,6 +43,10 @@ HASH_FIELDS_ADDED = {
     ("video", "decoder"): "vae",
     ("model", "tiny_decoder"): "https://github.com/madebyollin/taehv/raw/0ad83bb8fdc48e9e94138704e939d500a3b43660/"
                                "safetensors/taew2_1.safetensors",
+    ("runtime", "compile_mode"): "default",
+    ("runtime", "compile_dynamic"): True,
+    ("runtime", "cuda_graphs"): False,  # the same kernels in principle; hashed like compile, to be safe
+    ("runtime", "quantize"): "none",
 }
 # Fields that never change the pictures: never hashed.
 UNHASHED_FIELDS = (("runtime", "threads"), ("runtime", "state_every"),

@@ -9,7 +9,8 @@ from typing import Callable, Iterator
 
 from .presets import Preset
 from ..engine import weights as W
-from ..engine.components import Components, load_components
+from ..engine.components import Components, load_components, pick_device
+from ..engine.levers import check_levers
 from ..errors import MissingWeights, TokentrimError
 from .settings import Model
 
@@ -41,7 +42,9 @@ def _with_hint(exc: MissingWeights, preset: Preset) -> MissingWeights:
 
 
 def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], Components]:
-    """Check every weights reference resolves now, load on the first call, then reuse."""
+    """Check every weights reference resolves and every lever runs on this device now, load on the first call,
+    then reuse."""
+    check_levers(preset.config.runtime, pick_device(preset.config.runtime.device))
     try:
         for ref in weights_refs(preset.config.model, preset.config.video.decoder):
             W.resolve(ref, weights_dir)

@@ -269,6 +269,15 @@ class Runtime(Section):
     overlap_decode: bool = setting(_boolean, "true or false (decode and encode on a worker thread, overlapping the "
                                    "next block's generation)", True)
     compile: bool = setting(_boolean, "true or false (torch.compile the transformer blocks)", False)
+    compile_mode: str = choice("default", "max-autotune-no-cudagraphs", allowed="default or "
+                               "max-autotune-no-cudagraphs (torch.compile's mode with runtime.compile; autotuning "
+                               "compiles for minutes; CUDA graphs are runtime.cuda_graphs)")
+    compile_dynamic: bool = setting(_boolean, "true or false (runtime.compile with dynamic shapes: one compiled "
+                                    "graph for every token count; false recompiles per shape)", True)
+    cuda_graphs: bool = setting(_boolean, "true or false (replay each transformer block's work as CUDA graphs; a "
+                                "CUDA device only)", False)
+    quantize: str = choice("none", "int8", "fp8", allowed="none, int8 (weight-only, any device) or fp8 (W8A8 "
+                           "dynamic, CUDA compute capability 8.9+): the transformer's linear layers, with torchao")
     threads: int | None = setting(lambda v: v is None or integer(1, 1024)(v), "a positive integer or null (the CPUs "
                                   "this process may use)", None)
     state_every: int = setting(integer(0, 1_000_000), "an integer >= 0 (blocks between saves of the resumable state "

@@ -85,12 +85,17 @@ class PromptCrossAttention:
         self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         k, v = self.state.prompt_kv[self.layer]
-        b = q.shape[0]
-        if k.shape[0] > b:  # Guided's prompt branch alone: the first of its two prompts
-            k, v = k[:b], v[:b]
-        elif k.shape[0] < b:  # one prompt for a batch
-            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
-        out = attend(q, k, v).flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
+        return cross_attend(attn, hidden_states, k, v)
+
+
+def cross_attend(attn, hidden_states: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``attn2``'s output for ``hidden_states`` (B, n, D) over one layer's prompt K/V (P, L, heads, head_dim)."""
+    q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+    b = q.shape[0]
+    if k.shape[0] > b:  # Guided's prompt branch alone: the first of its two prompts
+        k, v = k[:b], v[:b]
+    elif k.shape[0] < b:  # one prompt for a batch
+        k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+    out = attend(q, k, v).flatten(2, 3).type_as(q)
+    return attn.to_out[1](attn.to_out[0](out))

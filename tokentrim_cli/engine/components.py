@@ -13,7 +13,9 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from ..errors import WeightsError
 from ..config.settings import Codec, Model, Runtime, Transformer, Weights
 from . import weights as W
+from .levers import apply_levers, check_levers
 from .model import CausalWan
+from .piecewise import CompileSpec, PiecewiseBlocks
 from .text import encode_prompts, prompt_warnings, restore_tied_embedding
 from .tokenizer import word_tokenizer
 
@@ -183,19 +185,21 @@ def build_tokenizer(spec: str | dict, weights_dir=None):
     return AutoTokenizer.from_pretrained(sub)
 
 
-def compile_blocks(model: CausalWan, backend: str = "inductor") -> CausalWan:
-    """torch.compile each transformer block in place (``runtime.compile``). Shapes vary with the context length,
-    so dynamic shapes; the cache's bookkeeping inside attention runs eagerly between the compiled parts.
+def compile_blocks(model: CausalWan, backend: str = "inductor", mode: str = "default",
+                   dynamic: bool = True) -> CausalWan:
+    """``runtime.compile``: torch.compile the pieces every transformer block runs in (``piecewise.py``); the
+    cache's bookkeeping and attention run eagerly between them.
 
     Args:
         model: the generator, changed in place.
         backend: torch.compile's backend.
+        mode: torch.compile's mode (``runtime.compile_mode``).
+        dynamic: dynamic shapes (``runtime.compile_dynamic``).
 
     Returns:
         the same model.
     """
-    for block in model.transformer.blocks:
-        block.compile(dynamic=True, backend=backend)
+    model.piecewise = PiecewiseBlocks(CompileSpec(mode, dynamic, backend))
     return model
 
 
@@ -249,19 +253,19 @@ def load_components(model_cfg: Model, runtime: Runtime, weights_dir=None) -> Com
 
     Args:
         model_cfg: the preset's ``model`` section.
-        runtime: the preset's ``runtime`` section (device, dtype, threads, compile, offload).
+        runtime: the preset's ``runtime`` section (device, dtype, threads, offload, the speed levers).
         weights_dir: where local weights and the hub mirror live (None: the default).
     """
     torch.set_num_threads(runtime.threads or usable_cpus())
     device = pick_device(runtime.device)
+    check_levers(runtime, device)  # before anything large loads
     dtype = DTYPES[runtime.dtype]
     if device.type == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision on CPU is slow and not what the tests pin
     tokenizer = build_tokenizer(model_cfg.tokenizer, weights_dir)
     text_encoder = build_text_encoder(model_cfg.text_encoder, weights_dir, dtype, device)
     model = build_transformer(model_cfg.transformer, weights_dir, device, dtype)
-    if runtime.compile:
-        compile_blocks(model)
+    apply_levers(model, runtime)
     vae_dtype = DTYPES[runtime.vae_dtype] if runtime.vae_dtype and device.type != "cpu" else dtype
     vae = build_vae(model_cfg.vae, weights_dir, device, vae_dtype)
     return Components(

@@ -32,6 +32,8 @@ class CausalWan(torch.nn.Module):
             block.attn1.set_processor(CachedSelfAttention(i, self.state))
             block.attn2.set_processor(PromptCrossAttention(i, self.state))
         self.rope = Rope(transformer.rope).to(self.device)
+        self.piecewise = None  # a piecewise.PiecewiseBlocks when runtime.compile or runtime.cuda_graphs is on
+        self.levers = None  # levers.LeverReport once levers.apply_levers ran (load_components)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -84,6 +86,15 @@ class CausalWan(torch.nn.Module):
         self.state.prompt_kv = kv
 
     # ------------------------------------------------------------------ forward
+    def _blocks(self, x: torch.Tensor, tproj: torch.Tensor) -> torch.Tensor:
+        """The transformer blocks: diffusers' own forward, or ``piecewise`` (the compile and CUDA-graph levers)."""
+        if self.piecewise is not None:
+            return self.piecewise(self, x, tproj)
+        ctx = x.new_zeros(x.shape[0], 0, x.shape[-1])  # cross-attention K/V come from set_prompt
+        for block in self.transformer.blocks:
+            x = block(x, ctx, tproj, None)
+        return x
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -140,9 +151,7 @@ class CausalWan(torch.nn.Module):
         try:
             hw = torch.arange(n).repeat(f)
             st.rope = self.rope.tables(cur_t.repeat_interleave(n), hw)
-            ctx = x.new_zeros(b, 0, x.shape[-1])  # cross-attention K/V come from set_prompt
-            for block in t.blocks:
-                x = block(x, ctx, tproj, None)
+            x = self._blocks(x, tproj)
             completed = True
         finally:
             if cache is not None:

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -170,6 +171,20 @@ def _playable(path: Path) -> bool:
     return bool(probe(path)["frames"])
 
 
+@dataclass
+class Verdict:
+    """How a run ended, as its files are finished: the first disk error turns an ok run into a failed one."""
+
+    status: str
+    error: str | None
+
+    def fail(self, exc: BaseException, path) -> None:
+        if self.status == "ok":
+            self.status = "failed"
+        if self.error is None:
+            self.error = error_text(exc, path)
+
+
 class RunOutputs:
     """The files of one run to ``video`` (see the module docstring)."""
 
@@ -251,42 +266,45 @@ class RunOutputs:
     def finish(self, writer, sidecar, status: str, error: str | None) -> tuple[str, str | None, Path | None]:
         """Finish the video and the sidecar under their final names; returns (status, error, video). Disk errors
         turn an ok run into a failed one (the first error is the one reported); no temporary file stays."""
-        first = {"status": status, "error": error}
-
-        def failed(exc: BaseException, path) -> None:
-            if first["status"] == "ok":
-                first["status"] = "failed"
-            if first["error"] is None:
-                first["error"] = error_text(exc, path)
-
+        verdict = Verdict(status, error)
         try:
             playable = writer.finish()
         except OSError as exc:
-            failed(exc, writer.tmp)
+            verdict.fail(exc, writer.tmp)
             playable = False
-        if first["status"] == "ok":
+        if verdict.status == "ok" and self._publish(writer, sidecar, playable, verdict):
+            return "ok", None, self.video
+        video = self._publish_partial(writer, sidecar, playable, verdict)
+        self._write_partial_sidecar(sidecar, verdict)
+        return verdict.status, verdict.error, video
+
+    def _publish(self, writer, sidecar, playable: bool, verdict: "Verdict") -> bool:
+        """The finished pair under its final names (True), or the error in ``verdict`` (False)."""
+        try:
+            if not playable:
+                raise OSError(errno.EIO, "the encoder produced no video", str(writer.tmp))
+            sidecar.path = self.sidecar
+            sidecar.data.update(status="ok", video=str(self.video))
+            staged = sidecar.stage()
             try:
-                if not playable:
-                    raise OSError(errno.EIO, "the encoder produced no video", str(writer.tmp))
-                sidecar.path = self.sidecar
-                sidecar.data.update(status="ok", video=str(self.video))
-                staged = sidecar.stage()
-                try:
-                    writer.publish(sidecar.short(), self.video)
-                except BaseException:
-                    staged.unlink(missing_ok=True)
-                    raise
-                os.replace(staged, self.sidecar)
-            except OSError as exc:
-                failed(exc, getattr(exc, "filename", None))
-            else:
-                for stale in (self.partial_video, self.partial_sidecar):
-                    stale.unlink(missing_ok=True)
-                writer.discard()
-                return "ok", None, self.video
-        status, error = first["status"], first["error"]
+                writer.publish(sidecar.short(), self.video)
+            except BaseException:
+                staged.unlink(missing_ok=True)
+                raise
+            os.replace(staged, self.sidecar)
+        except OSError as exc:
+            verdict.fail(exc, getattr(exc, "filename", None))
+            return False
+        for stale in (self.partial_video, self.partial_sidecar):
+            stale.unlink(missing_ok=True)
+        writer.discard()
+        return True
+
+    def _publish_partial(self, writer, sidecar, playable: bool, verdict: "Verdict") -> Path | None:
+        """What was encoded, as ``NAME.partial.mp4`` (or salvaged, or nothing); the sidecar keeps the records of
+        the blocks in it."""
         sidecar.path = self.partial_sidecar
-        sidecar.data.update(status=status, error=error, video=None)
+        sidecar.data.update(status=verdict.status, error=verdict.error, video=None)
         video, in_video = None, writer.frames  # frames of the partial video, counted as the block records count
         if writer.frames:
             try:
@@ -295,7 +313,7 @@ class RunOutputs:
                 writer.publish(sidecar.short(), self.partial_video)
                 video = self.partial_video
             except OSError as exc:
-                failed(exc, getattr(exc, "filename", None))
+                verdict.fail(exc, getattr(exc, "filename", None))
                 video, frames = writer.salvage(self.partial_video)  # playable without its metadata, or nothing
                 sidecar.data["frames_written"] = frames
                 in_video = frames + (writer.prefix_frames if writer.prefix is not None and video != writer.prefix
@@ -304,16 +322,17 @@ class RunOutputs:
         if video is None:
             self.partial_video.unlink(missing_ok=True)  # an earlier attempt's: it would not match this sidecar
         _keep_blocks_in(sidecar, in_video if video is not None else 0)
-        status, error = first["status"], first["error"]
-        sidecar.data.update(status=status, error=error, video=str(video) if video else None)
+        sidecar.data.update(status=verdict.status, error=verdict.error, video=str(video) if video else None)
+        return video
+
+    def _write_partial_sidecar(self, sidecar, verdict: "Verdict") -> None:
         try:
             sidecar.write()
         except OSError as exc:  # if it stays `running`, the next run to NAME says so and cleans up
-            failed(exc, sidecar.path)
+            verdict.fail(exc, sidecar.path)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                sidecar.data["error"] = first["error"]
+                sidecar.data["error"] = verdict.error
                 sidecar.write_in_place()
-        return first["status"], first["error"], video
 
     def close(self) -> None:
         self.lock.release()

@@ -101,6 +101,8 @@ class Sidecar:
 
 
 def _jsonable(obj):
+    if hasattr(obj, "as_dict"):  # a typed record (engine.levers.LeverReport)
+        return obj.as_dict()
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):

@@ -174,6 +174,7 @@ class VideoRun:
     def _load(self) -> Components:
         comps = self.components()
         raise_pending()  # a Ctrl-C that loading swallowed
+        self.sidecar.data["levers"] = getattr(comps.model, "levers", None)  # live: counts as of each write
         schedule = self.job.schedule
         warnings = [w for e in schedule.entries for w in comps.prompt_warnings(e.prompt)]
         for text in warnings:
