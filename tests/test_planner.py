@@ -109,7 +109,7 @@ def test_doctor_prints_the_plan_and_keeps_its_old_report(capsys):
     assert "preset tiny:" in tokentrim("doctor").stdout
 
 
-def test_gpu_check_puts_the_prediction_beside_the_measured_peak(tmp_path, capsys):
+def test_gpu_check_puts_the_prediction_beside_the_measured_peak(tmp_path, capsys, monkeypatch):
     """bench/gpu_check.py's calibration step: per preset, predicted and measured peak and their ratio, and the
     command's speed record read from its sidecar."""
     import importlib.util
@@ -117,6 +117,7 @@ def test_gpu_check_puts_the_prediction_beside_the_measured_peak(tmp_path, capsys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "bench"))  # as when it runs as a script: its neighbours import
     spec = importlib.util.spec_from_file_location("gpu_check", root / "bench" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
