@@ -284,6 +284,51 @@ def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) ->
     return res
 
 
+# ---------------------------------------------------------------------- memory planner and speed records
+def calibrate(run: Run, paths: dict, seconds: float, tmp: Path) -> None:
+    """Per preset: the planner's predicted peak (``planner.predict``, from shapes alone) next to the command step's
+    measured peak, and the command's speed record (loop, decode, end-to-end FPS, warm-up left out) from its
+    sidecar; a table of its own. Run after the command steps (their sidecars are still in ``tmp``)."""
+    from tokentrim_cli.config.presets import load_preset
+    from tokentrim_cli.planner import predict
+
+    for name, path in paths.items():
+        cell = run.cell(name)
+        try:
+            pred = predict(load_preset(str(path), architecture=False).config, seconds)
+        except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
+            cell["planner"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            continue
+        measured = cell.get("command", {}).get("peak_gpu_bytes")
+        cell["planner"] = {"seconds": seconds, "predicted_peak_bytes": pred.peak, "measured_peak_bytes": measured,
+                           "ratio": measured / pred.peak if measured else None,
+                           "components": {row[0]: row[1] for row in pred.rows()}}
+        side = tmp / f"{path.stem}-{seconds:g}s.json"
+        if side.exists():
+            cell["speed"] = json.loads(side.read_text()).get("speed")
+    run.save()
+    print(calibration_table(run.results), flush=True)
+
+
+def calibration_table(results: dict) -> str:
+    def gib(b):
+        return f"{b / 2**30:.2f}" if isinstance(b, (int, float)) else "-"
+
+    def num(v):
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+    head = (f"{'preset':24s} {'predicted GiB':>13s} {'measured GiB':>12s} {'ratio':>6s} {'loop FPS':>8s} "
+            f"{'decode FPS':>10s} {'e2e FPS':>8s} {'warm-up s':>9s}")
+    lines = [head]
+    for name, cell in results["presets"].items():
+        plan, sp = cell.get("planner", {}), cell.get("speed") or {}
+        lines.append(f"{name:24s} {gib(plan.get('predicted_peak_bytes')):>13s} "
+                     f"{gib(plan.get('measured_peak_bytes')):>12s} "
+                     f"{num(plan.get('ratio')):>6s} {num(sp.get('loop_fps')):>8s} {num(sp.get('decode_fps')):>10s} "
+                     f"{num(sp.get('end_to_end_fps')):>8s} {num(sp.get('warmup_seconds')):>9s}")
+    return "\n".join(lines)
+
+
 def _resume(loop: dict) -> str:
     if "resume_bit_identical" not in loop:
         return "-"
@@ -379,6 +424,7 @@ def main() -> None:
         if long:
             run.step("self-forcing-packed", "command_120s", 300,
                      lambda t: run_command(paths["self-forcing-packed"], 120.0, tmp, t))
+        calibrate(run, paths, args.seconds, tmp)
     print()
     print(table(run.results))
     if args.levers_preset and "levers" in run.cell(args.levers_preset):

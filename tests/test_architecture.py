@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tokentrim_cli"
 LAYERS = [
     ("command", ["cli", "__main__"]),
     ("batch", ["batch"]),
-    ("job", ["run.job", "config.loading"]),
+    ("job", ["run.job", "config.loading", "planner"]),
     ("run parts", ["run", "output", "live", "metrics", "toy", "config.notices", "evaluate"]),
     ("methods and presets", ["pruning", "config.presets"]),
     ("engine", ["engine"]),

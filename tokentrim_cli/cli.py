@@ -192,36 +192,36 @@ def presets_show(
 def download(
     name: str = typer.Argument(..., help=PRESET_ARG_HELP),
     local_dir: Optional[Path] = typer.Option(None, "--local-dir", help="Mirror into this folder instead of the hub cache."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
-    """Fetch every weights file a preset needs from the Hugging Face Hub and print where each went."""
-    from .engine import weights as W
-    from .config.loading import check_hub_reachable, weights_refs
+    """Fetch every weights file a preset needs (from the Hugging Face Hub, or a URL) and print where each went.
+    --set video.decoder=tiny fetches the fast decoder too."""
+    from .config.loading import fetch_all, weights_refs
+    from .engine.tiny_decoder import LICENSE as TINY_LICENSE
 
-    p = _load(name, None)
-    print(f"preset {p.name}: checkpoint license {p.config.license.describe()}")
-    refs = weights_refs(p.config.model)
-    hub = [r for r in refs if r.startswith("hf://")]
+    p = _load(name, set_)
+    print(f"preset {p.name}: checkpoint license {p.config.license.describe()}"
+          + (f"; fast decoder TAEHV taew2_1: {TINY_LICENSE}" if p.config.video.decoder == "tiny" else ""))
+    refs = weights_refs(p.config.model, p.config.video.decoder)
+    hub = [r for r in refs if r.startswith(("hf://", "https://"))]
     if not hub:
         print(f"preset {p.name} needs nothing from the hub (weights: {', '.join(refs)})")
         return
-    check_hub_reachable()
-    for ref in hub:
-        try:
-            path = W.fetch(ref, str(local_dir) if local_dir else None)
-        except TokentrimError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - network / auth problems become one actionable line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TokentrimError(
-                f"could not download {ref}: {first}. Check the network and HF_TOKEN, or copy the files into "
-                f"a folder and pass --weights-dir"
-            ) from None
+    for ref, path in fetch_all(hub, str(local_dir) if local_dir else None):
         print(f"{ref} -> {path}")
 
 
 @app.command()
-def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP)):
-    """Report torch/CUDA, GPU memory, ffmpeg, and which presets have their weights on this machine."""
+def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+           preset: Optional[str] = typer.Option(None, "--preset", help="Predict this preset's peak GPU memory."),
+           seconds: float = typer.Option(60.0, "--seconds", "-s", help="Video length for --preset."),
+           set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP)):
+    """Report torch/CUDA, GPU memory, ffmpeg, and which presets have their weights here; --preset: that preset's
+    predicted peak GPU memory, the GPU sizes it fits and the --set lines that bring it under (nothing loads)."""
+    if preset is not None:
+        from .planner import print_plan
+
+        return print_plan(preset, seconds, set_)
     import imageio_ffmpeg
     import torch
 

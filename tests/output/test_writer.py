@@ -32,7 +32,7 @@ def test_pipelined_writer_gives_the_serial_video(tmp_path, capsys):
     a, b = iio.imread(serial), iio.imread(pipelined)
     assert a.shape == b.shape and a.shape[0] == 48 and np.array_equal(a, b)
     ra, rb = (json.loads(p.with_suffix(".json").read_text())["blocks"] for p in (serial, pipelined))
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    strip = lambda recs: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in recs]  # noqa: E731
     assert strip(ra) == strip(rb) and sum(r["regenerations"] for r in ra) > 0
 
 

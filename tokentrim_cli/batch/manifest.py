@@ -40,6 +40,9 @@ HASH_FIELDS_ADDED = {
     ("sampler", "first_block_steps"): None,
     ("cache", "positions"): "packed",
     ("cache", "ema_alpha"): 0.999,
+    ("video", "decoder"): "vae",
+    ("model", "tiny_decoder"): "https://github.com/madebyollin/taehv/raw/0ad83bb8fdc48e9e94138704e939d500a3b43660/"
+                               "safetensors/taew2_1.safetensors",
     ("runtime", "compile_mode"): "default",
     ("runtime", "compile_dynamic"): True,
     ("runtime", "cuda_graphs"): False,  # the same kernels in principle; hashed like compile, to be safe

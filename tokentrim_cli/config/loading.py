@@ -4,7 +4,8 @@ preset, says how to fetch them (and, for ``download``, fails at once when the hu
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 from .presets import Preset
 from ..engine import weights as W
@@ -14,17 +15,18 @@ from ..errors import MissingWeights, TokentrimError
 from .settings import Model
 
 
-def weights_refs(model: Model) -> list[str]:
-    """Every weights reference a preset's ``model`` section names."""
+def weights_refs(model: Model, decoder: str = "vae") -> list[str]:
+    """Every weights reference a preset's ``model`` section names (the fast decoder's only with ``video.decoder``
+    ``tiny``: pass it as ``decoder``)."""
     refs = [model.transformer.weights] + ([model.transformer.lora] if model.transformer.lora else [])
-    refs += [model.vae.weights, model.text_encoder.weights]
+    refs += [model.vae.weights, model.text_encoder.weights] + ([model.tiny_decoder] if decoder == "tiny" else [])
     return refs + ([model.tokenizer] if isinstance(model.tokenizer, str) else [])
 
 
 def missing_weights(preset: Preset, weights_dir: str | None) -> list[str]:
     """The references of ``preset`` that are not on this machine (``doctor``)."""
     missing = []
-    for ref in weights_refs(preset.config.model):
+    for ref in weights_refs(preset.config.model, preset.config.video.decoder):
         try:
             W.resolve(ref, weights_dir)
         except MissingWeights:
@@ -35,7 +37,8 @@ def missing_weights(preset: Preset, weights_dir: str | None) -> list[str]:
 def _with_hint(exc: MissingWeights, preset: Preset) -> MissingWeights:
     if not exc.downloadable:
         return exc
-    return MissingWeights(f"{exc}; run: tokentrim download {preset.name}", downloadable=True)
+    extra = " --set video.decoder=tiny" if preset.config.video.decoder == "tiny" else ""
+    return MissingWeights(f"{exc}; run: tokentrim download {preset.name}{extra}", downloadable=True)
 
 
 def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], Components]:
@@ -43,7 +46,7 @@ def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], C
     then reuse."""
     check_levers(preset.config.runtime, pick_device(preset.config.runtime.device))
     try:
-        for ref in weights_refs(preset.config.model):
+        for ref in weights_refs(preset.config.model, preset.config.video.decoder):
             W.resolve(ref, weights_dir)
     except MissingWeights as exc:
         raise _with_hint(exc, preset) from None
@@ -52,12 +55,42 @@ def components_loader(preset: Preset, weights_dir: str | None) -> Callable[[], C
     def load() -> Components:
         if not loaded:
             try:
-                loaded.append(load_components(preset.config.model, preset.config.runtime, weights_dir))
+                loaded.append(_with_decoder(load_components(preset.config.model, preset.config.runtime, weights_dir),
+                                            preset, weights_dir))
             except MissingWeights as exc:  # deleted since the check
                 raise _with_hint(exc, preset) from None
         return loaded[0]
 
     return load
+
+
+def _with_decoder(comps: Components, preset: Preset, weights_dir: str | None) -> Components:
+    """With ``video.decoder: tiny``, the fast decoder joins the components (``engine/tiny_decoder.py``), in the
+    VAE's dtype on the run's device."""
+    if preset.config.video.decoder == "tiny":
+        from ..engine.tiny_decoder import build_tiny_decoder
+
+        dtype = next(comps.vae.parameters()).dtype
+        ref = W.resolve(preset.config.model.tiny_decoder, weights_dir)
+        comps.fast_decoder = build_tiny_decoder(ref, comps.device, dtype)
+    return comps
+
+
+def fetch_all(refs: list[str], local_dir: str | None) -> Iterator[tuple[str, Path]]:
+    """Download each hub reference or URL (``tokentrim download``), yielding (ref, local path); the hub's
+    reachability is checked once first, and a failure is one actionable line."""
+    if any(r.startswith("hf://") for r in refs):
+        check_hub_reachable()
+    for ref in refs:
+        try:
+            path = W.fetch(ref, local_dir)
+        except TokentrimError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network / auth problems become one actionable line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TokentrimError(f"could not download {ref}: {first}. Check the network and HF_TOKEN, or copy the "
+                                 "files into a folder and pass --weights-dir") from None
+        yield ref, path
 
 
 def check_hub_reachable() -> None:

@@ -176,10 +176,19 @@ def validate(cfg: dict, source: str, architecture: bool = True) -> Config:
     if config.sampler.first_block_steps is not None and config.sampler.kind != "self_forcing":
         raise ConfigError(f"{source}: sampler.first_block_steps needs sampler.kind self_forcing (a Rolling Forcing "
                           "window has no first block of its own); remove it or set it to null")
+    _check_decoder(config, source)
     if config.cache.policy == "ema_sink" and config.cache.window_frames is None:
         raise ConfigError(f"{source}: cache.policy ema_sink needs cache.window_frames (the frames kept besides the "
                           "sink), e.g. --set cache.window_frames=3")
     return config
+
+
+def _check_decoder(config: Config, source: str) -> None:
+    """The fast decoder reads Wan 2.1 latents (16 channels): not the toy world's patch codec's."""
+    vae = config.model.vae
+    if config.video.decoder == "tiny" and (vae.kind == "patch" or vae.config.get("z_dim", 16) != 16):
+        raise ConfigError(f"{source}: video.decoder tiny decodes Wan 2.1 latents (16 channels), which this preset's "
+                          "model.vae does not make; use video.decoder vae")
 
 
 def check_architecture(preset: "Preset") -> None:

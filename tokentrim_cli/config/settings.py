@@ -78,7 +78,10 @@ def _weights(v) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
 
-WEIGHTS = "a path, hf://OWNER/REPO[/PATH], or random[:SEED]"
+WEIGHTS = "a path, hf://OWNER/REPO[/PATH], https://URL of one file, or random[:SEED]"
+# TAEHV's Wan 2.1 decoder (``video.decoder: tiny``, engine/tiny_decoder.py), pinned to the commit that last changed it
+TINY_DECODER_WEIGHTS = ("https://github.com/madebyollin/taehv/raw/0ad83bb8fdc48e9e94138704e939d500a3b43660/"
+                        "safetensors/taew2_1.safetensors")
 ARCH = "a mapping of constructor arguments"
 
 
@@ -146,6 +149,8 @@ class Model(Section):
     text_encoder: Weights = section()
     tokenizer: str | dict = setting(_tokenizer, "a weights reference or {kind: words, vocab: [...]}")
     max_text_length: int = setting(integer(1, 4096), "an integer from 1 to 4096", 512)
+    tiny_decoder: str = setting(_weights, WEIGHTS + " (the fast decoder video.decoder tiny uses: TAEHV's taew2_1, MIT)",
+                                TINY_DECODER_WEIGHTS)
 
 
 # ---------------------------------------------------------------------- sampling
@@ -241,6 +246,8 @@ class Video(Section):
     fps: int = setting(integer(1, 240), "an integer from 1 to 240", 16)
     crf: int = setting(integer(1, 51), "an integer from 1 to 51 (0 is lossless and unplayable in yuv420p)", 18)
     preset: str = choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower")
+    decoder: str = choice("vae", "tiny", allowed="vae (the model's own Wan VAE) or tiny (TAEHV's taew2_1: several "
+                          "times faster and lighter, slightly softer pictures; model.tiny_decoder)")
 
     @property
     def x264_preset(self) -> str:

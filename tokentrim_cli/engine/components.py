@@ -214,6 +214,7 @@ class Components:
     device: torch.device
     offload_text_encoder: bool = True
     max_text_length: int = 512
+    fast_decoder: torch.nn.Module | None = None  # video.decoder tiny: TAEHV's decoder (engine/tiny_decoder.py)
 
     def prompt_warnings(self, prompt: str) -> list[str]:
         """What of ``prompt`` the model will not see (too long, unknown words): for the user and the sidecar."""

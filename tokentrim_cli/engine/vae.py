@@ -22,6 +22,16 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 
+def streaming_decoder(components):
+    """The video's streaming decoder: the fast one when the components carry it (``video.decoder: tiny``), else
+    the VAE's. Both take normalised latent blocks and give the same frame count per block."""
+    if getattr(components, "fast_decoder", None) is not None:
+        from .tiny_decoder import TinyStreamingDecoder
+
+        return TinyStreamingDecoder(components.fast_decoder)
+    return StreamingDecoder(components.vae)
+
+
 class StreamingDecoder:
     """Stateful decoder for one video at a time: ``reset`` at the start, then ``frames`` per block in order.
 

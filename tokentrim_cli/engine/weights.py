@@ -4,6 +4,9 @@ A weights reference is one of
   ``random`` or ``random:SEED``      seeded initialisation (tests, benchmarks);
   ``hf://OWNER/REPO[/PATH]``         a file or folder of a Hugging Face repository (used from the local cache or
                                      a local mirror; fetched by ``tokentrim download``, never implicitly);
+  ``https://HOST/PATH``               one file on the web (TAEHV's decoder lives on GitHub), used from
+                                     ``$TOKENTRIM_WEIGHTS_DIR/HOST/PATH`` or the cache ``~/.cache/tokentrim/weights``;
+                                     fetched by ``tokentrim download``, never implicitly;
   ``pkg://PATH``                      a file shipped inside the tokentrim package (the toy model's weights);
   a local path                       a ``.pt``/``.pth``/``.safetensors`` file or a diffusers-format folder.
 
@@ -37,16 +40,38 @@ class HubRef:
         return f"hf://{self.repo}" + (f"/{self.path}" if self.path else "")
 
 
-def parse_ref(ref: str) -> HubRef | Path | int:
+@dataclass(frozen=True)
+class UrlRef:
+    url: str  # https://HOST/PATH of one file
+
+    @property
+    def relpath(self) -> Path:
+        """Where the file lives below a weights folder: HOST/PATH."""
+        return Path(self.url.split("://", 1)[1].split("?", 1)[0])
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def url_cache() -> Path:
+    """Where ``tokentrim download`` puts files named by URL when no folder is given."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tokentrim" / "weights"
+
+
+def parse_ref(ref: str) -> HubRef | UrlRef | Path | int:
     """Parse a weights reference (module docstring).
 
     Args:
         ref: the reference as a preset writes it.
 
     Returns:
-        a HubRef for hub references, an int seed for ``random[:SEED]``, a Path otherwise.
+        a HubRef for hub references, a UrlRef for https URLs, an int seed for ``random[:SEED]``, a Path otherwise.
     """
     ref = str(ref).strip()
+    if ref.startswith("https://"):
+        if "/" not in ref[len("https://"):].strip("/"):
+            raise WeightsError(f"weights URL {ref!r} must name a file: https://HOST/PATH")
+        return UrlRef(ref)
     if ref == "random":
         return 0
     if ref.startswith("random:"):
@@ -75,6 +100,8 @@ def resolve(ref: str, weights_dir: str | None = None) -> Path | int:
     parsed = parse_ref(ref)
     if isinstance(parsed, int):
         return parsed
+    if isinstance(parsed, UrlRef):
+        return _resolve_url(parsed, weights_dir or os.environ.get(WEIGHTS_DIR_ENV))
     if isinstance(parsed, Path):
         if not parsed.exists():
             hint = "reinstall tokentrim or run: make toy-model" if ref.startswith("pkg://") else "check the path in the preset or --set"
@@ -90,6 +117,32 @@ def resolve(ref: str, weights_dir: str | None = None) -> Path | int:
         return found
     where = f" (also looked in {Path(weights_dir) / parsed.repo / parsed.path})" if weights_dir else ""
     raise MissingWeights(f"weights {parsed} are not on this machine{where}", downloadable=True)
+
+
+def _resolve_url(ref: UrlRef, weights_dir: str | None) -> Path:
+    places = ([Path(weights_dir).expanduser()] if weights_dir else []) + [url_cache()]
+    for folder in places:
+        if (folder / ref.relpath).is_file():
+            return folder / ref.relpath
+    raise MissingWeights(f"weights {ref} are not on this machine (looked in {', '.join(map(str, places))})",
+                         downloadable=True)
+
+
+def _fetch_url(ref: UrlRef, local_dir: str | None) -> Path:
+    """Download one file to LOCAL_DIR/HOST/PATH (or the cache), through a temporary file renamed into place."""
+    import shutil
+    import urllib.request
+
+    target = (Path(local_dir) if local_dir else url_cache()) / ref.relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(ref.url, timeout=60) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _from_hub_cache(ref: HubRef) -> Path | None:
@@ -108,11 +161,11 @@ def _from_hub_cache(ref: HubRef) -> Path | None:
 
 
 def fetch(ref: str, local_dir: str | None = None) -> Path:
-    """Download a hub reference (used by ``tokentrim download``).
+    """Download a hub reference or a URL (used by ``tokentrim download``).
 
     Args:
-        ref: an ``hf://`` reference.
-        local_dir: where to put it (None: the hub cache).
+        ref: an ``hf://`` reference or an ``https://`` URL of one file.
+        local_dir: where to put it (None: the hub cache; for a URL ``~/.cache/tokentrim/weights``).
 
     Returns:
         its local path.
@@ -120,8 +173,10 @@ def fetch(ref: str, local_dir: str | None = None) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
 
     parsed = parse_ref(ref)
+    if isinstance(parsed, UrlRef):
+        return _fetch_url(parsed, local_dir)
     if not isinstance(parsed, HubRef):
-        raise WeightsError(f"{ref!r} is not a hub reference; nothing to download")
+        raise WeightsError(f"{ref!r} is not a hub reference or URL; nothing to download")
     target_dir = str(Path(local_dir) / parsed.repo) if local_dir else None
     if parsed.path and "." in Path(parsed.path).name:
         return Path(hf_hub_download(parsed.repo, parsed.path, local_dir=target_dir))

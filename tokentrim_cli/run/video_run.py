@@ -28,7 +28,7 @@ import torch
 from ..config.notices import run_notices
 from ..config.presets import Preset
 from ..engine.components import Components
-from ..engine.vae import StreamingDecoder
+from ..engine.vae import streaming_decoder
 from ..errors import ConfigError
 from ..output.display import Display
 from ..output.files import RunOutputs, error_text
@@ -40,6 +40,7 @@ from .continuation import source_latents
 from .outcome import EXIT_FAILED, EXIT_OK, Outcome, Result, outcome_of
 from .pipeline import Lead, generate_blocks, image_latents, resume_blocks
 from .recorder import DISK_FULL, BlockRecorder, StateSaving, device_label
+from .speed import SpeedMeter, record_speed
 from .resume import StateWriter, state_dir
 from .state import RunState
 
@@ -87,6 +88,7 @@ class VideoRun:
         self.saver = StateWriter(state_dir(job.output), run_id) if run_id is not None else None
         self.outcome, self.timings = Outcome(), {}
         self.decoder, self.blocks, self.recorder = None, None, None
+        self.meter = SpeedMeter(compile=self.cfg.runtime.compile)  # loop, decode and end-to-end rates (speed.py)
         restored = list(resume.state.history.blocks) if resume is not None else []
         self.shown = restored[-1].get("prompt", 0) if restored else 0  # the entry whose prompt was last named
 
@@ -98,7 +100,7 @@ class VideoRun:
             with terminate_as_interrupt():
                 comps = self._load()
                 lead = self.prepare_start(comps, writer)  # 1
-                for block in self.generate(comps, lead):  # 2
+                for block in self.meter.loop(self.generate(comps, lead)):  # 2
                     self.write(block)  # 3
                 self._close_blocks()
                 self._measure(comps)
@@ -182,8 +184,9 @@ class VideoRun:
         self.timings["load_seconds"] = round(time.perf_counter() - self.t0, 3)
         if comps.device.type == "cuda":  # the peak while generating (text encoding included), not while loading
             torch.cuda.reset_peak_memory_stats(comps.device)
-        self.decoder = StreamingDecoder(comps.vae)
+        self.decoder = streaming_decoder(comps)  # the VAE's, or video.decoder tiny's
         self.decoder.reset()
+        self.meter.device = comps.device
         self.t1 = time.perf_counter()
         return comps
 
@@ -194,8 +197,8 @@ class VideoRun:
         saving = (StateSaving(self.saver, self.cfg.runtime.state_every, self.decoder, comps.device)
                   if self.saver is not None else None)
         self.recorder = BlockRecorder(self.sidecar, self.display, job.schedule, self.seam, self.shown, saving, job.live)
-        self.blocks = BlockWriter(self.decoder, writer, self.seam + job.plan.frames, self.recorder,
-                                  threaded=self.cfg.runtime.overlap_decode)
+        self.blocks = BlockWriter(self.meter.decoder(self.decoder), writer, self.seam + job.plan.frames,
+                                  self.meter.recorder(self.recorder), threaded=self.cfg.runtime.overlap_decode)
         if job.live is not None:  # keep going: the last block is trimmed to the length as it grows
             job.live.follow_length(self.blocks, self.seam)
         if resume is not None:
@@ -247,6 +250,7 @@ class VideoRun:
             if self.outcome.status != "ok" and written_all and self.recorder.pending is not None:
                 self._save_at_stop()
             self.timings["total_seconds"] = round(time.perf_counter() - self.t0, 3)
+            record_speed(self.meter, self.sidecar, self.display, show=self.outcome.status == "ok")
             o = self.outcome
             self.sidecar.data.update(status=o.status, error=o.error, frames_written=writer.frames,
                                      timings=self.timings,
