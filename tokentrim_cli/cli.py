@@ -84,7 +84,7 @@ def _load(preset: str | None, overrides: list[str] | None, fps: int | None = Non
 
 
 @app.command()
-def generate(
+def generate(  # noqa: PLR0913 - a typer command's options are its parameters
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="What the video shows. Repeat it for a "
                                                "timeline: 'a corgi on a beach' '20s: it runs into the waves' "
                                                "'45s cut: sunset' (prefix SECONDSs [recache|keep|cut] [blend=N]:)."),
@@ -252,7 +252,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
 
 
 @app.command()
-def batch(
+def batch(  # noqa: PLR0913 - a typer command's options are its parameters
     prompts: Path = typer.Argument(..., help="Text file (one prompt per line, # comments) or JSONL "
                                    "(one {\"prompt\": ... or \"timeline\": [...], \"seconds\", \"seed\", \"preset\", "
                                    "\"output\", \"set\"} per line)."),

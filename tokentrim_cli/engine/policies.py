@@ -161,7 +161,7 @@ class ThreePartitionCache(KVCache):
         query_samples: queries sampled to score the mid blocks.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword per setting of the policy (from_settings fills them)
         self,
         num_layers: int,
         sink_frames: int = DEFAULTS.sink_frames,

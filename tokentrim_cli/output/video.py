@@ -81,8 +81,9 @@ class Mp4Writer:
     without re-encoding either. ``run``: the resumable run's fingerprint, written into the streaming file's comment
     (a partial video kept after a kill carries it)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, crf: int = 18, x264_preset: str = "medium",
-                 prefix: Path | None = None, prefix_frames: int = 0, run: str | None = None):
+    def __init__(  # noqa: PLR0913 - the encoder's settings, and the prefix it continues
+            self, path: Path, width: int, height: int, fps: int, crf: int = 18, x264_preset: str = "medium",
+            prefix: Path | None = None, prefix_frames: int = 0, run: str | None = None):
         self.path = Path(path)
         self.prefix, self.prefix_frames = (Path(prefix) if prefix else None), (prefix_frames if prefix else 0)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
