@@ -382,7 +382,7 @@ class RollingCache(KVCache):
 
     @classmethod
     def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
-        return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len, positions=cfg.positions)
+        return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len, positions=cfg.positions)
 
     def tail_frames(self, block_frames: int, room: int) -> int:
         """The window (no window: everything that fits)."""

@@ -26,16 +26,17 @@ from .attention import ForwardState, attend, cross_attend
 from .rope import rotate
 
 
-def _modulation(block, tproj: torch.Tensor) -> list[torch.Tensor]:
-    """The six (B, n, D) float32 shift / scale / gate tensors of a block (``tproj``: (B, n, 6, D))."""
-    parts = (block.scale_shift_table.unsqueeze(0) + tproj.float()).chunk(6, dim=2)
+def _modulation(block, tproj: torch.Tensor, lo: int, hi: int) -> list[torch.Tensor]:
+    """The block's (B, n, D) float32 shift / scale / gate tensors ``lo`` to ``hi`` of six (``tproj``: (B, n, 6, D));
+    each piece adds only the ones it uses."""
+    parts = (block.scale_shift_table[:, lo:hi].unsqueeze(0) + tproj[:, :, lo:hi].float()).chunk(hi - lo, dim=2)
     return [p.squeeze(2) for p in parts]
 
 
 def pre_attention(block, x: torch.Tensor, tproj: torch.Tensor, freqs: torch.Tensor) -> tuple:
     """Piece 1: (q, q_rot, k, k_rot, v), each (B, n, heads, head_dim), from the block input ``x`` (B, n, D),
     its modulation ``tproj`` (B, n, 6, D) and the current tokens' rotations ``freqs`` (n, head_dim / 2)."""
-    shift, scale = _modulation(block, tproj)[:2]
+    shift, scale = _modulation(block, tproj, 0, 2)
     h = (block.norm1(x.float()) * (1 + scale) + shift).type_as(x)
     attn = block.attn1
     q, k, v = _get_qkv_projections(attn, h, None)
@@ -64,7 +65,7 @@ def post_attention(block, x: torch.Tensor, attn_out: torch.Tensor, tproj: torch.
                    prompt_v: torch.Tensor) -> torch.Tensor:
     """Piece 3: the block's output (B, n, D) from its input ``x``, attention's ``attn_out`` (B, n, D), ``tproj``
     and this layer's prompt K/V (``CausalWan.set_prompt``; passed in, so one compiled graph serves every layer)."""
-    gate, c_shift, c_scale, c_gate = _modulation(block, tproj)[2:]
+    gate, c_shift, c_scale, c_gate = _modulation(block, tproj, 2, 6)
     a = block.attn1.to_out[1](block.attn1.to_out[0](attn_out))
     x = (x.float() + a * gate).type_as(x)
     h = block.norm2(x.float()).type_as(x)

@@ -69,8 +69,9 @@ class EmaSinkCache(RollingCache):
         unrotated = [s.unrotated_keys() for s, _ in evicted]  # resident segments: un-rotated once each
         keys = [torch.cat([k[layer][:, m.nonzero().squeeze(1).to(k[layer].device)]
                            for k, (_, m) in zip(unrotated, evicted)], 1) for layer in range(self.num_layers)]
-        values = [torch.cat([s.values[layer][:, m.nonzero().squeeze(1).to(s.values[layer].device)]
-                             for s, m in evicted], 1) for layer in range(self.num_layers)]
+        gathered = [s.values for s, _ in evicted]  # resident segments: gathered once each
+        values = [torch.cat([v[layer][:, m.nonzero().squeeze(1).to(v[layer].device)]
+                             for v, (_, m) in zip(gathered, evicted)], 1) for layer in range(self.num_layers)]
         for seg in sink:
             j = seg.t - self.sink_origin
             idx = torch.where(j < len(frames), lut[(j * grid + seg.hw).clamp(max=len(lut) - 1)], -1)
@@ -117,10 +118,6 @@ class InfinityRopeCache(RollingCache):
         self.cut_position = cut_position
         self.cut_frame: int | None = None  # the first frame of the block a scene cut applies to
         self._cutting = False
-
-    @classmethod
-    def from_settings(cls, cfg: Cache, num_layers: int, rope_len: int) -> KVCache:
-        return cls(num_layers, cfg.window_frames, cfg.sink_frames, rope_len=rope_len, positions=cfg.positions)
 
     def rope_cut(self, next_frame: int) -> None:
         """Lay out the block starting at ``next_frame`` after a RoPE cut; recorded in the journal (replay hook).
