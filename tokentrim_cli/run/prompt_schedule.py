@@ -65,7 +65,7 @@ class PromptSchedule:
         self.timeline, self.live = timeline, live
         self._lock = threading.Lock()
         self._encode: Callable[[str], Embeddings] | None = None
-        self._encoded: dict[int, Embeddings] = {}
+        self._encoded: dict[str, Embeddings] = {}  # by prompt text: an entry's index moves when one is inserted
         self._started = -1  # the last block a change was asked for: ``add`` must be later
         self.num_blocks: Callable[[], int] | None = None  # a length that grows while the run goes (live/schedule.py)
 
@@ -99,10 +99,11 @@ class PromptSchedule:
         return self.live or any(s.mode == "recache" for s in self.switches)
 
     def embeddings(self, entry: int) -> Embeddings:
-        """Entry ``entry``'s prompt embeddings (encoded on first use)."""
-        if entry not in self._encoded:
-            self._encoded[entry] = self._encode(self.entries[entry].prompt)
-        return self._encoded[entry]
+        """Entry ``entry``'s prompt embeddings (each prompt text encoded once, on first use)."""
+        text = self.entries[entry].prompt
+        if text not in self._encoded:
+            self._encoded[text] = self._encode(text)
+        return self._encoded[text]
 
     def entry_of(self, block: int) -> int:
         """The entry block ``block`` is made under (admitted under, for Rolling Forcing)."""
@@ -153,7 +154,5 @@ class PromptSchedule:
             if past(switches) != past(self._switches):
                 raise ValueError(f"the new timeline changes a switch at or before block {self._started}, which has "
                                  "started")
-            old, self._entries, self._switches = self._entries, list(entries), list(switches)
-            self._encoded = {k: v for k, v in self._encoded.items()
-                             if k < len(entries) and old[k].prompt == entries[k].prompt}
+            self._entries, self._switches = list(entries), list(switches)
             self.timeline = self.timeline or len(entries) > 1

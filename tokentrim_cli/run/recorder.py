@@ -15,7 +15,7 @@ from ..output.sidecar import Sidecar
 from ..output.writer import Written
 from .prompt_schedule import PromptSchedule
 from .resume import StateWriter
-from .state import History, RunState
+from .state import History, RunState, off_device
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -91,7 +91,8 @@ class BlockRecorder:
             live = {"timeline": data.get("timeline") or [{"start": 0.0, "prompt": data["prompt"]}],
                     "seconds": data["live"]["seconds"]}
         history = History(tuple(data["blocks"]), tuple(data.get("resumed", [])), device_label(saving.device), live)
-        saving.saver.save(RunState(written.block.state, saving.decoder.state_dict(), written.frames, history))
+        saving.saver.save(RunState(written.block.state, off_device(saving.decoder.state_dict()), written.frames,
+                                    history))
         self.pending = None
 
     def warn_once(self, text: str) -> None:
@@ -106,9 +107,7 @@ class BlockRecorder:
         if not schedule.timeline or entry is None or entry == self.shown:
             return
         self.shown = entry
-        entries, switches = schedule.entries, schedule.switches
-        if len(switches) != len(self.sidecar.data.get("switches", [])):  # one added while the run went on
-            self.sidecar.data.update(timeline=[e.as_dict() for e in entries], switches=[s.as_dict() for s in switches])
+        entries, switches = schedule.entries, schedule.switches  # a live run's sidecar timeline: LiveSession.sync
         sw = next(s for s in switches if s.entry == entry)
         self.display.message(f"prompt {entry + 1}/{len(entries)} from block {block} ({round(sw.snapped, 4):g} s, "
                              f"{sw.mode}): {entries[entry].prompt}")
