@@ -21,6 +21,7 @@ import torch
 from .config.presets import Preset, load_preset
 from .config.settings import Cache, Config
 from .engine.components import DTYPES, cast
+from .engine.levers import weight_bytes
 from .run.plan import Plan
 
 GPU_SIZES = (80, 48, 24, 16, 12)  # GiB, the cards users ask about
@@ -79,10 +80,6 @@ class Prediction:
 
 
 # ---------------------------------------------------------------------- weights (meta device)
-def _bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-
-
 def _meta(build, dtype: torch.dtype) -> torch.nn.Module:
     with torch.device("meta"):
         module = build()
@@ -215,8 +212,8 @@ def predict(cfg: Config, seconds: float, device: str = "cuda", quantize: str | N
     per_token = 2 * d.layers * d.batch * d.dim * d.elem
     fast = _fast_decoder(cfg, vae_dtype)
     return Prediction(
-        transformer=_int8_bytes(model) if quantize in ("int8", "fp8") else _bytes(model), vae=_bytes(vae),
-        text_encoder=_bytes(text), fast_decoder=_bytes(fast) if fast else 0,
+        transformer=_int8_bytes(model) if quantize in ("int8", "fp8") else weight_bytes(model), vae=weight_bytes(vae),
+        text_encoder=weight_bytes(text), fast_decoder=weight_bytes(fast) if fast else 0,
         kv_cache=tokens * per_token, kv_working=_kv_working(cfg, d, tokens, per_token),
         activations=_activations(cfg, d, tokens), text_activations=_text_activations(cfg, dtype),
         decoder=_decoder(cfg, d, torch.tensor([], dtype=vae_dtype).element_size()),
@@ -228,7 +225,7 @@ def _int8_bytes(model: torch.nn.Module) -> int:
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     saved = sum(m.weight.numel() * m.weight.element_size() - m.weight.numel() - m.out_features * m.weight.element_size()
                 for m in linear)
-    return _bytes(model) - saved
+    return weight_bytes(model) - saved
 
 
 def _dims(cfg: Config, model, vae, dtype: torch.dtype) -> _Dims:
