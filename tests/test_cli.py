@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zygote
 
 from tokentrim_cli.cli import main
 from tokentrim_cli.output.video import probe
@@ -22,8 +23,8 @@ BLOCK_KEYS = {"index", "latent_frames", "severity", "threshold", "regenerated", 
 
 def tokentrim_process(*args, timeout=120, **kw):
     """The command through its entry point in a process of its own (where the process boundary is tested)."""
-    return subprocess.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, **kw)
+    return zygote.run([sys.executable, "-m", "tokentrim_cli", *args], capture_output=True, text=True,
+                      env=ENV, timeout=timeout, **kw)
 
 
 def tokentrim(*args, timeout=None) -> subprocess.CompletedProcess:
@@ -164,10 +165,10 @@ def test_interrupt_leaves_playable_partial_video(tmp_path, capsys, sig):
     running process with exit 130 and one line; what it wrote plays. While it runs, a second run to the same
     output is refused, naming the process."""
     out = tmp_path / "long.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
-                             "--seconds", "600", "--seed", "1", "--output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    # (the zygote's children start with SIGHUP's default, as from a terminal, even where the suite runs nohup)
+    proc = zygote.popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
+                         "--seconds", "600", "--seed", "1", "--output", str(out)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     side = tmp_path / "long.partial.json"  # the sidecar while running, and of an unfinished run
     deadline = time.time() + 120
     while time.time() < deadline:

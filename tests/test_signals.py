@@ -61,3 +61,33 @@ def test_a_swallowed_interrupt_is_raised_at_the_next_safe_point(monkeypatch):
     monkeypatch.setattr(signals, "_pending", signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         signals.raise_pending()
+
+
+def test_a_signal_during_an_import_is_remembered_not_raised(tmp_path, monkeypatch):
+    """Raised inside an import, the KeyboardInterrupt can land in a C++ initialiser that calls Python (torch's)
+    and abort the process (``terminate called after throwing an instance of 'pybind11::error_already_set'``, seen
+    at 0.8 s into a start-up): there it is remembered, and raised at the next safe point instead."""
+    from tokentrim_cli import signals
+
+    (tmp_path / "signalled_at_import.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                                     "FINISHED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(signals, "_pending", 0)
+    old = {s: signal.getsignal(s) for s in signals.TERMINATING}
+    try:
+        signals.install_handlers()
+        try:
+            import signalled_at_import  # noqa: F401 - the import is the test
+        except KeyboardInterrupt:
+            pytest.fail("the signal was raised inside the import")
+
+        assert signalled_at_import.FINISHED and signals.pending() == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signals.raise_pending()
+        with pytest.raises(KeyboardInterrupt):  # outside an import it raises at once, as before
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        sys.modules.pop("signalled_at_import", None)

@@ -16,7 +16,7 @@ import typer
 from . import __version__
 from .errors import ConfigError, TokentrimError
 from .inputs import printable
-from .signals import pending
+from .signals import pending, raise_pending
 from .output.write_guard import check_evaluate, check_generate
 
 app = typer.Typer(
@@ -135,6 +135,7 @@ def generate(  # noqa: PLR0913 - a typer command's options are its parameters
     from .run.resume import state_dir
     from .run.timeline import canonical
 
+    raise_pending()  # a Ctrl-C during those imports, before anything is written
     plan, schedule, cont = plan_request(p, entries or first, seconds, start, source)  # exit 2, nothing loaded
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)
@@ -375,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:  # noqa: BLE001 - an import or a library cut short by Ctrl-C fails in its own way
         if not pending():
             raise
+        code = EXIT_INTERRUPTED
+    if not code and pending():  # a signal that came during an import, with no safe point after it
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED and not _reported:  # typer turns a Ctrl-C into exit 130 without a word
         print("tokentrim: interrupted", file=sys.stderr)

@@ -20,16 +20,29 @@ class Interrupted(KeyboardInterrupt):
 _pending = 0  # the first SIGINT / SIGTERM since install_handlers, whether or not its exception got through
 
 
+def _importing(frame) -> bool:
+    """Whether ``frame`` runs inside an import: a module's top level, which may be called from a C++ initialiser
+    (torch's) where an exception aborts the process (``terminate called after throwing ... KeyboardInterrupt``)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _on_signal(signum, frame):
     global _pending
     _pending = _pending or signum
+    if _importing(frame):
+        return  # raised at the next safe point, after the import (raise_pending; at the latest, the command's end)
     raise (KeyboardInterrupt if signum == signal.SIGINT else Interrupted)(f"received signal {signum}")
 
 
 def install_handlers() -> None:
     """From the command's first instruction: Ctrl-C and SIGTERM raise, and are remembered. An exception raised
     where Python swallows it (in a ``__del__``, a callback of a C library) would otherwise be lost and the run
-    would go on; :func:`raise_pending` raises it again at the next safe point."""
+    would go on; :func:`raise_pending` raises it again at the next safe point. During an import the signal is
+    only remembered (see :func:`_importing`)."""
     for s in TERMINATING:
         if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays so
             signal.signal(s, _on_signal)

@@ -18,6 +18,7 @@ from tokentrim_cli.output.video import probe
 
 from conftest import ROOT
 from test_cli import tokentrim  # the command in this process, its output captured
+import zygote
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 ENV.pop("WORLD_SIZE", None)
@@ -272,8 +273,8 @@ def test_interrupt_finalises_current_item_and_stops(tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "short", "seconds": 0.5},
                                                  {"prompt": "a very long walk", "seconds": 600}, {"prompt": "never"}])
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "batch", str(prompts), "--out-dir", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = zygote.popen([sys.executable, "-m", "tokentrim_cli", "batch", str(prompts), "--out-dir", str(out)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 90
     side = None
     while time.time() < deadline and side is None:

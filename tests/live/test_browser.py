@@ -22,6 +22,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from test_cli import run_main
+import zygote
 
 CHROMIUM = os.environ.get("TOKENTRIM_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -39,9 +40,9 @@ def start_run(tmp_path: Path) -> tuple[subprocess.Popen, str, list[str]]:
     """The live run as a user starts it, and the URL it printed (its stderr lines keep being collected)."""
     out = tmp_path / "live.mp4"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENTRIM_PRESET": "toy"}
-    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "generate", "-p", PROMPT, "--seconds", "3",
-                             "--seed", "5", "-o", str(out), "--live"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+    proc = zygote.popen([sys.executable, "-m", "tokentrim_cli", "generate", "-p", PROMPT, "--seconds", "3",
+                         "--seed", "5", "-o", str(out), "--live"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                        text=True, env=env, cwd=tmp_path)
     lines: list[str] = []
     found = threading.Event()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import ENV, run_main
+import zygote
 from tokentrim_cli.output.video import probe
 
 NO_SPACE = " free); free space or choose another --output"
@@ -43,9 +44,9 @@ def wait_for_blocks(side: Path, n: int, proc, timeout=90) -> dict:
 
 
 def long_run(out: Path, *extra):
-    return subprocess.Popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
-                             "--seconds", "600", "--seed", "1", "--output", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return zygote.popen([sys.executable, "-m", "tokentrim_cli", "generate", "--prompt", "a long walk",
+                         "--seconds", "600", "--seed", "1", "--output", str(out), *extra],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 def test_full_disk_in_the_sidecar_write(tmp_path, capsys, monkeypatch):

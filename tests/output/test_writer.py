@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from test_cli import run_main
+import zygote
 from tokentrim_cli.output.video import probe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,8 +89,8 @@ def test_gpu_check_runs_unattended_on_the_cpu(tmp_path):
     """bench/gpu_check.py --smoke: the script someone runs once on a lent GPU works end to end and writes every
     cell (here with the tiny preset on the CPU)."""
     out = tmp_path / "gpu_check.json"
-    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke", "--presets", "tiny-rolling", "--seconds", "1",
-                        "--loop-seconds", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = zygote.run([sys.executable, "bench/gpu_check.py", "--smoke", "--presets", "tiny-rolling", "--seconds", "1",
+                    "--loop-seconds", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     cell = json.loads(out.read_text())["presets"]["tiny-rolling"]
     assert cell["command"]["mp4_ok"] and cell["command"]["status"] == "ok"

@@ -21,6 +21,7 @@ from tokentrim_cli.run.timeline import parse_prompts
 from tokentrim_cli.output.video import Mp4Writer, probe
 
 from test_cli import ENV, run_main, tokentrim
+import zygote
 
 TP = ["cache.policy=three_partition", "cache.sink_frames=3", "cache.recent_frames=3", "cache.mid_capacity=4",
       "cache.mid_top_k=1"]  # mid blocks exceed top-K from the 4th block: the selection is exercised
@@ -202,8 +203,8 @@ def _args(out):
 
 def _signal_after(out, blocks: int, sig) -> int:
     """Run the command in its own process, send ``sig`` once it has reported ``blocks`` blocks; its exit code."""
-    proc = subprocess.Popen([sys.executable, "-m", "tokentrim_cli", *_args(out), "--log-format", "jsonl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = zygote.popen([sys.executable, "-m", "tokentrim_cli", *_args(out), "--log-format", "jsonl"],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     seen = 0
     for line in proc.stdout:
         if json.loads(line).get("event") == "block":

@@ -17,6 +17,7 @@ from tokentrim_cli.output.video import probe
 
 from conftest import ROOT
 from test_cli import tokentrim
+import zygote
 
 TRAINER = ROOT / "training" / "train_toy.py"  # run from a checkout, not shipped in the package
 sys.path.insert(0, str(TRAINER.parent))
@@ -107,9 +108,9 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
 def test_sigterm_ends_a_run_after_its_step_with_its_state_saved(tmp_path):
     """A time limit's or a scheduler's SIGTERM (the lent GPU's calls end that way) loses no training."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(TRAINER), "--out", str(out), *TINY,
-                             "--steps", "100000", *size(1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = zygote.popen([sys.executable, str(TRAINER), "--out", str(out), *TINY,
+                         "--steps", "100000", *size(1)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in proc.stdout:  # the first logged step: training is under way
         if "step 0/100000" in line:
             proc.send_signal(signal.SIGTERM)
