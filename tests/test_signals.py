@@ -66,13 +66,15 @@ def test_a_swallowed_interrupt_is_raised_at_the_next_safe_point(monkeypatch):
 def test_a_signal_during_an_import_is_remembered_not_raised(tmp_path, monkeypatch):
     """Raised inside an import, the KeyboardInterrupt can land in a C++ initialiser that calls Python (torch's)
     and abort the process (``terminate called after throwing an instance of 'pybind11::error_already_set'``, seen
-    at 0.8 s into a start-up): there it is remembered, and raised at the next safe point instead."""
+    at 0.8 s into a start-up). At start-up the process exits at once (the tests above); in a run at work the
+    signal is remembered, and raised at the next safe point."""
     from tokentrim_cli import signals
 
     (tmp_path / "signalled_at_import.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
                                                      "FINISHED = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(signals, "_pending", 0)
+    monkeypatch.setattr(signals, "_starting", False)  # a run at work (at start-up the process exits at once)
     old = {s: signal.getsignal(s) for s in signals.TERMINATING}
     try:
         signals.install_handlers()

@@ -16,7 +16,7 @@ import typer
 from . import __version__
 from .errors import ConfigError, TokentrimError
 from .inputs import printable
-from .signals import pending, raise_pending
+from .signals import begin_work, pending
 from .output.write_guard import check_evaluate, check_generate
 
 app = typer.Typer(
@@ -135,7 +135,7 @@ def generate(  # noqa: PLR0913 - a typer command's options are its parameters
     from .run.resume import state_dir
     from .run.timeline import canonical
 
-    raise_pending()  # a Ctrl-C during those imports, before anything is written
+    begin_work()  # a Ctrl-C during those imports ends it here, before anything is written
     plan, schedule, cont = plan_request(p, entries or first, seconds, start, source)  # exit 2, nothing loaded
     loader = components_loader(p, str(weights_dir) if weights_dir else None)
     display = make_display(quiet, log_format)

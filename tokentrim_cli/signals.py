@@ -5,7 +5,9 @@ the block is written, toy training stops after its step)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 
@@ -18,6 +20,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 _pending = 0  # the first SIGINT / SIGTERM since install_handlers, whether or not its exception got through
+_starting = True  # until the command begins its work (begin_work): nothing of the user's to finish yet
 
 
 def _importing(frame) -> bool:
@@ -34,15 +37,27 @@ def _on_signal(signum, frame):
     global _pending
     _pending = _pending or signum
     if _importing(frame):
+        if _starting:  # start-up: nothing written, nothing to finish; the one line and exit 130 at once
+            print("tokentrim: interrupted", file=sys.stderr, flush=True)
+            os._exit(130)
         return  # raised at the next safe point, after the import (raise_pending; at the latest, the command's end)
     raise (KeyboardInterrupt if signum == signal.SIGINT else Interrupted)(f"received signal {signum}")
+
+
+def begin_work() -> None:
+    """The command's start-up (imports, checks) is over and it begins to write: a signal that came meanwhile is
+    raised now, and from here one during an import is remembered and raised after it, not an exit."""
+    global _starting
+    _starting = False
+    raise_pending()
 
 
 def install_handlers() -> None:
     """From the command's first instruction: Ctrl-C and SIGTERM raise, and are remembered. An exception raised
     where Python swallows it (in a ``__del__``, a callback of a C library) would otherwise be lost and the run
-    would go on; :func:`raise_pending` raises it again at the next safe point. During an import the signal is
-    only remembered (see :func:`_importing`)."""
+    would go on; :func:`raise_pending` raises it again at the next safe point. During an import (see
+    :func:`_importing`) the signal ends the process at once while the command starts up, and is only remembered
+    once it works (:func:`begin_work`)."""
     for s in TERMINATING:
         if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays so
             signal.signal(s, _on_signal)

@@ -14,7 +14,7 @@ from ..config.checks import require_log_format, require_seconds, require_seed, s
 from ..errors import ConfigError, TokentrimError
 from ..output.files import refuse_existing
 from ..output.display import emit_json
-from ..signals import deferred, raise_pending, terminate_as_interrupt
+from ..signals import begin_work, deferred, raise_pending, terminate_as_interrupt
 from .manifest import MANIFEST, append_line, read_manifest, settings_hash
 from .paths import check_items, done_elsewhere
 from .names import DEFAULT_TEMPLATE, assign_names, check_template, item_preset_label
@@ -170,6 +170,7 @@ class BatchRun:
         check_items(mine, o.out_dir, o.prompts, o.overwrite)  # every path of every item (write_guard)
         refuse_existing([o.out_dir / (it.name + ".mp4") for it in mine if self._would_replace(it, done)],
                         "pass --overwrite to regenerate them, --resume to skip finished items, or another --out-dir")
+        begin_work()  # the first write: a signal during a later import is raised after it, not an exit
         o.out_dir.mkdir(parents=True, exist_ok=True)
         counts = {"ok": 0, "failed": 0, "skipped": 0, "interrupted": 0}
         interrupted = False
