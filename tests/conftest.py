@@ -35,28 +35,23 @@ except ValueError:  # not the main thread: nothing to restore here
     pass
 
 
-# The slowest tests (CPU seconds measured one by one; each starts processes that import torch and diffusers),
-# grouped where they share a module fixture. `make test` runs two xdist workers with --dist worksteal, which hands
+# The slowest tests (measured in a run of the suite; most start processes), grouped where they share a module
+# fixture. `make test` runs two xdist workers with --dist worksteal, which hands
 # the first half of the collection to one worker and the second half to the other, then lets an idle worker take
 # the back half of the other's queue: the groups go to the front of the two halves (the heavier half of the work to
 # the lighter worker) so that both start with them and the run does not end on one of them. Other modes: harmless.
-SLOW = {  # CPU seconds of the group in one run of the suite (2 workers, a busy machine)
-    "tests/batch/test_batch.py::test_accelerate_launch": 39,
-    "tests/run/test_resume.py::test_sig": 36,
-    "tests/output/test_writer.py::test_gpu_check": 30,
-    "tests/test_cli.py::test_interrupt_leaves_playable_partial_video": 29,
-    "tests/live/test_browser.py::": 28,  # the live run, chromium and the replay
-    "tests/test_packaging.py::": 22,
-    "tests/output/test_writer.py::test_compiled_blocks": 14,
-    "tests/toy/test_toy.py::": 13,
-    "tests/output/test_files.py::test_a_real_full_tmpfs": 12,
-    "tests/test_cli.py::test_quiet_prints_only_the_path": 10,
-    "tests/toy/test_toy_training.py::test_sigterm": 9,
-    "tests/live/test_live_run.py::test_prompts_read": 9,
-    "tests/live/test_live_run.py::test_a_live_run_stopped": 9,
-    "tests/batch/test_batch.py::test_interrupt_finalises": 8,
-    "tests/output/test_files.py::test_sigkill": 8,
-    "tests/engine/test_fast_path.py::test_fast_path_past_1024": 5,
+SLOW = {  # seconds of the group in one run of the suite (2 workers, one CPU each, with the processes they start)
+    "tests/batch/test_batch.py::test_accelerate_launch": 32,
+    "tests/live/test_browser.py::": 18,  # the live run, chromium and the replay
+    "tests/test_packaging.py::": 18,
+    "tests/run/test_resume.py::test_sig": 14,
+    "tests/live/test_live_run.py::test_": 11,
+    "tests/output/test_files.py::test_a_real_full_tmpfs": 10,
+    "tests/toy/test_toy.py::": 8,
+    "tests/test_signals.py::": 8,
+    "tests/test_cli.py::test_interrupt_leaves_playable_partial_video": 6,
+    "tests/output/test_writer.py::test_gpu_check": 5,
+    "tests/test_planner.py::test_the_levers": 5,
 }
 
 

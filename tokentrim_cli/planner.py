@@ -13,6 +13,8 @@ cache, one forward's activations and the decoder; the text encoder too unless it
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass, replace
 
@@ -80,33 +82,63 @@ class Prediction:
 
 
 # ---------------------------------------------------------------------- weights (meta device)
-def _meta(build, dtype: torch.dtype) -> torch.nn.Module:
+@functools.lru_cache(maxsize=16)
+def _meta(kind: str, config: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A model of ``kind`` with the JSON ``config``, built on the meta device and cast as a run casts it; kept,
+    as the levers' search predicts the same models many times (building UMT5-XXL's 24 layers takes a while)."""
     with torch.device("meta"):
-        module = build()
+        module = _BUILDERS[kind](**json.loads(config))
     return cast(module, dtype)
 
 
-def _transformer(cfg: Config, dtype: torch.dtype):
+def _build_transformer(**config):
     from diffusers import WanTransformer3DModel
 
-    return _meta(lambda: WanTransformer3DModel(**cfg.model.transformer.config), dtype)
+    return WanTransformer3DModel(**config)
+
+
+def _build_vae(**config):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**config)
+
+
+def _build_patch_codec(**config):
+    from .engine.patch_codec import PatchCodec
+
+    return PatchCodec(**config)
+
+
+def _build_text_encoder(**config):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**config))
+
+
+def _build_tiny_decoder():
+    from .engine.tiny_decoder import TinyDecoder
+
+    return TinyDecoder()
+
+
+_BUILDERS = {"transformer": _build_transformer, "vae": _build_vae, "patch": _build_patch_codec,
+             "text_encoder": _build_text_encoder, "tiny_decoder": _build_tiny_decoder}
+
+
+def _model(kind: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
+    return _meta(kind, json.dumps(config, sort_keys=True), dtype)
+
+
+def _transformer(cfg: Config, dtype: torch.dtype):
+    return _model("transformer", cfg.model.transformer.config, dtype)
 
 
 def _vae(cfg: Config, dtype: torch.dtype):
-    if cfg.model.vae.kind == "patch":
-        from .engine.patch_codec import PatchCodec
-
-        return _meta(lambda: PatchCodec(**cfg.model.vae.config), dtype)
-    from diffusers import AutoencoderKLWan
-
-    return _meta(lambda: AutoencoderKLWan(**cfg.model.vae.config), dtype)
+    return _model("patch" if cfg.model.vae.kind == "patch" else "vae", cfg.model.vae.config, dtype)
 
 
 def _text_encoder(cfg: Config, dtype: torch.dtype):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    config = cfg.model.text_encoder.config or UMT5_XXL
-    return _meta(lambda: UMT5EncoderModel(UMT5Config(**config)), dtype)
+    return _model("text_encoder", cfg.model.text_encoder.config or UMT5_XXL, dtype)
 
 
 # ---------------------------------------------------------------------- KV cache plateau
@@ -241,9 +273,7 @@ def _dims(cfg: Config, model, vae, dtype: torch.dtype) -> _Dims:
 def _fast_decoder(cfg: Config, dtype: torch.dtype):
     if cfg.video.decoder != "tiny":
         return None
-    from .engine.tiny_decoder import TinyDecoder
-
-    return _meta(TinyDecoder, dtype)
+    return _model("tiny_decoder", {}, dtype)
 
 
 def _forward_tokens(cfg: Config, d: _Dims) -> int:
