@@ -197,7 +197,7 @@ def test_a_state_from_other_settings_or_nothing_to_resume_is_refused(tmp_path, m
 
 
 def _args(out):
-    return ["generate", "-p", "a red circle bouncing", "--seconds", "3", "--seed", "2", "--preset", "toy",
+    return ["generate", "-p", "a red circle bouncing", "--seconds", "2", "--seed", "2", "--preset", "toy",
             "-o", str(out), "--set", "runtime.state_every=2"]
 
 
@@ -228,7 +228,7 @@ def twin(tmp_path_factory):
 def _same_as_twin(out, twin):
     side = json.loads(out.with_suffix(".json").read_text())
     twin_side = json.loads(twin.with_suffix(".json").read_text())
-    assert probe(out)["frames"] == probe(twin)["frames"] == 48
+    assert probe(out)["frames"] == probe(twin)["frames"] == 32
     assert [b["severity"] for b in side["blocks"]] == [b["severity"] for b in twin_side["blocks"]]
     assert not state_dir(out).exists()
     return side
