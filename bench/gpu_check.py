@@ -24,6 +24,7 @@ random weights are noise: x264 runs with ``--set video.preset=veryfast`` so that
 
     python bench/gpu_check.py [--out bench/results/gpu_check.json] [--budget 470] [--presets self-forcing ...]
     make gpu-check
+    python bench/gpu_check.py --resume   # a second call: measures only the cells the first one left out
     python bench/gpu_check.py --smoke --out /tmp/smoke.json   # the same steps on the CPU with the tiny presets
                                                               # (tiny-absolute: LongLive's cache shape, absolute)
 
@@ -196,10 +197,15 @@ def decode(vae, latents: list, decoder_cls) -> dict:
 
 # ---------------------------------------------------------------------- orchestrator
 class Run:
-    def __init__(self, out: Path, budget: float):
-        self.out, self.deadline = out, time.monotonic() + budget
-        self.results: dict = {"machine": None, "presets": {}, "notes": []}
+    def __init__(self, out: Path, budget: float, keep: bool = False):
+        self.out, self.deadline, self.keep = out, time.monotonic() + budget, keep and out.exists()
+        self.results: dict = json.loads(out.read_text()) if self.keep else {"machine": None, "presets": {}, "notes": []}
         self.reserve = 0.0  # seconds kept for a later step (the levers)
+
+    def kept(self, preset: str, key: str) -> bool:
+        """``--resume``: the cell holds a result from an earlier call (not an error, not skipped for time)."""
+        cell = self.results["presets"].get(preset, {}).get(key)
+        return self.keep and isinstance(cell, dict) and "error" not in cell
 
     def left(self) -> float:
         return self.deadline - self.reserve - time.monotonic()
@@ -213,6 +219,9 @@ class Run:
 
     def step(self, preset: str, key: str, timeout: float, fn) -> None:
         """Run one step with a timeout (capped by what the deadline leaves); record its result or its error."""
+        if self.kept(preset, key):
+            print(f"  {preset:24s} {key:14s} kept from {self.out}", flush=True)
+            return
         timeout = min(timeout, self.left() - 5)
         if timeout < 30:
             self.cell(preset)[key] = {"error": "skipped: the run's time budget is spent"}
@@ -379,6 +388,8 @@ def main() -> None:
     ap.add_argument("--levers-budget", type=float, default=150, help="seconds kept for the levers step")
     ap.add_argument("--levers-seconds", type=float, default=3.0, help="video length of each lever's loop")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny presets: check the script itself")
+    ap.add_argument("--resume", action="store_true", help="keep the cells --out holds from an earlier call on this "
+                    "GPU and measure only those it lacks (skipped for time, failed): a second call finishes the check")
     ap.add_argument("--worker-loop", nargs=3, metavar=("PRESET", "SECONDS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_loop:
@@ -394,8 +405,11 @@ def main() -> None:
         args.levers_preset = args.levers_preset or "self-forcing"
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; run it on a GPU machine (see ../shared/docs/gpu.md), or --smoke")
-    run = Run(Path(args.out), args.budget)
+    run = Run(Path(args.out), args.budget, keep=args.resume)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    earlier = (run.results.get("machine") or {}).get("gpu")
+    if run.keep and earlier not in (None, name):
+        sys.exit(f"gpu_check: --resume: {args.out} was measured on {earlier}, this is {name}; give another --out")
     total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
     run.results["machine"] = {"gpu": name, "memory_gib": total, "torch": torch.__version__, "cuda": torch.version.cuda}
     run.results["notes"] = ["random weights of the real shapes; UMT5-XXL-shaped encoder", "x264 preset veryfast",

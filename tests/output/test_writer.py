@@ -101,3 +101,16 @@ def test_gpu_check_runs_unattended_on_the_cpu(tmp_path, monkeypatch, capsys):
     assert cell["loop"]["median_block_s"] > 0 and cell["loop"]["decode_block_s_float32"] > 0, cell
     printed = capsys.readouterr().out
     assert "tiny-rolling" in printed and "loop s/blk" in printed
+
+    # a budget spent before the command step: a second call with --resume keeps the loop, runs only the command
+    data = json.loads(out.read_text())
+    data["presets"]["tiny-rolling"]["command"] = {"error": "skipped: the run's time budget is spent"}
+    out.write_text(json.dumps(data))
+    steps = []
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda cmd, **kw: steps.append(cmd) or zygote.run(cmd, **kw))
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--resume"])
+    gpu_check.main()
+    again = json.loads(out.read_text())["presets"]["tiny-rolling"]
+    assert again["loop"] == cell["loop"] and again["command"]["status"] == "ok"
+    python = [cmd for cmd in steps if cmd[0] == sys.executable]  # (subprocess.run is ffmpeg's too: one module)
+    assert len(python) == 1 and "generate" in python[0] and "kept from" in capsys.readouterr().out
