@@ -42,8 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # read by libraries when they are imported (the zygote imported them once, with its own environment)
 IMPORT_TIME = ("PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE",
-               "PYTHONSTARTUP", "PYTHONOPTIMIZE", "HF_", "HUGGINGFACE", "TRANSFORMERS", "DIFFUSERS", "TORCH", "PYTORCH", "CUDA", "OMP_",
-               "MKL_", "KMP_", "LD_", "NUMEXPR", "OPENBLAS", "ACCELERATE", "TOKENIZERS")
+               "PYTHONSTARTUP", "PYTHONOPTIMIZE", "HF_", "HUGGINGFACE", "TRANSFORMERS", "DIFFUSERS", "TORCH",
+               "PYTORCH", "CUDA", "OMP_", "MKL_", "KMP_", "LD_", "NUMEXPR", "OPENBLAS", "ACCELERATE", "TOKENIZERS")
 # set by torch itself once it compiles (the parent test compiled something), read when compiling, not on import
 READ_LATER = {"TORCHINDUCTOR_CACHE_DIR"}
 # modules whose imports the zygote keeps (the tokentrim_cli modules themselves are imported again by each child)
