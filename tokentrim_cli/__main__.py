@@ -14,9 +14,6 @@ def run() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from .cli import main
-        from .signals import raise_pending
-
-        raise_pending()  # a signal during the import was only remembered
     except KeyboardInterrupt:
         print("tokentrim: interrupted", file=sys.stderr)
         _exit_interrupted()
