@@ -33,6 +33,9 @@ carry the three wheels (torchao==0.18.0's too, for the fp8 and int8 levers) and 
 ~560 s:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --out $OUT/gpu_check.json
+and, if cells say "skipped: the run's time budget is spent", a second call on the still-warm machine with the
+first call's JSON carried back into the checkout (``--budget`` sized to the device time left):
+    PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --resume --out bench/results/gpu_check.json --budget 240
 """
 
 from __future__ import annotations
