@@ -3,7 +3,6 @@ reported with the partial video kept; ``runtime.compile``; and the unattended GP
 
 import errno
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def test_gpu_check_runs_unattended_on_the_cpu(tmp_path, monkeypatch, capsys):
     cell (here with the tiny preset on the CPU). Its orchestration runs in this process; each step's process (the
     loop's worker, the command) is a real one, forked from the tests' zygote."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    gpu_check = pytest.importorskip("gpu_check")
+    import gpu_check
     monkeypatch.setattr(gpu_check.subprocess, "run", zygote.run)
     out = tmp_path / "gpu_check.json"
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--smoke", "--presets", "tiny-rolling", "--seconds", "1",
