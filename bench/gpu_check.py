@@ -202,7 +202,8 @@ def decode(vae, latents: list, decoder_cls) -> dict:
 class Run:
     def __init__(self, out: Path, budget: float, keep: bool = False):
         self.out, self.deadline, self.keep = out, time.monotonic() + budget, keep and out.exists()
-        self.results: dict = json.loads(out.read_text()) if self.keep else {"machine": None, "presets": {}, "notes": []}
+        fresh = {"machine": None, "presets": {}, "notes": []}
+        self.results: dict = json.loads(out.read_text()) if self.keep else fresh
         self.reserve = 0.0  # seconds kept for a later step (the levers)
 
     def kept(self, preset: str, key: str) -> bool:

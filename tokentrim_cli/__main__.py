@@ -6,7 +6,7 @@ import sys
 def run() -> None:
     import os
 
-    from .signals import install_handlers
+    from .signals import exit_interrupted, install_handlers
 
     install_handlers()
     # OpenMP threads that spin while waiting steal the CPU from a neighbour and from each other (beside another
@@ -16,25 +16,13 @@ def run() -> None:
         from .cli import main
     except KeyboardInterrupt:
         print("tokentrim: interrupted", file=sys.stderr)
-        _exit_interrupted()
+        exit_interrupted()
     try:
         main()
     except SystemExit as exc:
         if exc.code == 130:
-            _exit_interrupted()
+            exit_interrupted()
         raise
-
-
-def _exit_interrupted() -> None:
-    """Exit 130 at once. Seen with CPython 3.11: after a Ctrl-C that came while the command imported or loaded,
-    a normal ``sys.exit(130)`` sometimes ended as death by SIGINT (status -2 to the parent, not 130), with only the
-    main thread left and the interrupt handled; the cause was not pinned down. Everything is written and closed
-    by this point, so skipping the interpreter's shutdown loses nothing."""
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)
 
 
 if __name__ == "__main__":
