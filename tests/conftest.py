@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 import signal
@@ -79,6 +80,13 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if not hasattr(config, "workerinput"):  # the zygote sees its owner gone within a second and exits
         shutil.rmtree(os.path.dirname(os.environ["TOKENTRIM_TEST_ZYGOTE"]), ignore_errors=True)
+
+
+def pytest_collection_finish(session):
+    """What the collection imported (torch, diffusers, the test modules) moves to the garbage collector's permanent
+    generation: the tests' full collections no longer walk it (each took about 0.3 s, 5-7 s per worker)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _slow_group(nodeid: str) -> str | None:

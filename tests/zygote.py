@@ -26,6 +26,7 @@ process that owns the path does.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import runpy
@@ -65,6 +66,8 @@ def _preload() -> None:
         __import__(name)
     for name in [m for m in sys.modules if m == "tokentrim_cli" or m.startswith("tokentrim_cli.")]:
         del sys.modules[name]
+    gc.collect()
+    gc.freeze()  # the children's garbage collections leave the preloaded objects alone (and their pages shared)
 
 
 def _differs(env: dict, base: dict, imported: dict) -> list[str]:
