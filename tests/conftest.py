@@ -42,7 +42,7 @@ except ValueError:  # not the main thread: nothing to restore here
 # the back half of the other's queue: the groups go to the front of the two halves (the heavier half of the work to
 # the lighter worker) so that both start with them and the run does not end on one of them. Other modes: harmless.
 SLOW = {  # seconds of the group in one run of the suite (2 workers, one CPU each, with the processes they start)
-    "tests/batch/test_batch.py::test_accelerate_launch": 32,
+    "tests/batch/test_batch.py::test_accelerate_launch_two": 17,
     "tests/live/test_browser.py::": 18,  # the live run, chromium and the replay
     "tests/test_packaging.py::": 18,
     "tests/run/test_resume.py::test_sig": 14,

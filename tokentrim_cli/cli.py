@@ -305,6 +305,7 @@ def evaluate(
     from .toy.scoring import SERIES_TITLES
     from .output.video import probe
 
+    begin_work()
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")
     out = check_evaluate(video, output, overwrite)  # exit 2 before anything is read or written

@@ -231,39 +231,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _accelerate(tmp_path, *launch_args):
+def _launch_args(tmp_path, *launch_args) -> tuple[list[str], Path]:
+    """``accelerate launch`` arguments that run a 3-item batch into tmp_path/out, and that folder."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red kite\na paper boat\nclouds over peaks\n")
     out = tmp_path / "out"
-    exe = Path(sys.executable).with_name("accelerate")
-    launcher = [str(exe)] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd = [*launcher, *([] if launcher[-1].endswith("launch") else ["launch"]), "--num_processes", "2",
-           "--main_process_port", str(_free_port()), *launch_args,
-           "-m", "tokentrim_cli", "batch", str(prompts), "--out-dir", str(out), "--seconds", "0.5", "--quiet"]
-    env = {**ENV, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}  # no stray accelerate config
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    return ["--num_processes", "2", "--main_process_port", str(_free_port()), *launch_args, "-m", "tokentrim_cli",
+            "batch", str(prompts), "--out-dir", str(out), "--seconds", "0.5", "--quiet"], out
+
+
+def _complete_batch(out: Path) -> list[dict]:
+    """The manifest rows of a finished 3-item batch in ``out``, each ok with its video."""
     assert len(list(out.glob("*.mp4"))) == 3
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
+    rows = manifest(out)
     assert len(rows) == 3 and sorted(x["index"] for x in rows) == [0, 1, 2]
     assert all(x["status"] == "ok" and (out / x["output"]).is_file() for x in rows)
-    return rows, r
+    return rows
 
 
 def test_accelerate_launch_two_processes_gloo_shared_manifest(tmp_path):
     """Two real worker processes (torchrun + gloo): on a machine without CUDA, `--multi_gpu` is what makes
     accelerate start them; each process takes every other item and both append to one manifest."""
-    rows, r = _accelerate(tmp_path, "--multi_gpu")
-    where = {x["index"]: x["where"] for x in rows}
+    args, out = _launch_args(tmp_path, "--multi_gpu")
+    exe = Path(sys.executable).with_name("accelerate")
+    launcher = [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}  # no stray accelerate config
+    r = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    where = {x["index"]: x["where"] for x in _complete_batch(out)}
     assert where == {0: "shard 0/1, process 0/2", 1: "shard 0/1, process 1/2", 2: "shard 0/1, process 0/2"}
     assert "process 0/2" in r.stderr and "process 1/2" in r.stderr
 
 
-def test_accelerate_launch_cpu_flag(tmp_path):
+def test_accelerate_launch_cpu_flag(tmp_path, monkeypatch, capsys):
     """The literal `accelerate launch --num_processes 2 --cpu -m tokentrim_cli batch ...`: accelerate 1.x starts
-    multi-CPU jobs only through mpirun, otherwise one process; the batch must still be complete and correct."""
-    _accelerate(tmp_path, "--cpu")
+    multi-CPU jobs only through mpirun, otherwise one process; the batch must still be complete and correct.
+    accelerate's launch command decides here, in this process; the one process it starts (its simple launcher's
+    command and environment) runs here too, as the command in this process (the real processes: the test above)."""
+    from accelerate.commands import launch
+
+    started = []
+    monkeypatch.setattr(launch, "_run_subprocess", lambda cmd, env, quiet: started.append((cmd, env)))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stray accelerate config
+    args, out = _launch_args(tmp_path, "--cpu")
+    launch.launch_command(launch.launch_command_parser().parse_args(args))
+    [(cmd, env)] = started  # one process, not two
+    assert cmd[:3] == [sys.executable, "-m", "tokentrim_cli"] and env["ACCELERATE_USE_CPU"] == "True"
+    assert "WORLD_SIZE" not in env
+    for key in set(env) | set(os.environ):
+        if key not in env:
+            monkeypatch.delenv(key)
+        elif os.environ.get(key) != env[key]:
+            monkeypatch.setenv(key, env[key])
+    code, _, err = run_main(capsys, *cmd[3:])
+    assert code == 0, err
+    assert {x["where"] for x in _complete_batch(out)} == {"shard 0/1"}  # no processes but this one
 
 
 def test_interrupt_finalises_current_item_and_stops(tmp_path):
