@@ -51,8 +51,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from levers import lever_preset, run_levers, table as lever_table  # noqa: E402 - bench/ is this script's folder
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # also when imported from a file path (the tests), not run
+from levers import lever_preset, run_levers, table as lever_table  # noqa: E402
 
 SMOKE = ["tiny", "tiny-rolling", "tiny-absolute"]
 # tiny with LongLive's cache (sink 3 + window 6, absolute positions): the smoke run's absolute-position preset

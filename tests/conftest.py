@@ -69,6 +69,7 @@ def pytest_configure(config):
         worker = int(config.workerinput["workerid"].removeprefix("gw"))
         os.sched_setaffinity(0, {cpus[worker % len(cpus)]})
         return
+    gc.freeze()  # torch, imported above: the controller's collections (5 at its end) leave it alone
     os.environ["TOKENTRIM_TEST_ZYGOTE"] = os.path.join(tempfile.mkdtemp(prefix="tokentrim-zygote-"), "socket")
     os.environ["TOKENTRIM_TEST_ZYGOTE_OWNER"] = str(os.getpid())
     if all(Path(arg.split("::")[0]).is_dir() for arg in config.args):

@@ -17,7 +17,7 @@ LAYERS = [
     ("run parts", ["run", "output", "live", "metrics", "toy", "config.notices", "evaluate"]),
     ("methods and presets", ["pruning", "config.presets"]),
     ("engine", ["engine"]),
-    ("leaves", ["config", "config.settings", "config.checks", "errors", "signals", "run.timeline", "inputs",
+    ("leaves", ["config", "config.settings", "config.checks", "errors", "signals", "startup", "run.timeline", "inputs",
                 "__init__"]),
 ]
 

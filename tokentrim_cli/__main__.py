@@ -4,15 +4,13 @@ import sys
 
 
 def run() -> None:
-    import gc
     import os
 
     from .signals import exit_interrupted, install_handlers
+    from .startup import pause_collection
 
     install_handlers()
-    # the start-up makes about a million objects that live as long as the process (torch's, diffusers'): collecting
-    # while they are made walks them again and again (0.9 s of a 6 s start); signals.begin_work turns it back on
-    gc.disable()
+    pause_collection()  # until the command's work begins (signals.begin_work, or resume_collection)
     # OpenMP threads that spin while waiting steal the CPU from a neighbour and from each other (beside another
     # torch job a 2 s toy video took 18.8 s, 12.4 s waiting passively: bench/threads.py). Set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

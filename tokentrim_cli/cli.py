@@ -304,8 +304,9 @@ def evaluate(
     from .output.files import find_prompt, replace_file
     from .toy.scoring import SERIES_TITLES
     from .output.video import probe
+    from .startup import resume_collection
 
-    begin_work()
+    resume_collection()
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")
     out = check_evaluate(video, output, overwrite)  # exit 2 before anything is read or written

@@ -5,11 +5,12 @@ the block is written, toy training stops after its step)."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import sys
 import threading
+
+from .startup import resume_collection
 
 
 # SIGHUP (the terminal closed) ends a run the way SIGTERM does: what was generated is kept, the state saved
@@ -58,13 +59,10 @@ def exit_interrupted() -> None:
 def begin_work() -> None:
     """The command's start-up (imports, checks) is over and it begins to write: a signal that came meanwhile is
     raised now, and from here one during an import is remembered and raised after it, not an exit. Garbage
-    collection, which the entry point turned off for the start-up, resumes without the start-up's objects (frozen:
-    later collections do not walk them)."""
+    collection resumes (:mod:`.startup`)."""
     global _starting
     _starting = False
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
+    resume_collection()
     raise_pending()
 
 
