@@ -5,19 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .metrics import evaluate_video, merge_metrics
 from .output.files import find_timeline
+from .output.video import read_video
 from .toy.scoring import toy_metrics
 
 
 def measure_file(video: Path, info: dict, prompt: str | None, source: str | None) -> dict:
     """Metrics of ``video`` (``info``: its :func:`video.probe`); ``prompt`` captions the toy-world scores (None:
     measured without), ``source`` says where the caption came from (``--prompt`` also turns off the timeline)."""
-    import imageio.v3 as iio
-
-    frames = np.asarray(iio.imread(video))
+    frames = read_video(video)
     fps = info["fps"]
     result = merge_metrics(evaluate_video(frames, fps), toy_metrics(frames, fps, prompt))
     result["video"] = str(video)

@@ -120,7 +120,7 @@ def test_a_restored_state_goes_on_as_the_uninterrupted_stream(model):
 
 
 def test_generate_with_the_tiny_decoder_writes_the_vae_paths_frame_count(tmp_path):
-    import imageio.v3 as iio
+    from tokentrim_cli.output.video import read_video
     from test_cli import tokentrim
 
     from tokentrim_cli.output.video import probe
@@ -132,7 +132,7 @@ def test_generate_with_the_tiny_decoder_writes_the_vae_paths_frame_count(tmp_pat
                       "--set", f"video.decoder={decoder}", "--set", "model.tiny_decoder=random:3")
         assert r.returncode == 0, r.stderr
         counts[decoder] = probe(out)["frames"]
-        first[decoder] = next(iter(iio.imiter(out)))
+        first[decoder] = read_video(out)[0]
         side = json.loads(out.with_suffix(".json").read_text())
         assert side["config"]["video"]["decoder"] == decoder
     assert counts["tiny"] == counts["vae"] == 24

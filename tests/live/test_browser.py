@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import imageio.v3 as iio
+from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 from test_cli import run_main
@@ -149,6 +149,6 @@ def test_the_page_plays_the_run_takes_a_prompt_and_the_replay_equals_the_live_vi
     code, _, err = run_main(capsys, "generate", "--preset", "toy", "--timeline", str(tmp_path / "live.json"),
                             "--seconds", "4", "--seed", "5", "-q", "-o", str(replay))
     assert code == 0, err
-    live, again = iio.imread(tmp_path / "live.mp4"), iio.imread(replay)
+    live, again = read_video(tmp_path / "live.mp4"), read_video(replay)
     assert live.shape == again.shape == (64, 64, 64, 3) and np.array_equal(live, again)
     print(f"browser test: {browser_seconds:.1f} s for the live run and the page; max lag {max(lag):.3f} s")

@@ -4,7 +4,7 @@ run stopped midway resumes with its live changes (prompts, keep going)."""
 
 import json
 
-import imageio.v3 as iio
+from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -44,7 +44,7 @@ def test_prompts_read_while_the_run_goes_are_in_the_sidecar_and_replay_the_same_
     assert code == 0, err
     (_, live), (_, again) = frames
     assert len(live) == len(again) == 16 and all(np.array_equal(a, b) for a, b in zip(live, again))
-    assert np.array_equal(iio.imread(out), iio.imread(replay))  # the files decode to the same frames too
+    assert np.array_equal(read_video(out), read_video(replay))  # the files decode to the same frames too
 
 
 def test_a_live_run_stopped_midway_resumes_with_its_live_prompts_and_length(tmp_path, capsys, monkeypatch):

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-import imageio.v3 as iio
+from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -29,7 +29,7 @@ def test_pipelined_writer_gives_the_serial_video(tmp_path, capsys):
     serial, pipelined = tmp_path / "serial.mp4", tmp_path / "pipelined.mp4"
     assert _generate(capsys, serial, "runtime.overlap_decode=false")[0] == 0
     assert _generate(capsys, pipelined)[0] == 0
-    a, b = iio.imread(serial), iio.imread(pipelined)
+    a, b = read_video(serial), read_video(pipelined)
     assert a.shape == b.shape and a.shape[0] == 48 and np.array_equal(a, b)
     ra, rb = (json.loads(p.with_suffix(".json").read_text())["blocks"] for p in (serial, pipelined))
     strip = lambda recs: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in recs]  # noqa: E731

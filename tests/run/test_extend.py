@@ -5,7 +5,7 @@ ones (continuation.py, source_video.py)."""
 import json
 import math
 
-import imageio.v3 as iio
+from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -40,7 +40,7 @@ def _clip(path, frames, height=64, width=64, fps=16, seed=3):
     w.finish()
     w.publish("{}", path)
     w.discard()
-    return np.asarray(iio.imread(path))  # the frames as decoded
+    return read_video(path)  # the frames as decoded
 
 
 def _psnr(a, b):
@@ -182,7 +182,7 @@ def test_cli_extend_copies_the_input_and_appends(toy_clip, tmp_path, capsys):
                                  "--preset", "toy", "--seed", "0", "-o", str(out))
     assert code == 0, err
     assert "stream-copied" in err and "new frames from frame 24" in err
-    got = np.asarray(iio.imread(out))
+    got = read_video(out)
     assert got.shape[0] == 24 + 8 and probe(out)["frames"] == 32
     assert np.array_equal(got[:24], frames)  # the input's frames, bit for bit (not re-encoded)
     side = json.loads(out.with_suffix(".json").read_text())
@@ -206,7 +206,7 @@ def test_cli_extend_fits_and_reencodes_another_size(tmp_path, capsys):
     side = json.loads(out.with_suffix(".json").read_text())
     assert not side["extend"]["copied"] and "size" in side["extend"]["reencoded"]
     assert side["extend"]["fitted"]["box"] == [32, 0, 96, 64]  # 96x48 -> 128x64, centre 64 columns
-    got = np.asarray(iio.imread(out))
+    got = read_video(out)
     assert got.shape == (14, 64, 64, 3)
     from PIL import Image
 
@@ -238,7 +238,7 @@ def test_cli_extend_three_partition(toy_clip, tmp_path, capsys):
     side = json.loads(out.with_suffix(".json").read_text())
     # sink 3 + recent 3 (one block) + 8 mid blocks of 3: 30 frames, more than the input has: all 24
     assert side["extend"]["context_frames"] == list(range(24)) and side["extend"]["sink_frames"] == 3
-    assert np.array_equal(np.asarray(iio.imread(out))[:24], frames)
+    assert np.array_equal(read_video(out)[:24], frames)
 
 
 @pytest.mark.parametrize("make, words", [

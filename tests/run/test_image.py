@@ -187,7 +187,7 @@ def test_toy_first_frame_is_the_image_through_the_codec():
 
 # --------------------------------------------------------------------------------------------- the command
 def test_cli_image_writes_a_video_that_starts_with_it(tmp_path):
-    import imageio.v3 as iio
+    from tokentrim_cli.output.video import read_video
 
     pic = _toy_picture(80, 120)  # fitted: 96x64 resized, centre-cropped to 64x64
     Image.fromarray(pic).save(tmp_path / "img.png")
@@ -199,7 +199,7 @@ def test_cli_image_writes_a_video_that_starts_with_it(tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["image"]["size"] == [120, 80] and side["image"]["crop"]["box"] == [16, 0, 80, 64]
     assert side["plan"]["start_frame"] == 1 and side["frames_written"] == 4
-    first = np.asarray(iio.imread(out))[0]
+    first = read_video(out)[0]
     expected = load_image(tmp_path / "img.png", 64, 64).pixels
     psnr = _psnr(first, expected)
     print(f"first MP4 frame vs the fitted image: {psnr:.2f} dB")

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-import imageio.v3 as iio
+from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -146,7 +146,7 @@ def test_generate_resume_continues_exactly(tmp_path, monkeypatch, capsys, preset
     state = json.loads((state_dir(out) / "state.json").read_text())
     assert state["frames_written"] == probe(partial)["frames"] > 0
     assert "--resume" in err  # says how to go on
-    prefix = iio.imread(partial)
+    prefix = read_video(partial)
     rc, _, err = run_main(capsys, *args, "-o", str(out), "--resume")
     assert rc == 0, err
     assert not state_dir(out).exists() and not partial.exists()
@@ -154,7 +154,7 @@ def test_generate_resume_continues_exactly(tmp_path, monkeypatch, capsys, preset
     assert len(interrupted) == state["frames_written"]
     assert len(interrupted) + len(resumed) == len(before)
     assert all(np.array_equal(a, b) for a, b in zip(before, interrupted + resumed))  # the frames before encoding
-    joined = iio.imread(out)
+    joined = read_video(out)
     assert len(joined) == probe(twin)["frames"] == len(before)
     assert np.array_equal(joined[: len(prefix)], prefix)  # the partial video is copied, not re-encoded
     side, twin_side = json.loads(out.with_suffix(".json").read_text()), json.loads(twin.with_suffix(".json").read_text())
@@ -353,7 +353,7 @@ def test_an_interrupted_extension_resumes_exactly(tmp_path, monkeypatch, capsys)
     out, twin, frames = _twin_stop_resume(capsys, monkeypatch, tmp_path, args, 12, "error", 1)
     assert len(frames) == 48  # the new ones: the input is stream-copied
     assert probe(out)["frames"] == probe(twin)["frames"] == 21 + 48
-    assert np.array_equal(iio.imread(out)[:21], iio.imread(tmp_path / "in.mp4"))
+    assert np.array_equal(read_video(out)[:21], read_video(tmp_path / "in.mp4"))
 
 
 def test_an_interrupted_run_from_an_image_resumes_exactly(tmp_path, monkeypatch, capsys):

@@ -24,6 +24,7 @@ import subprocess
 import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import imageio_ffmpeg
 import numpy as np
@@ -215,6 +216,25 @@ class Mp4Writer:
             self._proc.wait()
         self.tmp.unlink(missing_ok=True)
         self.staged.unlink(missing_ok=True)
+
+
+def read_frames(path: Path) -> Iterator:
+    """imageio-ffmpeg's frame reader (its meta dict, then each frame's RGB bytes) with ffmpeg's ``-nostdin``.
+    Without it ffmpeg 9 prints "Press [q] to stop" from another thread while it lists the streams; when the two
+    interleave, imageio-ffmpeg never finds the stream line and fails after 10 s ("Could not load meta
+    information"), which one suite run in about ten did."""
+    return imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=["-nostdin"])
+
+
+def read_video(path: Path) -> np.ndarray:
+    """Every frame of ``path``: uint8 (frames, H, W, 3)."""
+    gen = read_frames(path)
+    try:
+        w, h = next(gen)["size"]
+        frames = [np.frombuffer(raw, np.uint8).reshape(h, w, 3) for raw in gen]
+    finally:
+        gen.close()
+    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
 
 
 def _unescape_ffmetadata(text: str) -> dict:

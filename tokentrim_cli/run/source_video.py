@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ConfigError
 from .image import fit
 from ..inputs import clip
-from ..output.video import probe
+from ..output.video import probe, read_frames
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class SourceVideo:
 
     def read(self) -> Iterator[np.ndarray]:
         """Every frame in order, fitted to ``target``: uint8 (H, W, 3), one in memory at a time."""
-        gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        gen = read_frames(self.path)
         try:
             meta = next(gen)
             w, h = meta["size"]
@@ -129,7 +129,7 @@ def load_source(path: Path, height: int, width: int, fps: int) -> SourceVideo:
     if _stamp(path) != before:
         raise ConfigError(f"{what} changed while it was read (is it still being written?); wait until it is "
                           "finished, or copy it first")
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    gen = read_frames(path)
     try:
         meta = next(gen)
     except (OSError, RuntimeError, StopIteration) as exc:
