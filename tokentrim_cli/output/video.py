@@ -226,15 +226,20 @@ def read_frames(path: Path) -> Iterator:
     return imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=["-nostdin"])
 
 
-def read_video(path: Path) -> np.ndarray:
-    """Every frame of ``path``: uint8 (frames, H, W, 3)."""
+def iter_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of ``path`` in order: uint8 (H, W, 3), one in memory at a time."""
     gen = read_frames(path)
     try:
         w, h = next(gen)["size"]
-        frames = [np.frombuffer(raw, np.uint8).reshape(h, w, 3) for raw in gen]
+        for raw in gen:
+            yield np.frombuffer(raw, np.uint8).reshape(h, w, 3)
     finally:
         gen.close()
-    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+
+
+def read_video(path: Path) -> np.ndarray:
+    """Every frame of ``path``: uint8 (frames, H, W, 3)."""
+    return np.stack(list(iter_frames(path)))
 
 
 def _unescape_ffmetadata(text: str) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ConfigError
 from .image import fit
 from ..inputs import clip
-from ..output.video import probe, read_frames
+from ..output.video import iter_frames, probe, read_frames
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,16 @@ class SourceVideo:
 
     def read(self) -> Iterator[np.ndarray]:
         """Every frame in order, fitted to ``target``: uint8 (H, W, 3), one in memory at a time."""
-        gen = read_frames(self.path)
+        frames = iter_frames(self.path)
         try:
-            meta = next(gen)
-            w, h = meta["size"]
-            for raw in gen:
-                frame = np.frombuffer(raw, np.uint8).reshape(h, w, 3)
-                if (w, h) != self.target:
+            for frame in frames:
+                if frame.shape[1::-1] != self.target:  # (W, H)
                     from PIL import Image
 
                     frame = np.asarray(fit(Image.fromarray(frame), self.target[1], self.target[0])[0], np.uint8)
                 yield frame
         finally:
-            gen.close()
+            frames.close()
 
 
 def _stamp(path: Path) -> tuple[int, int]:
