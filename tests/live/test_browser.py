@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 from test_cli import run_main
+from tokentrim_cli.output.video import read_video
 import zygote
 
 CHROMIUM = os.environ.get("TOKENTRIM_CHROMIUM", "/usr/bin/chromium")

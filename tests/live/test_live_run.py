@@ -4,7 +4,6 @@ run stopped midway resumes with its live changes (prompts, keep going)."""
 
 import json
 
-from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from test_cli import run_main
 from test_resume import _capture_frames
 
 from tokentrim_cli.live.session import LiveSession
+from tokentrim_cli.output.video import read_video
 
 BASE = ["generate", "--preset", "toy", "--seed", "3", "-q"]
 ARGS = BASE + ["-p", "a red circle bouncing on a dark blue background"]

@@ -6,14 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
 
 from test_cli import run_main
 import zygote
-from tokentrim_cli.output.video import probe
+from tokentrim_cli.output.video import probe, read_video
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,6 @@ ones (continuation.py, source_video.py)."""
 import json
 import math
 
-from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,7 @@ from tokentrim_cli.run.pipeline import Lead, Plan
 from tokentrim_cli.config.settings import Cache
 from tokentrim_cli.run.source_video import load_source
 from tokentrim_cli.run.timeline import Entry
-from tokentrim_cli.output.video import Mp4Writer, probe, read_metadata
+from tokentrim_cli.output.video import Mp4Writer, probe, read_metadata, read_video
 
 from test_cli import run_main
 

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 
-from tokentrim_cli.output.video import read_video
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,7 @@ from tokentrim_cli.run.pipeline import Plan, generate_blocks, resume_blocks
 from tokentrim_cli.run.state import History, RunState
 from tokentrim_cli.run.resume import StateWriter, load_state, state_dir
 from tokentrim_cli.run.timeline import parse_prompts
-from tokentrim_cli.output.video import Mp4Writer, probe
+from tokentrim_cli.output.video import Mp4Writer, probe, read_video
 
 from test_cli import ENV, run_main, tokentrim
 import zygote
