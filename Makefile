@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: install test demo bench gpu-check toy-model drift clean
+.PHONY: install test demo bench gpu-check gpu-wheels toy-model drift clean
 
 install:            ## install tokentrim and its test dependencies (CPU torch on machines without CUDA)
 	$(PY) -m pip install -q torch==2.13.0
@@ -21,6 +21,14 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 
 gpu-check:          ## every real preset on one CUDA GPU, random weights of the real shapes (< 8 min, no download)
 	$(PY) bench/gpu_check.py
+
+# what the lent GPU machine lacks (Python 3.12, no network; ../shared/docs/gpu.md), at pyproject.toml's pins;
+# imageio-ffmpeg 0.6.0 because 0.8.1's wheel is over the 64 MiB a call may carry (38 MB in all)
+DEVICE_WHEELS = diffusers==0.42.1 torchao==0.18.0 imageio-ffmpeg==0.6.0
+gpu-wheels:         ## download those wheels into .whl/ (carried to the GPU machine: bench/gpu_check.py says how)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+		--platform any -d .whl $(DEVICE_WHEELS)
 
 toy-model: install  ## retrain the shipped toy world model from scratch (seeded; four phases, 99 min on 2 CPU cores)
 	$(PY) training/train_toy.py --out build/toy-phase1 --seed 0 --steps 4000 --lr 1e-3 --p-clean 0.35 --bf16

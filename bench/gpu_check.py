@@ -29,8 +29,8 @@ random weights are noise: x264 runs with ``--set video.preset=veryfast`` so that
                                                               # (tiny-absolute: LongLive's cache shape, absolute)
 
 On the project's lent machine (no diffusers, no imageio-ffmpeg, no torchao, no network: ../shared/docs/gpu.md),
-carry the three wheels (torchao==0.18.0's too, for the fp8 and int8 levers) and run, in one call with a timeout of
-~560 s:
+``make gpu-wheels`` here first (the three wheels into .whl/, 38 MB; torchao for the fp8 and int8 levers), then one
+call that carries ``.whl`` with a timeout of ~560 s:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
     PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --out $OUT/gpu_check.json
 and, if cells say "skipped: the run's time budget is spent", a second call on the still-warm machine with the

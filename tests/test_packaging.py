@@ -100,3 +100,21 @@ def test_the_installed_wheel_generates_and_plans_a_batch_outside_the_checkout(bu
     r = subprocess.run([sys.executable, "-S", str(script), "--version"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.stdout == f"tokentrim {__version__}\n", r.stderr
+
+
+def test_the_gpu_machines_wheels_are_the_versions_pyproject_allows():
+    """``make gpu-wheels`` brings the lent GPU machine what it lacks: each at a version pyproject.toml allows (the
+    exact pins for diffusers and torchao), so a GPU run measures the code with the dependencies it is tested with."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and newer
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    allowed = {r.name: r.specifier for r in map(Requirement, project["dependencies"]
+                                                  + project["optional-dependencies"]["quantize"])}
+    line = re.search(r"^DEVICE_WHEELS = (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    wheels = dict(w.split("==") for w in line.split())
+    assert set(wheels) == {"diffusers", "torchao", "imageio-ffmpeg"}
+    for name, version in wheels.items():
+        assert allowed[name].contains(version), f"{name}=={version} is outside pyproject's {allowed[name]}"

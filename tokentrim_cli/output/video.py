@@ -280,15 +280,17 @@ def read_metadata(path: Path) -> dict:
 
 
 def probe(path: Path) -> dict:
-    """Frame count, fps, size and comment of an MP4, read back with the bundled ffmpeg."""
+    """Frame count, fps, size and comment of an MP4, read back with the bundled ffmpeg.
+
+    The frames are the video packets its index lists, counted one line each (``framecrc``): ffmpeg 7.0 prints no
+    ``frame=`` count for a stream copy, and this count reads the same on every ffmpeg imageio-ffmpeg ships."""
     exe = imageio_ffmpeg.get_ffmpeg_exe()
-    out = subprocess.run([exe, "-hide_banner", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
-                         capture_output=True, text=True).stderr
-    info = {"frames": None, "fps": None, "width": None, "height": None, "comment": None}
-    for line in out.splitlines():
+    done = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+                           "-f", "framecrc", "-"], capture_output=True, text=True, errors="replace")
+    packets = sum(1 for line in done.stdout.splitlines() if line.strip() and not line.startswith("#"))
+    info = {"frames": packets or None, "fps": None, "width": None, "height": None, "comment": None}
+    for line in done.stderr.splitlines():
         s = line.strip()
-        if s.startswith("frame="):
-            info["frames"] = int(s.split("frame=")[-1].split()[0])
         if "Video:" in s:
             m = re.search(r"(\d{2,5})x(\d{2,5})", s)
             if m:
