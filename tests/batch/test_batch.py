@@ -266,12 +266,14 @@ def test_accelerate_launch_two_processes_gloo_shared_manifest(tmp_path):
 def test_accelerate_launch_cpu_flag(tmp_path, monkeypatch, capsys):
     """The literal `accelerate launch --num_processes 2 --cpu -m tokentrim_cli batch ...`: accelerate 1.x starts
     multi-CPU jobs only through mpirun, otherwise one process; the batch must still be complete and correct.
-    accelerate's launch command decides here, in this process; the one process it starts (its simple launcher's
-    command and environment) runs here too, as the command in this process (the real processes: the test above)."""
+    accelerate's launch command decides here, in this process; the one process its simple launcher would start
+    (the command and environment accelerate prepares for it, the same from 1.0 to 1.16) runs here too, as the
+    command in this process (the real processes: the test above)."""
     from accelerate.commands import launch
 
     started = []
-    monkeypatch.setattr(launch, "_run_subprocess", lambda cmd, env, quiet: started.append((cmd, env)))
+    monkeypatch.setattr(launch, "simple_launcher",
+                        lambda args: started.append(launch.prepare_simple_launcher_cmd_env(args)))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stray accelerate config
     args, out = _launch_args(tmp_path, "--cpu")
     launch.launch_command(launch.launch_command_parser().parse_args(args))

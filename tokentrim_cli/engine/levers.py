@@ -20,9 +20,8 @@ FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada, Hopper and newer
 
 
 def check_levers(runtime, device: torch.device) -> None:
-    """Refuse, in one line each, a lever this device cannot run (before anything large loads)."""
-    if runtime.quantize != "none":
-        _torchao()
+    """Refuse, in one line each, a lever this device cannot run (before anything large loads); the device first,
+    since installing torchao would not help there."""
     if runtime.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"runtime.cuda_graphs needs a CUDA device and this run is on {device.type}: "
                           "set runtime.cuda_graphs=false or run on a GPU")
@@ -35,6 +34,8 @@ def check_levers(runtime, device: torch.device) -> None:
             raise ConfigError(f"runtime.quantize=fp8 needs compute capability 8.9 or newer and "
                               f"{torch.cuda.get_device_name(device)} has {cap[0]}.{cap[1]}: use runtime.quantize=int8 "
                               "or none")
+    if runtime.quantize != "none":
+        _torchao()
 
 
 def _torchao():
