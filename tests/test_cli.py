@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zygote
 
 from tokentrim_cli.cli import main
-from tokentrim_cli.output.video import probe
+from tokentrim_cli.output.video import probe, read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -45,6 +46,20 @@ def run_main(capsys, *args):
         main(list(args))
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
+
+
+def test_prompts_encoded_on_the_cpu_make_the_same_video_here(tmp_path, capsys):
+    """``--set runtime.text_encoder_device=cpu`` runs end to end; on a CPU-only machine it is the same video (the
+    encoder's placement: tests/engine/test_weights.py), and the sidecar records the setting."""
+    videos = []
+    for i, sets in enumerate([[], ["--set", "runtime.text_encoder_device=cpu"]]):
+        out = tmp_path / f"v{i}.mp4"
+        code, _, err = run_main(capsys, "generate", "--prompt", "a red circle", "--seconds", "1", "--seed", "3",
+                                "--output", str(out), *sets)
+        assert code == 0, err
+        videos.append(read_video(out))
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert np.array_equal(*videos) and side["config"]["runtime"]["text_encoder_device"] == "cpu"
 
 
 def test_generate_writes_mp4_and_sidecar(tmp_path):

@@ -149,3 +149,17 @@ def test_guidance_doubles_the_cache_and_the_prediction_follows():
     tiny = load_preset("tiny", architecture=False).config
     guided = load_preset("tiny", ["sampler.guidance_scale=3"], architecture=False).config
     assert predict(guided, 4.0).kv_cache == 2 * predict(tiny, 4.0).kv_cache
+
+
+def test_encoding_on_the_cpu_leaves_the_encoder_off_the_gpu_and_is_the_first_lever():
+    """``runtime.text_encoder_device: cpu``: neither phase counts the text encoder, and, costing no quality, it is
+    what the planner offers first (for Self Forcing, 60 s: all that 16 GB needs)."""
+    from tokentrim_cli.config.presets import load_preset
+
+    cfg = load_preset("self-forcing", architecture=False).config
+    on_cpu = load_preset("self-forcing", ["runtime.text_encoder_device=cpu"], architecture=False).config
+    gpu, cpu = predict(cfg, 60), predict(on_cpu, 60)
+    assert gpu.encode_phase - cpu.encode_phase == gpu.text_encoder + gpu.text_activations > 10 * 2**30
+    assert cpu.generate_phase == gpu.generate_phase and cpu.peak == cpu.generate_phase
+    assert under(cfg, 60, 16) == ["runtime.text_encoder_device=cpu"] and not gpu.fits(16) and cpu.fits(16)
+    assert levers(on_cpu)[0].setting == "video.decoder=tiny"

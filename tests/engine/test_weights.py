@@ -121,3 +121,24 @@ def test_prompt_embeddings_trimmed_and_zero_padded():
     assert out.shape == (2, 512, 32)
     assert out[0, :4].abs().sum() > 0 and out[0, 4:].abs().sum() == 0  # 3 words + </s>
     assert out[1, :9].abs().sum(-1).min() > 0 and out[1, 9:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("encode_device", [None, "cpu"], ids=["visits", "stays"])
+def test_prompts_encode_where_runtime_says_and_land_on_the_run_device(encode_device):
+    """The run's device is the meta device here (as CUDA would be, it is not the CPU): by default the encoder
+    visits it to encode and goes back (offload); with ``runtime.text_encoder_device: cpu`` it never leaves the
+    CPU. The embeddings reach the run's device either way."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from tokentrim_cli.engine.components import Components
+    from tokentrim_cli.engine.tokenizer import word_tokenizer
+
+    enc = UMT5EncoderModel(UMT5Config(vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)).eval()
+    visited = []
+    to = enc.to
+    enc.to = lambda device: visited.append(torch.device(device).type) or to("cpu")  # recorded; stays computable
+    comps = Components(model=None, vae=None, text_encoder=enc, tokenizer=word_tokenizer(), device=torch.device("meta"),
+                       max_text_length=16, encode_device=torch.device(encode_device) if encode_device else None)
+    out = comps.encode(["a red circle"])
+    assert out.shape == (1, 16, 32) and out.device.type == "meta"
+    assert visited == (["cpu"] if encode_device else ["meta", "cpu"])

@@ -47,6 +47,7 @@ HASH_FIELDS_ADDED = {
     ("runtime", "compile_dynamic"): True,
     ("runtime", "cuda_graphs"): False,  # the same kernels in principle; hashed like compile, to be safe
     ("runtime", "quantize"): "none",
+    ("runtime", "text_encoder_device"): "auto",  # a CPU's kernels round the embeddings differently
 }
 # Fields that never change the pictures: never hashed.
 UNHASHED_FIELDS = (("runtime", "threads"), ("runtime", "state_every"),

@@ -214,6 +214,7 @@ class Components:
     device: torch.device
     offload_text_encoder: bool = True
     max_text_length: int = 512
+    encode_device: torch.device | None = None  # runtime.text_encoder_device cpu: where prompts encode (None: device)
     fast_decoder: torch.nn.Module | None = None  # video.decoder tiny: TAEHV's decoder (engine/tiny_decoder.py)
 
     def prompt_warnings(self, prompt: str) -> list[str]:
@@ -221,7 +222,8 @@ class Components:
         return prompt_warnings(self.tokenizer, prompt, self.max_text_length)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Encode on the run's device; with ``offload_text_encoder`` the encoder goes back to the CPU after.
+        """Encode on ``encode_device`` (default: the run's device); with ``offload_text_encoder`` an encoder that
+        visited the GPU goes back to the CPU after.
 
         Args:
             prompts: B prompts.
@@ -229,12 +231,13 @@ class Components:
         Returns:
             (B, max_text_length, text_dim) embeddings on the run's device.
         """
-        self.text_encoder.to(self.device)
+        where = self.encode_device or self.device
+        self.text_encoder.to(where)
         try:
             with torch.no_grad():
-                return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.max_text_length)
+                return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.max_text_length).to(self.device)
         finally:
-            if self.offload_text_encoder and self.device.type != "cpu":
+            if self.offload_text_encoder and where.type != "cpu":
                 self.text_encoder.to("cpu")
                 torch.cuda.empty_cache()
 
@@ -263,7 +266,8 @@ def load_components(model_cfg: Model, runtime: Runtime, weights_dir=None) -> Com
     if device.type == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # half precision on CPU is slow and not what the tests pin
     tokenizer = build_tokenizer(model_cfg.tokenizer, weights_dir)
-    text_encoder = build_text_encoder(model_cfg.text_encoder, weights_dir, dtype, device)
+    encode_device = torch.device("cpu") if runtime.text_encoder_device == "cpu" else None
+    text_encoder = build_text_encoder(model_cfg.text_encoder, weights_dir, dtype, encode_device or device)
     model = build_transformer(model_cfg.transformer, weights_dir, device, dtype)
     apply_levers(model, runtime)
     vae_dtype = DTYPES[runtime.vae_dtype] if runtime.vae_dtype and device.type != "cpu" else dtype
@@ -276,4 +280,5 @@ def load_components(model_cfg: Model, runtime: Runtime, weights_dir=None) -> Com
         device=device,
         offload_text_encoder=runtime.offload_text_encoder,
         max_text_length=model_cfg.max_text_length,
+        encode_device=encode_device,
     )
