@@ -10,7 +10,8 @@ encoder (24 layers, 4096 wide: the real peak memory; it encodes on the GPU and i
    of the same blocks in the preset's VAE dtype and in float32 (s/block, PSNR of the frames between the two);
 2. command: ``tokentrim generate`` for a few seconds in a subprocess: exit code, the MP4 read back (frames, fps,
    size agree with the sidecar), status ok; command FPS (frames / generate seconds) and peak GPU memory from the
-   sidecar.
+   sidecar. Each peak is put beside the memory planner's prediction; self-forcing's command runs a second time
+   with the prompts encoded on the CPU (``runtime.text_encoder_device=cpu``, the planner's first lever).
 3. resume (in the loop step): the loop's resumable state 3 blocks before the end is resumed (the cache rebuilt from
    its journal) and the last blocks generated again: bit-identical to the first time on this device and dtype?
 Plus self-forcing-packed for 120 s: the loop (peak memory at 30 s vs 120 s) and the whole command with TokenTrim on.
@@ -62,6 +63,7 @@ UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "n
             "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "layer_norm_epsilon": 1e-6}
 PROMPT = "a corgi running on a beach at sunset, waves rolling in"
 ENCODE = ["--set", "video.preset=veryfast"]
+CPU_ENCODE = "runtime.text_encoder_device=cpu"  # the planner's first lever, measured on one preset
 
 
 def real_presets() -> list[str]:
@@ -209,7 +211,7 @@ class Run:
     def kept(self, preset: str, key: str) -> bool:
         """``--resume``: the cell holds a result from an earlier call (not an error, not skipped for time)."""
         cell = self.results["presets"].get(preset, {}).get(key)
-        return self.keep and isinstance(cell, dict) and "error" not in cell
+        return self.keep and isinstance(cell, dict) and cell.get("error") is None  # a command's is null when ok
 
     def left(self) -> float:
         return self.deadline - self.reserve - time.monotonic()
@@ -263,13 +265,15 @@ def run_loop(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> di
     return res
 
 
-def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> dict:
+def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float, extra: list[str] = (),
+                tag: str = "") -> dict:
+    """``tokentrim generate`` in its own process (``extra``: more options; ``tag``: in the output's name)."""
     from tokentrim_cli.output.sidecar import block_records
     from tokentrim_cli.output.video import probe
 
-    video = tmp / f"{preset_path.stem}-{seconds:g}s.mp4"
+    video = tmp / f"{preset_path.stem}-{seconds:g}s{tag}.mp4"
     cmd = [sys.executable, "-m", "tokentrim_cli", "generate", "--preset", str(preset_path), "--prompt", PROMPT,
-           "--seconds", str(seconds), "--seed", "0", "--output", str(video), "--log-format", "jsonl", *ENCODE]
+           "--seconds", str(seconds), "--seed", "0", "--output", str(video), "--log-format", "jsonl", *ENCODE, *extra]
     t = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     wall = time.monotonic() - t
@@ -307,15 +311,18 @@ def calibrate(run: Run, paths: dict, seconds: float, tmp: Path) -> None:
 
     for name, path in paths.items():
         cell = run.cell(name)
-        try:
-            pred = predict(load_preset(str(path), architecture=False).config, seconds)
-        except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
-            cell["planner"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-            continue
-        measured = cell.get("command", {}).get("peak_gpu_bytes")
-        cell["planner"] = {"seconds": seconds, "predicted_peak_bytes": pred.peak, "measured_peak_bytes": measured,
-                           "ratio": measured / pred.peak if measured else None,
-                           "components": {row[0]: row[1] for row in pred.rows()}}
+        for key, step, sets in (("planner", "command", []), ("planner_cpu_encode", "command_cpu_encode", [CPU_ENCODE])):
+            if step not in cell:
+                continue
+            try:
+                pred = predict(load_preset(str(path), sets, architecture=False).config, seconds)
+            except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
+                cell[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                continue
+            measured = cell[step].get("peak_gpu_bytes")
+            cell[key] = {"seconds": seconds, "predicted_peak_bytes": pred.peak, "measured_peak_bytes": measured,
+                         "ratio": measured / pred.peak if measured else None,
+                         "components": {row[0]: row[1] for row in pred.rows()}}
         side = tmp / f"{path.stem}-{seconds:g}s.json"
         if side.exists():
             cell["speed"] = json.loads(side.read_text()).get("speed")
@@ -339,6 +346,10 @@ def calibration_table(results: dict) -> str:
                      f"{gib(plan.get('measured_peak_bytes')):>12s} "
                      f"{num(plan.get('ratio')):>6s} {num(sp.get('loop_fps')):>8s} {num(sp.get('decode_fps')):>10s} "
                      f"{num(sp.get('end_to_end_fps')):>8s} {num(sp.get('warmup_seconds')):>9s}")
+        if "planner_cpu_encode" in cell:
+            plan = cell["planner_cpu_encode"]
+            lines.append(f"{'  text encoder on CPU':24s} {gib(plan.get('predicted_peak_bytes')):>13s} "
+                         f"{gib(plan.get('measured_peak_bytes')):>12s} {num(plan.get('ratio')):>6s}")
     return "\n".join(lines)
 
 
@@ -363,7 +374,7 @@ def table(results: dict) -> str:
                      f"{num(cmd.get('command_fps'), '{:.1f}'):>8s} {gib(cmd.get('peak_gpu_bytes') or loop.get('peak_gpu_bytes')):>8s} "
                      f"{gib(loop.get('kv_bytes')):>7s} {('ok' if cmd.get('mp4_ok') else '-'):>4s} "
                      f"{_resume(loop):>7s}")
-        for key in ("loop", "command", "loop_120s", "command_120s"):
+        for key in ("loop", "command", "loop_120s", "command_120s", "command_cpu_encode"):
             if cell.get(key, {}).get("error"):
                 lines.append(f"    {key}: {str(cell[key]['error'])[:200]}")
     long = results["presets"].get("self-forcing-packed", {})
@@ -442,6 +453,9 @@ def main() -> None:
         if long:
             run.step("self-forcing-packed", "command_120s", 300,
                      lambda t: run_command(paths["self-forcing-packed"], 120.0, tmp, t))
+        enc = "self-forcing" if "self-forcing" in paths else next(iter(paths))
+        run.step(enc, "command_cpu_encode", 150,
+                 lambda t: run_command(paths[enc], args.seconds, tmp, t, ["--set", CPU_ENCODE], "-cpu-encode"))
         calibrate(run, paths, args.seconds, tmp)
     print()
     print(table(run.results))

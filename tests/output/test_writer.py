@@ -97,6 +97,7 @@ def test_gpu_check_runs_unattended_on_the_cpu(tmp_path, monkeypatch, capsys):
     cell = json.loads(out.read_text())["presets"]["tiny-rolling"]
     assert cell["command"]["mp4_ok"] and cell["command"]["status"] == "ok", cell
     assert cell["loop"]["median_block_s"] > 0 and cell["loop"]["decode_block_s_float32"] > 0, cell
+    assert cell["command_cpu_encode"]["mp4_ok"] and "predicted_peak_bytes" in cell["planner_cpu_encode"], cell
     printed = capsys.readouterr().out
     assert "tiny-rolling" in printed and "loop s/blk" in printed
 
