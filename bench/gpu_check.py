@@ -66,6 +66,22 @@ ENCODE = ["--set", "video.preset=veryfast"]
 CPU_ENCODE = "runtime.text_encoder_device=cpu"  # the planner's first lever, measured on one preset
 
 
+def versions() -> dict:
+    """The libraries every number depends on (None: not importable here), and the ffmpeg that encodes."""
+    import importlib.metadata as md
+
+    import imageio_ffmpeg
+
+    found = {}
+    for dist in ("diffusers", "transformers", "accelerate", "torchao", "imageio-ffmpeg"):
+        try:
+            found[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            found[dist] = None
+    found["ffmpeg"] = imageio_ffmpeg.get_ffmpeg_version()
+    return found
+
+
 def real_presets() -> list[str]:
     """Every shipped preset that downloads a checkpoint, the longlive ones last (their base has no LoRA here)."""
     from tokentrim_cli.config.presets import load_preset
@@ -426,7 +442,8 @@ def main() -> None:
     if run.keep and earlier not in (None, name):
         sys.exit(f"gpu_check: --resume: {args.out} was measured on {earlier}, this is {name}; give another --out")
     total = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
-    run.results["machine"] = {"gpu": name, "memory_gib": total, "torch": torch.__version__, "cuda": torch.version.cuda}
+    run.results["machine"] = {"gpu": name, "memory_gib": total, "torch": torch.__version__, "cuda": torch.version.cuda,
+                              **versions()}
     run.results["notes"] = ["random weights of the real shapes; UMT5-XXL-shaped encoder", "x264 preset veryfast",
                             f"loop: {args.loop_seconds} s of video, median over blocks 3..; command: {args.seconds} s"]
     print(f"gpu_check on {name}, budget {args.budget:.0f} s", flush=True)
