@@ -327,7 +327,8 @@ def calibrate(run: Run, paths: dict, seconds: float, tmp: Path) -> None:
 
     for name, path in paths.items():
         cell = run.cell(name)
-        for key, step, sets in (("planner", "command", []), ("planner_cpu_encode", "command_cpu_encode", [CPU_ENCODE])):
+        steps = (("planner", "command", []), ("planner_cpu_encode", "command_cpu_encode", [CPU_ENCODE]))
+        for key, step, sets in steps:
             if step not in cell:
                 continue
             try:
