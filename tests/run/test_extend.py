@@ -243,6 +243,8 @@ def test_cli_extend_three_partition(toy_clip, tmp_path, capsys):
 @pytest.mark.parametrize("make, words", [
     ("missing", "does not exist"), ("garbage", "not a readable video"), ("empty", "is empty"),
     ("fps", "is 12 fps but the preset makes 16 fps; pass --fps 12"), ("image", "exclude each other"),
+    ("still", "in.png is a single frame (a still image?), not a video to continue; to start from a picture give it "
+              "with --image instead"),
 ])
 def test_cli_bad_extend_is_one_line_exit_2(tmp_path, capsys, make, words):
     path = tmp_path / "in.mp4"
@@ -256,6 +258,11 @@ def test_cli_bad_extend_is_one_line_exit_2(tmp_path, capsys, make, words):
     elif make == "image":
         _clip(path, 5)
         extra = ["--image", str(path)]
+    elif make == "still":
+        from PIL import Image
+
+        path = tmp_path / "in.png"
+        Image.new("RGB", (96, 64), (200, 10, 10)).save(path)
     code, _, err = run_main(capsys, "generate", "--extend", str(path), *extra, "--prompt", "a red circle",
                             "--preset", "tiny", "-o", str(tmp_path / "v.mp4"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err

@@ -4,8 +4,8 @@
 a file ffmpeg cannot read, reports errors in, or whose index lists frames that do not decode: a truncated copy)
 and hashes it; nothing is kept in memory. A missing, empty, corrupt, truncated or unreadable file, one that
 changes while it is read (still being written), one without a video stream or without frames, and one whose
-frame rate is not the preset's, is a ConfigError (exit 2) with one line saying what is wrong and what to do,
-before anything loads.
+frame rate is not the preset's, and a single frame at another rate (a still image: that is ``--image``), is a
+ConfigError (exit 2) with one line saying what is wrong and what to do, before anything loads.
 
 Frame rate: refused, not resampled, when it differs from ``video.fps`` (by more than 0.001): resampling would
 change the input's own frames, and the output's first part is meant to be the input exactly. The message names
@@ -136,6 +136,9 @@ def load_source(path: Path, height: int, width: int, fps: int) -> SourceVideo:
     finally:
         gen.close()
     rate = float(meta.get("fps") or 0)
+    if frames == 1 and abs(rate - fps) > 1e-3:  # one frame has no rate of its own (ffmpeg reads a PNG as 25 fps)
+        raise ConfigError(f"{what} is a single frame (a still image?), not a video to continue; to start from a "
+                          f"picture give it with --image instead")
     if abs(rate - fps) > 1e-3:
         hint = f"pass --fps {round(rate)} or " if rate and abs(rate - round(rate)) < 1e-3 else ""
         raise ConfigError(f"{what} is {rate:g} fps but the preset makes {fps} fps; {hint}convert it first: "
