@@ -472,7 +472,7 @@ def main() -> None:
             run.step("self-forcing-packed", "command_120s", 300,
                      lambda t: run_command(paths["self-forcing-packed"], 120.0, tmp, t))
         enc = "self-forcing" if "self-forcing" in paths else next(iter(paths))
-        run.step(enc, "command_cpu_encode", 150,
+        run.step(enc, "command_cpu_encode", 240,  # the encoder's random weights drawn on the CPU: a minute or more
                  lambda t: run_command(paths[enc], args.seconds, tmp, t, ["--set", CPU_ENCODE], "-cpu-encode"))
         calibrate(run, paths, args.seconds, tmp)
     print()

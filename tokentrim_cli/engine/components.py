@@ -25,19 +25,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @contextlib.contextmanager
 def random_init(seed: int, device, dtype: torch.dtype):
     """Seeded random weights drawn where and in the dtype they will run (a fp32 copy first would double the
-    memory; a full-size UMT5-XXL initialises in seconds on a GPU, minutes on a CPU). On a CPU: float32.
+    memory; a full-size UMT5-XXL initialises in seconds on a GPU, minutes on a CPU).
 
     Args:
         seed: the seed (``random:SEED``).
         device: where the weights are drawn.
-        dtype: their dtype on a GPU.
+        dtype: their dtype (a CPU run's is float32; an encoder a GPU run keeps on the CPU has the run's).
 
     Returns:
         a context manager: modules built inside it get these weights.
     """
     torch.manual_seed(seed)
     old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype if torch.device(device).type != "cpu" else torch.float32)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             yield
