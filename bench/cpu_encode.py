@@ -1,6 +1,7 @@
 """How long one prompt takes to encode on the CPU (``runtime.text_encoder_device: cpu``): UMT5-XXL's shapes with
-random weights, a 512-token prompt (Wan pads every prompt to 512), cast as a run casts it (``components.cast``:
-bfloat16 as on a GPU run, UMT5's ``wo`` kept in float32; and all float32), on the threads this process may use.
+random weights built as a run builds them (``components.build_text_encoder``: drawn and cast in bfloat16 as on a
+GPU run, UMT5's ``wo`` kept in float32; and all float32), a 512-token prompt (Wan pads every prompt to 512), on the
+threads this process may use.
 
 Only ``--layers`` of the encoder's 24 are built (all 24 take 12.5 GiB in bf16); each layer costs the same, so the
 table extrapolates the median time per layer (over ``--repeats`` encodes, after one warm-up) to 24 layers.
@@ -20,11 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import UMT5Config, UMT5EncoderModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tokentrim_cli.engine.components import cast  # noqa: E402
+from tokentrim_cli.config.settings import Weights  # noqa: E402
+from tokentrim_cli.engine.components import build_text_encoder  # noqa: E402
 
 XXL_LAYERS = 24
 XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_heads": 64,
@@ -33,8 +34,7 @@ XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_he
 
 def seconds_per_layer(layers: int, dtype: torch.dtype, repeats: int) -> float:
     """Median seconds of one 512-token encode, divided by ``layers``."""
-    torch.manual_seed(0)
-    model = cast(UMT5EncoderModel(UMT5Config(num_layers=layers, **XXL)), dtype).eval()
+    model = build_text_encoder(Weights(config={**XXL, "num_layers": layers}, weights="random:0"), None, dtype, "cpu")
     ids = torch.randint(0, XXL["vocab_size"], (1, 512))
     mask = torch.ones_like(ids)
     times = []

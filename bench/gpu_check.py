@@ -281,7 +281,7 @@ def run_loop(preset_path: Path, seconds: float, tmp: Path, timeout: float) -> di
     return res
 
 
-def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float, extra: list[str] = (),
+def run_command(preset_path: Path, seconds: float, tmp: Path, timeout: float, extra: tuple[str, ...] = (),
                 tag: str = "") -> dict:
     """``tokentrim generate`` in its own process (``extra``: more options; ``tag``: in the output's name)."""
     from tokentrim_cli.output.sidecar import block_records
@@ -473,7 +473,7 @@ def main() -> None:
                      lambda t: run_command(paths["self-forcing-packed"], 120.0, tmp, t))
         enc = "self-forcing" if "self-forcing" in paths else next(iter(paths))
         run.step(enc, "command_cpu_encode", 240,  # the encoder's random weights drawn on the CPU: a minute or more
-                 lambda t: run_command(paths[enc], args.seconds, tmp, t, ["--set", CPU_ENCODE], "-cpu-encode"))
+                 lambda t: run_command(paths[enc], args.seconds, tmp, t, ("--set", CPU_ENCODE), "-cpu-encode"))
         calibrate(run, paths, args.seconds, tmp)
     print()
     print(table(run.results))

@@ -268,7 +268,8 @@ class Runtime(Section):
     offload_text_encoder: bool = setting(_boolean, "true or false", True)
     text_encoder_device: str = choice("auto", "cpu", allowed="auto (the run's device: the encoder visits it for each "
                                       "prompt) or cpu (prompts encode on the CPU: the GPU never holds the text "
-                                      "encoder, 12.5 GiB for Wan's UMT5-XXL; each prompt then takes seconds: 21 on 2 cores)")
+                                      "encoder, 12.5 GiB for Wan's UMT5-XXL; each prompt then takes seconds: about 22 "
+                                      "on 2 cores)")
     overlap_decode: bool = setting(_boolean, "true or false (decode and encode on a worker thread, overlapping the "
                                    "next block's generation)", True)
     compile: bool = setting(_boolean, "true or false (torch.compile the transformer blocks)", False)

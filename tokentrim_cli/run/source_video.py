@@ -136,10 +136,10 @@ def load_source(path: Path, height: int, width: int, fps: int) -> SourceVideo:
     finally:
         gen.close()
     rate = float(meta.get("fps") or 0)
-    if frames == 1 and abs(rate - fps) > 1e-3:  # one frame has no rate of its own (ffmpeg reads a PNG as 25 fps)
-        raise ConfigError(f"{what} is a single frame (a still image?), not a video to continue; to start from a "
-                          f"picture give it with --image instead")
     if abs(rate - fps) > 1e-3:
+        if frames == 1:  # one frame has no rate of its own (ffmpeg reads a PNG as 25 fps)
+            raise ConfigError(f"{what} is a single frame (a still image?), not a video to continue; to start from a "
+                              f"picture give it with --image instead")
         hint = f"pass --fps {round(rate)} or " if rate and abs(rate - round(rate)) < 1e-3 else ""
         raise ConfigError(f"{what} is {rate:g} fps but the preset makes {fps} fps; {hint}convert it first: "
                           f"ffmpeg -i {path} -r {fps} {path.stem}-{fps}fps.mp4")
