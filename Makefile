@@ -19,8 +19,14 @@ bench:              ## CPU benchmarks (GPU ones run where a GPU is present)
 	$(PY) bench/pruning_cost.py
 	$(PY) bench/world_render.py
 
+# on a machine that lacks a package the check needs, the wheels of `make gpu-wheels` (carried in .whl/) are put
+# in build/gpu-site first, offline, and put ahead on the path; ARGS go to the script (e.g. ARGS="--out $$OUT/g.json")
+GPU_SITE = $(CURDIR)/build/gpu-site
 gpu-check:          ## every real preset on one CUDA GPU, random weights of the real shapes (< 8 min, no download)
-	$(PY) bench/gpu_check.py
+	@if [ -d .whl ] && ! $(PY) -c 'import diffusers, torchao, imageio_ffmpeg' 2>/dev/null; then \
+		echo "installing .whl/ into $(GPU_SITE)"; \
+		$(PY) -m pip install -q --no-index --no-deps --upgrade --target $(GPU_SITE) .whl/*.whl || exit 3; fi
+	PYTHONPATH=$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 $(PY) bench/gpu_check.py $(ARGS)
 
 # what the lent GPU machine lacks (Python 3.12, no network; ../shared/docs/gpu.md), at pyproject.toml's pins;
 # imageio-ffmpeg 0.6.0 because 0.8.1's wheel is over the 64 MiB a call may carry (38 MB in all)

@@ -118,3 +118,31 @@ def test_the_gpu_machines_wheels_are_the_versions_pyproject_allows():
     assert set(wheels) == {"diffusers", "torchao", "imageio-ffmpeg"}
     for name, version in wheels.items():
         assert allowed[name].contains(version), f"{name}=={version} is outside pyproject's {allowed[name]}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("has_packages", [False, True])
+def test_gpu_check_installs_the_carried_wheels_only_where_a_package_is_missing(tmp_path, has_packages):
+    """On the GPU machine (no diffusers, no network) ``make gpu-check`` installs the wheels carried in .whl/ into
+    build/gpu-site, offline, puts that folder ahead on the path of the check, and passes ARGS on; where the packages
+    import it installs nothing. A stand-in Python records what make asks of it."""
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "diffusers-0.42.1-py3-none-any.whl").touch()
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$* | $PYTHONPATH\" >> {log}\n"
+                    f"[ \"$1\" = -c ] && exit {0 if has_packages else 1}\nexit 0\n")
+    fake.chmod(0o755)
+    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "gpu-check", f"PY={fake}", "ARGS=--out o.json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    site_dir = f"{tmp_path}/build/gpu-site"
+    installs = [c for c in calls if c.startswith("-m pip install")]
+    if has_packages:
+        assert installs == []
+    else:
+        assert len(installs) == 1 and "--no-index" in installs[0] and f"--target {site_dir} " in installs[0]
+        assert ".whl/diffusers-0.42.1-py3-none-any.whl" in installs[0]
+    assert calls[-1].startswith("bench/gpu_check.py --out o.json | ")
+    assert calls[-1].split(" | ")[1].split(":")[0] == site_dir
