@@ -116,6 +116,7 @@ def generate(  # noqa: PLR0913 - a typer command's options are its parameters
     --extend: continuing a video), streaming frames into an MP4 with a JSON sidecar."""
     from .config.checks import require_log_format
     from .live.setup import check_options, close_for_job, open_for_job
+    from .output.ffmpeg import ffmpeg_exe
 
     require_log_format(log_format)
     serve = check_options(live, host, port, prompts_from)
@@ -126,6 +127,7 @@ def generate(  # noqa: PLR0913 - a typer command's options are its parameters
     if output is not None and output.suffix.lower() != ".mp4":
         raise ConfigError(f"--output must end in .mp4, got {output}")
     p = _load(preset, set_, fps, threads, architecture=False)  # diffusers is imported after the input checks
+    ffmpeg_exe()  # exit 2: none, or one that cannot write our MP4s
     start, source = read_inputs(p, image, extend)  # exit 2
     # the checks above answer without torch (seconds, not the 6-17 s of importing it first); now the rest
     from .batch import settings_hash
@@ -229,6 +231,7 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
     from .config.presets import list_presets, load_preset
     from .config.loading import missing_weights
     from .config.notices import license_label
+    from .output.ffmpeg import ffmpeg_exe
 
     print(f"tokentrim {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
     if torch.cuda.is_available():
@@ -238,9 +241,9 @@ def doctor(weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", hel
     else:
         print("cuda: not available (runs on CPU; only the tiny presets are practical)")
     try:
-        print(f"ffmpeg: {imageio_ffmpeg.get_ffmpeg_exe()} ({imageio_ffmpeg.get_ffmpeg_version()})")
-    except Exception as exc:  # noqa: BLE001
-        print(f"ffmpeg: NOT FOUND ({exc})")
+        print(f"ffmpeg: {ffmpeg_exe()} ({imageio_ffmpeg.get_ffmpeg_version()})")
+    except ConfigError as exc:
+        print(f"ffmpeg: NOT USABLE: {exc}")
     for name in list_presets():
         try:
             p = load_preset(name)
@@ -303,12 +306,14 @@ def evaluate(
     from .metrics import metrics_text, plot_metrics
     from .output.files import find_prompt, replace_file
     from .toy.scoring import SERIES_TITLES
+    from .output.ffmpeg import ffmpeg_exe
     from .output.video import probe
     from .startup import resume_collection
 
     resume_collection()
     if not video.is_file():
         raise ConfigError(f"{video} does not exist")
+    ffmpeg_exe()
     out = check_evaluate(video, output, overwrite)  # exit 2 before anything is read or written
     info = probe(video)
     if not info["frames"] or not info["fps"]:

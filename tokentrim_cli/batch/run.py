@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config.checks import require_log_format, require_seconds, require_seed, seconds_problem
 from ..errors import ConfigError, TokentrimError
+from ..output.ffmpeg import ffmpeg_exe
 from ..output.files import refuse_existing
 from ..output.display import emit_json
 from ..signals import begin_work, deferred, raise_pending, terminate_as_interrupt
@@ -82,6 +83,7 @@ class BatchRun:
         if o.out_dir.exists() and not o.out_dir.is_dir():
             raise ConfigError(f"--out-dir {o.out_dir} exists and is not a folder")
         self.o = o
+        ffmpeg_exe()  # none, or one that cannot write our MP4s: before the prompts file is read
         self.items = read_prompts(o.prompts, o.seconds)
         if not o.yes:
             raise_problems(o.prompts, [(f"line {it.line}", f"seconds {seconds_problem(it.seconds, confirmed=False)}")

@@ -21,9 +21,9 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
-import imageio_ffmpeg
 import numpy as np
 
+from ..output.ffmpeg import ffmpeg_exe
 from .feed import Feed
 
 
@@ -85,7 +85,7 @@ class Preview:
         self.size = (width, height)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         gop = str(max(1, 2 * fps))
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{width}x{height}", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
                "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", "23", "-pix_fmt", "yuv420p",
                "-g", gop, "-x264-params", "scenecut=0",

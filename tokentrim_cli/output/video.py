@@ -29,6 +29,8 @@ from typing import Iterator
 import imageio_ffmpeg
 import numpy as np
 
+from .ffmpeg import ffmpeg_exe
+
 # what ffmpeg prints for each errno it reports (the C library's strerror)
 FFMPEG_ERRNO = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
                 "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
@@ -52,7 +54,7 @@ def concat_copy(parts: list[Path], target: Path, comment: str | None = None) -> 
     lines = ["ffconcat version 1.0"] + ["file '" + str(Path(p).absolute()).replace("'", "'\\''") + "'" for p in parts]
     listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
     try:
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error", "-f", "concat", "-safe", "0",
+        cmd = [ffmpeg_exe(), "-y", "-nostdin", "-v", "error", "-f", "concat", "-safe", "0",
                "-i", str(listing), "-map", "0:v:0", "-c", "copy"]
         cmd += ["-metadata", f"comment={comment}"] if comment is not None else []
         cmd += ["-movflags", "+faststart", "-f", "mp4", str(target)]
@@ -66,7 +68,7 @@ def concat_copy(parts: list[Path], target: Path, comment: str | None = None) -> 
 
 def h264_parameter_sets(path: Path) -> list[bytes] | None:
     """The SPS and PPS NAL units an H.264 MP4 starts with (None when it has none: not H.264, unreadable)."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c:v",
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-c:v",
            "copy", "-bsf:v", "h264_mp4toannexb", "-frames:v", "1", "-f", "h264", "-"]
     done = subprocess.run(cmd, capture_output=True)
     if done.returncode != 0:
@@ -91,7 +93,7 @@ class Mp4Writer:
         self.staged = self.path.with_name(f".{self.path.stem}.{os.getpid()}.final.mp4")
         self.frames = self.prefix_frames  # in the published file: the prefix's, then those written here
         self.size = (width, height)
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+        cmd = [ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
                "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", str(crf), "-preset", x264_preset,
                # fragmented while streaming (a fragment per half second): a file cut short by a full disk or a
@@ -179,7 +181,7 @@ class Mp4Writer:
                 raise OSError(errno.EIO, f"the joined video has {joined} frames, not {self.frames} "
                               f"({self.prefix.name}'s {self.prefix_frames} and {self.written} new)", str(target))
         else:
-            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c",
+            cmd = [ffmpeg_exe(), "-y", "-v", "error", "-i", str(self.tmp), "-map", "0", "-c",
                    "copy", "-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", str(self.staged)]
             done = subprocess.run(cmd, capture_output=True, start_new_session=True)
             if done.returncode != 0:
@@ -223,6 +225,7 @@ def read_frames(path: Path) -> Iterator:
     Without it ffmpeg 9 prints "Press [q] to stop" from another thread while it lists the streams; when the two
     interleave, imageio-ffmpeg never finds the stream line and fails after 10 s ("Could not load meta
     information"), which one suite run in about ten did."""
+    ffmpeg_exe()  # the one imageio-ffmpeg runs: checked
     return imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", input_params=["-nostdin"])
 
 
@@ -274,7 +277,7 @@ def _unescape_ffmetadata(text: str) -> dict:
 
 def read_metadata(path: Path) -> dict:
     """Every global tag of a media file, complete (ffmpeg's log shortens long values)."""
-    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    exe = ffmpeg_exe()
     out = subprocess.run([exe, "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"], capture_output=True)
     return _unescape_ffmetadata(out.stdout.decode("utf-8", errors="replace")) if out.returncode == 0 else {}
 
@@ -284,7 +287,7 @@ def probe(path: Path) -> dict:
 
     The frames are the video packets its index lists, counted one line each (``framecrc``): ffmpeg 7.0 prints no
     ``frame=`` count for a stream copy, and this count reads the same on every ffmpeg imageio-ffmpeg ships."""
-    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    exe = ffmpeg_exe()
     done = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
                            "-f", "framecrc", "-"], capture_output=True, text=True, errors="replace")
     packets = sum(1 for line in done.stdout.splitlines() if line.strip() and not line.startswith("#"))

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import imageio_ffmpeg
 import numpy as np
 
 from ..errors import ConfigError
 from .image import fit
 from ..inputs import clip
+from ..output.ffmpeg import ffmpeg_exe
 from ..output.video import iter_frames, probe, read_frames
 
 
@@ -85,7 +85,7 @@ def _sha256(path: Path) -> str:
 def count_frames(path: Path) -> tuple[int, str | None]:
     """(frames ffmpeg decodes, its first error line or None: decoding errors count even when ffmpeg exits 0, as
     it does on a file cut short at its end)."""
-    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    exe = ffmpeg_exe()
     done = subprocess.run([exe, "-nostdin", "-v", "error", "-stats", "-i", str(path), "-map", "0:v:0", "-f", "null",
                            "-"], capture_output=True, text=True, errors="replace")
     frames, errors = 0, []
