@@ -23,7 +23,9 @@ def test_parse_prompts_prefixes_and_modes():
     (["5s: a"], "must start at 0"),
     (["a", "20s:   "], "is empty"),
     (["a", "20s fade: b"], "unknown switch mode 'fade'"),
-    (["a", "20s blend=two: b"], "blend must be a whole number"),
+    (["a", "20s blend=two: b"], "blend must be given once as a whole number"),
+    (["a", "20s blend=2 blend=3: b"], "blend must be given once"),  # the same words a live line takes
+    (["a", "20s keep cut: b"], "unknown switch mode 'cut'.*once"),
 ])
 def test_bad_prompt_lists(values, words):
     with pytest.raises(ConfigError, match=words):

@@ -13,29 +13,21 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
-from ..run.timeline import MODES
+from ..run.timeline import MODES, PREFIX, switch_words
 from .control import LiveError, Request
 
 DEFAULT_MODE = "recache"
 _WORD = r"(?:[A-Za-z_]+|blend=\S*)"
-_TIMED = re.compile(rf"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+{_WORD})*)\s*:(.*)$", re.DOTALL)
 _UNTIMED = re.compile(rf"^\s*({_WORD}(?:\s+{_WORD})*)\s*:(.*)$", re.DOTALL)
 
 
 def parse_mode(words: str | None) -> tuple[str, int]:
     """(mode, blend) from mode words: at most one of MODES and at most one blend=N (LiveError 400 otherwise)."""
-    mode, blend = None, None
-    for word in (words or "").split():
-        if word.startswith("blend="):
-            if blend is not None or not word[6:].isdigit():
-                raise LiveError(400, f"blend must be given once as a whole number of blocks, e.g. blend=3, got "
-                                     f"{word[:40]!r}")
-            blend = int(word[6:])
-        elif word in MODES and mode is None:
-            mode = word
-        else:
-            raise LiveError(400, f"unknown switch mode {word[:40]!r} (allowed: {', '.join(MODES)}, and blend=N)")
-    return mode or DEFAULT_MODE, blend or 0
+    try:
+        mode, blend = switch_words(words)
+    except ValueError as exc:
+        raise LiveError(400, str(exc)) from None
+    return mode or DEFAULT_MODE, blend
 
 
 def parse_line(line: str) -> Request | None:
@@ -43,7 +35,7 @@ def parse_line(line: str) -> Request | None:
     text = line.strip()
     if not text or text.startswith("#"):
         return None
-    timed = _TIMED.match(text)
+    timed = PREFIX.match(text)
     if timed is not None:
         mode, blend = parse_mode(timed.group(2))
         return Request(timed.group(3).strip(), mode, blend, float(timed.group(1)))

@@ -36,7 +36,8 @@ from ..inputs import clip, printable, read_bounded
 
 MODES = ("recache", "keep", "cut", "rope_cut")
 FIELDS = ("start", "prompt", "switch", "blend")
-_PREFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:(.*)$", re.S)
+# "SECONDSs [MODE] [blend=N]: PROMPT": groups start, switch words, prompt (--prompt and live lines)
+PREFIX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:(.*)$", re.S)
 # what a start time was meant to be but is not (-1s, nans, 1e999s, 1e-9s, 1S CUT): refused, not read as prompt text
 _LOOSE = re.compile(r"^\s*([-+]?(?:\d|\.\d|inf|nan)[^\s:]*?)\s*[sS]((?:\s+[A-Za-z_]+(?:=\S*)?)*)\s*:", re.I)
 
@@ -80,7 +81,7 @@ def parse_prompts(values: list[str]) -> list[Entry]:
     """Entries from repeated ``--prompt`` values (see the module docstring)."""
     entries = []
     for i, raw in enumerate(values):
-        m = _PREFIX.match(raw)
+        m = PREFIX.match(raw)
         where = f"--prompt #{i + 1}"
         if m is None:
             loose = _LOOSE.match(raw)
@@ -93,20 +94,28 @@ def parse_prompts(values: list[str]) -> list[Entry]:
                                   f"'20s: {printable(raw.strip(), 40)}' (only the first prompt starts at 0 s by itself)")
             entries.append(Entry(0.0, raw.strip()))
             continue
-        start, words, text = float(m.group(1)), m.group(2).split(), m.group(3).strip()
-        mode, blend = None, 0
-        for w in words:
-            if w.startswith("blend="):
-                if not w[6:].isdigit():
-                    raise ConfigError(f"{where}: blend must be a whole number of blocks, e.g. blend=3, got {clip(w)}")
-                blend = int(w[6:])
-            elif w in MODES and mode is None:
-                mode = w
-            else:
-                raise ConfigError(f"{where}: unknown switch mode {clip(w)} (allowed: {', '.join(MODES)}, "
-                                  "and blend=N)")
-        entries.append(Entry(start, text, mode, blend))
+        try:
+            mode, blend = switch_words(m.group(2))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        entries.append(Entry(float(m.group(1)), m.group(3).strip(), mode, blend))
     return check(entries, "--prompt")
+
+
+def switch_words(words: str | None) -> tuple[str | None, int]:
+    """(mode or None, blend) from the words before a prompt's colon ("cut blend=3"): at most one of MODES and one
+    blend=N. ValueError naming the word otherwise."""
+    mode, blend = None, None
+    for w in (words or "").split():
+        if w.startswith("blend="):
+            if blend is not None or not w[6:].isdigit():
+                raise ValueError(f"blend must be given once as a whole number of blocks, e.g. blend=3, got {clip(w)}")
+            blend = int(w[6:])
+        elif w in MODES and mode is None:
+            mode = w
+        else:
+            raise ValueError(f"unknown switch mode {clip(w)} (allowed: {', '.join(MODES)} once, and blend=N)")
+    return mode, blend or 0
 
 
 def entries_problems(raw) -> list[str]:
