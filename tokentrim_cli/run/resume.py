@@ -188,7 +188,7 @@ def _parse(folder: Path, fingerprint: str, source: str | None, again: str) -> Ru
 
 
 SHAPE = {"block": int, "frames_written": int, "blocks": list, "resumed": list, "journal": dict, "loop": dict,
-         "embeds": dict, "decoder": dict}
+         "decoder": dict}
 
 
 def _check_shape(state: dict) -> None:

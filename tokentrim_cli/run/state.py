@@ -66,7 +66,7 @@ class BlockState:
         window = [{"block": w.block, "x": w.x, "step": w.step, "attempt": w.attempt} for w in self.loop.window]
         kept = [(k.index, list(k.latent_frames), k.latents) for k in self.kept] if self.kept is not None else None
         return {"block": self.block, "loop": {"next_block": self.loop.next_block, "window": window},
-                "reviewer": self.reviewer, "kept": kept, "embeds": {}}
+                "reviewer": self.reviewer, "kept": kept}
 
     @classmethod
     def from_plain(cls, data: dict, journal: JournalState) -> "BlockState":
