@@ -34,6 +34,8 @@ On the project's lent machine (no diffusers, no imageio-ffmpeg, no torchao, no n
 call that carries ``.whl`` with a timeout of ~560 s (``make gpu-check`` installs the wheels it finds in .whl/ into
 build/gpu-site, offline, when a package is missing, and puts them ahead on the path):
     make gpu-check ARGS="--out $OUT/gpu_check.json"
+(without make: ``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl`` and then
+``PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --out $OUT/gpu_check.json``)
 and, if cells say "skipped: the run's time budget is spent", a second call on the still-warm machine with the
 first call's JSON carried back into the checkout (``--budget`` sized to the device time left):
     make gpu-check ARGS="--resume --out bench/results/gpu_check.json --budget 240"
